@@ -1,0 +1,184 @@
+//! Configuration from environment variables (and a `.env` file), with the
+//! names @y/redis uses (DESIGN §7). A bad value stops start-up with one line
+//! naming the variable.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// Everything the server needs; the worker and auth settings join as they land.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub log: String,
+    /// Largest websocket frame accepted from a client.
+    pub max_frame_bytes: usize,
+    /// Bytes queued towards one client before it counts as not reading and is cut off.
+    pub max_send_queue_bytes: usize,
+    /// How long one `XREAD BLOCK` waits before the listener loops.
+    pub redis_block: Duration,
+    /// Timeout of a single Redis command (other than the blocking read).
+    pub redis_command_timeout: Duration,
+    /// How long SIGTERM waits for sessions to close before exiting.
+    pub shutdown_grace: Duration,
+}
+
+/// Where settings are read from: the process environment, falling back to a
+/// `.env` file. Kept as a map so tests can build one without touching the
+/// process environment.
+pub struct Source {
+    vars: HashMap<String, String>,
+}
+
+impl Source {
+    /// The process environment plus `.env` (the environment wins).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut vars: HashMap<String, String> = HashMap::new();
+        match dotenvy::from_filename_iter(".env") {
+            Ok(iter) => {
+                for item in iter {
+                    let (k, v) = item.map_err(|e| ConfigError {
+                        var: ".env",
+                        reason: format!("cannot parse: {e}"),
+                    })?;
+                    vars.insert(k, v);
+                }
+            }
+            Err(e) if e.not_found() => {}
+            Err(e) => {
+                return Err(ConfigError {
+                    var: ".env",
+                    reason: format!("cannot read: {e}"),
+                })
+            }
+        }
+        vars.extend(std::env::vars());
+        Ok(Source { vars })
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Source {
+            vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+        }
+    }
+
+    /// The value of `var`, or None when unset or empty (as y-redis treats empty).
+    pub fn get(&self, var: &str) -> Option<&str> {
+        self.vars.get(var).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).to_owned()
+    }
+
+    pub fn number<T: std::str::FromStr>(&self, var: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|_| ConfigError {
+                var,
+                reason: format!("expected {what}, got {raw:?}"),
+            }),
+        }
+    }
+
+    pub fn millis(&self, var: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
+        self.number(var, default_ms, "a duration in milliseconds").map(Duration::from_millis)
+    }
+
+    pub fn bool(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+            Some(v) => Err(ConfigError {
+                var,
+                reason: format!("expected true or false, got {v:?}"),
+            }),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(src: &Source) -> Result<Self, ConfigError> {
+        let redis_url = src.string("REDIS", "redis://127.0.0.1:6379");
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(ConfigError {
+                var: "REDIS",
+                reason: format!("expected a redis:// or rediss:// URL, got {redis_url:?}"),
+            });
+        }
+        let redis_prefix = src.string("REDIS_PREFIX", "y");
+        if redis_prefix.contains(':') {
+            // Stream names are split on ':' to recover the room; a prefix with
+            // one would make worker tasks unparseable.
+            return Err(ConfigError {
+                var: "REDIS_PREFIX",
+                reason: format!("must not contain ':', got {redis_prefix:?}"),
+            });
+        }
+        let port: u16 = src.number("PORT", 3002, "a port number 0-65535")?;
+        let max_frame_bytes: usize = src.number("WS_MAX_FRAME_BYTES", 32 << 20, "a size in bytes")?;
+        if max_frame_bytes < 1024 {
+            return Err(ConfigError {
+                var: "WS_MAX_FRAME_BYTES",
+                reason: format!("must be at least 1024, got {max_frame_bytes}"),
+            });
+        }
+        let max_send_queue_bytes: usize = src.number("WS_MAX_SEND_QUEUE_BYTES", 64 << 20, "a size in bytes")?;
+        Ok(Config {
+            host: src.string("HOST", "0.0.0.0"),
+            port,
+            redis_url,
+            redis_prefix,
+            log: src.string("LOG", "info"),
+            max_frame_bytes,
+            max_send_queue_bytes,
+            redis_block: src.millis("REDIS_BLOCK_MS", 1000)?,
+            redis_command_timeout: src.millis("REDIS_COMMAND_TIMEOUT_MS", 10_000)?,
+            shutdown_grace: src.millis("SHUTDOWN_GRACE_MS", 2_000)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_y_redis() {
+        let cfg = Config::load(&Source::from_pairs([])).expect("defaults are valid");
+        assert_eq!(cfg.port, 3002);
+        assert_eq!(cfg.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(cfg.redis_prefix, "y");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::load(&Source::from_pairs([("PORT", "abc")])).unwrap_err();
+        assert_eq!(err.var, "PORT");
+        assert_eq!(err.to_string(), "PORT: expected a port number 0-65535, got \"abc\"");
+        let err = Config::load(&Source::from_pairs([("REDIS", "localhost")])).unwrap_err();
+        assert_eq!(err.var, "REDIS");
+        let err = Config::load(&Source::from_pairs([("REDIS_PREFIX", "a:b")])).unwrap_err();
+        assert_eq!(err.var, "REDIS_PREFIX");
+        let err = Config::load(&Source::from_pairs([("REDIS_BLOCK_MS", "-1")])).unwrap_err();
+        assert_eq!(err.var, "REDIS_BLOCK_MS");
+    }
+
+    #[test]
+    fn empty_values_mean_default() {
+        let cfg = Config::load(&Source::from_pairs([("PORT", " ")])).expect("empty is default");
+        assert_eq!(cfg.port, 3002);
+    }
+}

@@ -1,0 +1,120 @@
+//! Assembling a document from storage plus its room stream: what an initial
+//! sync sends and what the worker persists. The Y.Doc lives only inside
+//! [`assemble`], which callers run on the blocking pool.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use thiserror::Error;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::protocol::{classify_stream_message, AwarenessStates, StreamMessage};
+use crate::redis::{RedisError, RedisStore, StreamEntry, StreamId};
+use crate::storage::{Reference, Storage, StorageError, StoredDoc};
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("stored document cannot be applied: {0}")]
+    CorruptStored(String),
+    #[error("document assembly task failed: {0}")]
+    Task(String),
+}
+
+/// A document as of `last_id` of its room stream.
+#[derive(Debug, Clone)]
+pub struct AssembledDoc {
+    /// The whole document as an update v1 (what a SyncStep2 carries).
+    pub update_v1: Vec<u8>,
+    pub state_vector: Vec<u8>,
+    pub awareness: AwarenessStates,
+    /// The last stream entry included ([`StreamId::ZERO`] if the stream was empty).
+    pub last_id: StreamId,
+    /// Storage pieces the document was built from.
+    pub references: Vec<Reference>,
+    /// Whether the stream added anything to what storage held.
+    pub changed_by_stream: bool,
+}
+
+impl AssembledDoc {
+    pub fn update_v2(&self) -> Result<Vec<u8>, LoadError> {
+        Update::decode_v1(&self.update_v1)
+            .map(|u| u.encode_v2())
+            .map_err(|e| LoadError::Task(format!("re-encoding own update failed: {e}")))
+    }
+}
+
+const OBSERVER_KEY: &str = "y-redis-assemble";
+
+/// Builds the document. Stream entries that are not valid messages are
+/// skipped: one foreign bad entry must not make a room unloadable.
+pub fn assemble(stored: Option<StoredDoc>, entries: &[StreamEntry]) -> Result<AssembledDoc, LoadError> {
+    let doc = Doc::new();
+    let references = match stored {
+        Some(stored) => {
+            let update = Update::decode_v2(&stored.update_v2).map_err(|e| LoadError::CorruptStored(e.to_string()))?;
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| LoadError::CorruptStored(e.to_string()))?;
+            stored.references
+        }
+        None => Vec::new(),
+    };
+
+    let changed = Arc::new(AtomicBool::new(false));
+    let flag = changed.clone();
+    doc.observe_update_v1(OBSERVER_KEY, move |_, _| flag.store(true, Ordering::Relaxed))
+        .map_err(|e| LoadError::Task(e.to_string()))?;
+    let mut awareness = AwarenessStates::default();
+    {
+        let mut txn = doc.transact_mut();
+        for entry in entries {
+            match classify_stream_message(&entry.message) {
+                StreamMessage::Update(bytes) => match Update::decode_v1(bytes) {
+                    Ok(update) => {
+                        if let Err(e) = txn.apply_update(update) {
+                            tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply");
+                        }
+                    }
+                    Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update"),
+                },
+                StreamMessage::Awareness(states) => states.into_iter().for_each(|s| awareness.apply(s)),
+                StreamMessage::Unknown => tracing::warn!(id = %entry.id, "skipping unknown stream message"),
+            }
+        }
+    }
+    doc.unobserve_update_v1(OBSERVER_KEY)
+        .map_err(|e| LoadError::Task(e.to_string()))?;
+    awareness.prune_removed();
+
+    let txn = doc.transact();
+    Ok(AssembledDoc {
+        update_v1: txn.encode_state_as_update_v1(&StateVector::default()),
+        state_vector: txn.state_vector().encode_v1(),
+        awareness,
+        last_id: entries.last().map(|e| e.id).unwrap_or(StreamId::ZERO),
+        references,
+        changed_by_stream: changed.load(Ordering::Relaxed),
+    })
+}
+
+/// Reads the stream first, then storage: whatever the worker persists and
+/// trims in between is then in one or the other (DESIGN §4).
+pub async fn load(
+    redis: &RedisStore,
+    storage: &dyn Storage,
+    room: &str,
+    docid: &str,
+) -> Result<AssembledDoc, LoadError> {
+    let key = redis.keys().room_stream(room, docid);
+    let entries = redis.read_stream(&key).await?;
+    let stored = storage.retrieve_doc(room, docid).await?;
+    tokio::task::spawn_blocking(move || assemble(stored, &entries))
+        .await
+        .map_err(|e| LoadError::Task(e.to_string()))?
+}

@@ -1,0 +1,216 @@
+//! Redis commands of the server and worker, over a deadpool connection pool.
+//! The blocking stream read gets its own connection (see [`RedisStore::dedicated_connection`]).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_redis::{Manager, Pool};
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId as RawEntry, StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Script, Value};
+use thiserror::Error;
+
+use super::{Keys, StreamId};
+
+#[derive(Debug, Error)]
+pub enum RedisError {
+    #[error("redis: {0}")]
+    Command(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+    #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
+    MalformedEntry { key: String, id: String, reason: String },
+}
+
+impl From<deadpool_redis::PoolError> for RedisError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        RedisError::Pool(e.to_string())
+    }
+}
+
+/// One entry of a room stream: its id and its message (field `m`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: StreamId,
+    pub message: Bytes,
+}
+
+/// Adds a message to a room stream; a stream that did not exist yet gets a
+/// `compact` task, claimed by the pseudo-consumer `pending` so that workers
+/// only see it after the debounce (XAUTOCLAIM min-idle). Atomic, as in @y/redis.
+const ADD_MESSAGE_LUA: &str = r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
+  redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
+end
+return redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
+"#;
+
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    client: redis::Client,
+    keys: Keys,
+    add_message: Script,
+}
+
+impl RedisStore {
+    /// Creates the pool (connections open lazily) for `url`.
+    pub fn new(url: &str, keys: Keys, command_timeout: Duration) -> Result<Self, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(command_timeout))
+            .set_response_timeout(Some(command_timeout));
+        let manager = Manager::new_with_config(url, config)?;
+        let pool = Pool::builder(manager)
+            .max_size(32)
+            .build()
+            .map_err(|e| RedisError::Pool(e.to_string()))?;
+        Ok(RedisStore {
+            pool,
+            client: redis::Client::open(url)?,
+            keys,
+            add_message: Script::new(ADD_MESSAGE_LUA),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// A connection outside the pool with no response timeout, for `XREAD BLOCK`.
+    pub async fn dedicated_connection(&self) -> Result<MultiplexedConnection, RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(None);
+        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+    }
+
+    /// Creates the worker queue and its consumer group if missing.
+    pub async fn ensure_worker_group(&self) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        let stream = self.keys.worker_stream();
+        let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(&stream)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends one validated message to a room stream (see [`ADD_MESSAGE_LUA`]).
+    pub async fn add_message(&self, stream_key: &str, message: &[u8]) -> Result<StreamId, RedisError> {
+        let result = self.try_add_message(stream_key, message).await;
+        match result {
+            // Redis lost the worker group (restarted empty): recreate, retry once.
+            Err(RedisError::Command(e)) if e.to_string().contains("NOGROUP") => {
+                self.ensure_worker_group().await?;
+                self.try_add_message(stream_key, message).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_add_message(&self, stream_key: &str, message: &[u8]) -> Result<StreamId, RedisError> {
+        let mut conn = self.conn().await?;
+        let id: String = self
+            .add_message
+            .key(stream_key)
+            .key(self.keys.worker_stream())
+            .arg(message)
+            .invoke_async(&mut conn)
+            .await?;
+        id.parse().map_err(|reason| RedisError::MalformedEntry {
+            key: stream_key.to_owned(),
+            id,
+            reason,
+        })
+    }
+
+    /// The whole room stream, oldest first.
+    pub async fn read_stream(&self, stream_key: &str) -> Result<Vec<StreamEntry>, RedisError> {
+        let mut conn = self.conn().await?;
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream_key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await?;
+        reply.ids.into_iter().map(|raw| parse_entry(stream_key, raw)).collect()
+    }
+
+    /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed out).
+    pub async fn unblock_client(&self, client_id: i64) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client_id)
+            .query_async::<Value>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `CLIENT ID` of a connection, so another connection can unblock it.
+pub async fn client_id(conn: &mut MultiplexedConnection) -> Result<i64, RedisError> {
+    Ok(redis::cmd("CLIENT").arg("ID").query_async(conn).await?)
+}
+
+/// `XREAD COUNT count BLOCK block STREAMS keys... ids...`, entries per key.
+pub async fn read_streams_blocking(
+    conn: &mut MultiplexedConnection,
+    streams: &[(String, StreamId)],
+    block: Duration,
+    count: usize,
+) -> Result<Vec<(String, Vec<StreamEntry>)>, RedisError> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS");
+    for (key, _) in streams {
+        cmd.arg(key);
+    }
+    for (_, id) in streams {
+        cmd.arg(id.to_string());
+    }
+    let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
+    let Some(reply) = reply else { return Ok(Vec::new()) };
+    reply
+        .keys
+        .into_iter()
+        .map(|stream| {
+            let entries = stream
+                .ids
+                .into_iter()
+                .map(|raw| parse_entry(&stream.key, raw))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((stream.key, entries))
+        })
+        .collect()
+}
+
+fn parse_entry(key: &str, raw: RawEntry) -> Result<StreamEntry, RedisError> {
+    let malformed = |reason: &str| RedisError::MalformedEntry {
+        key: key.to_owned(),
+        id: raw.id.clone(),
+        reason: reason.to_owned(),
+    };
+    let id = raw.id.parse().map_err(|e: String| malformed(&e))?;
+    let message = match raw.map.get("m") {
+        Some(Value::BulkString(bytes)) => Bytes::copy_from_slice(bytes),
+        Some(_) => return Err(malformed("field m is not a string")),
+        None => return Err(malformed("no field m")),
+    };
+    Ok(StreamEntry { id, message })
+}

@@ -1,0 +1,68 @@
+//! Where whole documents live between compactions (DESIGN §5). Every backend
+//! stores a document as one Yjs update v2 per reference; several references
+//! of one document are merged on read and replaced by the worker.
+
+mod memory;
+
+pub use memory::MemoryStorage;
+
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored document {room}/{docid} is corrupt: {reason}")]
+    Corrupt { room: String, docid: String, reason: String },
+}
+
+/// Identifies one stored piece of a document (a Postgres `r`, an S3 key, a file name).
+pub type Reference = String;
+
+/// A document as stored: all references merged into one update v2.
+#[derive(Debug, Clone, Default)]
+pub struct StoredDoc {
+    pub update_v2: Vec<u8>,
+    pub references: Vec<Reference>,
+}
+
+pub trait Storage: Send + Sync + 'static {
+    /// The stored document, or None if nothing is stored.
+    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>>;
+
+    /// Stores a whole document (update v2) and its state vector (v1) under a new reference.
+    fn persist_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+        update_v2: Vec<u8>,
+        state_vector: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+
+    /// Removes pieces that a newer persisted document replaced.
+    fn delete_references<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+        references: &'a [Reference],
+    ) -> BoxFuture<'a, Result<(), StorageError>>;
+}
+
+/// Merges the pieces of one document read from a backend.
+pub fn merge_pieces(room: &str, docid: &str, pieces: Vec<(Reference, Vec<u8>)>) -> Result<Option<StoredDoc>, StorageError> {
+    if pieces.is_empty() {
+        return Ok(None);
+    }
+    let (references, updates): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
+    let update_v2 = if updates.len() == 1 {
+        updates.into_iter().next().unwrap_or_default()
+    } else {
+        yrs::merge_updates_v2(&updates).map_err(|e| StorageError::Corrupt {
+            room: room.to_owned(),
+            docid: docid.to_owned(),
+            reason: e.to_string(),
+        })?
+    };
+    Ok(Some(StoredDoc { update_v2, references }))
+}
