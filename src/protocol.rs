@@ -20,8 +20,6 @@ pub const SYNC_STEP1: u64 = 0;
 pub const SYNC_STEP2: u64 = 1;
 pub const SYNC_UPDATE: u64 = 2;
 
-/// A SyncStep2 shorter than this carries an empty update (y-redis drops it).
-const MIN_CONTENTFUL_STEP2_LEN: usize = 4;
 
 /// Why a client frame was rejected. Each maps to a 44xx close code.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -194,11 +192,12 @@ pub fn encode_awareness_removal(client_id: u64, last_clock: u64) -> Vec<u8> {
     encode_awareness_message(std::iter::once(&entry))
 }
 
-/// Checks that `update` decodes as a Yjs v1 update. yrs may panic on hostile
-/// input, so a panic counts as invalid rather than taking the thread down.
-pub fn validate_update_v1(update: &[u8]) -> Result<(), ProtocolError> {
+/// Checks that `update` decodes as a Yjs v1 update and tells whether it
+/// carries anything. yrs may panic on hostile input, so a panic counts as
+/// invalid rather than taking the thread down.
+pub fn validate_update_v1(update: &[u8]) -> Result<bool, ProtocolError> {
     match catch_unwind(AssertUnwindSafe(|| Update::decode_v1(update))) {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(update)) => Ok(!update.is_empty()),
         Ok(Err(e)) => Err(ProtocolError::InvalidUpdate(e.to_string())),
         Err(_) => Err(ProtocolError::InvalidUpdate("decoder panicked".into())),
     }
@@ -220,7 +219,7 @@ pub enum ClientMessage {
     /// A document update to publish, already in its stream form (a sync
     /// Update message; a SyncStep2 is rewritten to one).
     Update { message: Vec<u8> },
-    /// An empty SyncStep2: nothing to publish.
+    /// A SyncStep2 without content (a client with an empty document): nothing to publish.
     EmptyUpdate,
     /// An awareness message to publish as it is, with its decoded entries.
     Awareness {
@@ -247,9 +246,11 @@ pub fn parse_client_frame(frame: &[u8]) -> Result<ClientMessage, ProtocolError> 
                         state_vector: payload.to_vec(),
                     })
                 }
-                SYNC_STEP2 if frame.len() < MIN_CONTENTFUL_STEP2_LEN => Ok(ClientMessage::EmptyUpdate),
                 SYNC_STEP2 | SYNC_UPDATE => {
-                    validate_update_v1(payload)?;
+                    let has_content = validate_update_v1(payload)?;
+                    if subtype == SYNC_STEP2 && !has_content {
+                        return Ok(ClientMessage::EmptyUpdate);
+                    }
                     // Re-encoding (rather than patching byte 1) keeps the
                     // stream entry canonical whatever varint form came in.
                     Ok(ClientMessage::Update {

@@ -1,0 +1,524 @@
+// Shared helpers for the y-redis real-client end-to-end suite.
+//
+// Environment:
+//   Y_REDIS_BIN       path of the server binary
+//                     (default: ${CARGO_TARGET_DIR:-<repo>/target}/debug/y-redis)
+//   REDIS             redis URL (default redis://127.0.0.1:6379)
+//   E2E_KEEP_KEYS=1   do not delete the test's Redis keys at the end (debugging)
+//
+// Every test file creates one Harness with a random REDIS_PREFIX, so files can
+// run in parallel against one Redis without seeing each other.
+
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import crypto from 'node:crypto'
+import { spawn } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+import * as Y from 'yjs'
+import WebSocket from 'ws'
+import { WebsocketProvider } from 'y-websocket'
+import * as decoding from 'lib0/decoding'
+import * as encoding from 'lib0/encoding'
+import { createClient, RESP_TYPES } from 'redis'
+
+export { Y, WebSocket, WebsocketProvider, sleep }
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+export const REPO_ROOT = path.resolve(here, '..', '..')
+export const LOG_DIR = path.join(here, '.logs')
+export const REDIS_URL = process.env.REDIS || 'redis://127.0.0.1:6379'
+
+// many providers each add a process 'exit' listener
+process.setMaxListeners(200)
+
+export function binaryPath () {
+  if (process.env.Y_REDIS_BIN) return path.resolve(REPO_ROOT, process.env.Y_REDIS_BIN)
+  const target = process.env.CARGO_TARGET_DIR
+    ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR)
+    : path.join(REPO_ROOT, 'target')
+  return path.join(target, 'debug', 'y-redis')
+}
+
+/** Throws a readable error when the server binary has not been built. */
+export function assertBinary () {
+  const bin = binaryPath()
+  let st = null
+  try { st = fs.statSync(bin) } catch {}
+  if (!st || !st.isFile()) {
+    throw new Error(
+      `y-redis server binary not found at ${bin}.\n` +
+      '  Build it first: (cd ' + REPO_ROOT + ' && cargo build)\n' +
+      '  or point Y_REDIS_BIN at an existing binary.')
+  }
+  try { fs.accessSync(bin, fs.constants.X_OK) } catch {
+    throw new Error(`y-redis server binary at ${bin} is not executable`)
+  }
+  return bin
+}
+
+export const randomHex = (n = 6) => crypto.randomBytes(n).toString('hex')
+
+/** Redis key of a room stream, exactly as @y/redis computes it. */
+export const roomStreamKey = (prefix, room, docid = 'index') =>
+  `${prefix}:room:${encodeURIComponent(room)}:${encodeURIComponent(docid)}`
+
+export async function freePort () {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = /** @type {net.AddressInfo} */ (srv.address())
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+const tryConnect = (port) => new Promise((resolve) => {
+  const sock = net.connect({ port, host: '127.0.0.1' })
+  const done = (ok) => { sock.removeAllListeners(); sock.destroy(); resolve(ok) }
+  sock.once('connect', () => done(true))
+  sock.once('error', () => done(false))
+  sock.setTimeout(1000, () => done(false))
+})
+
+export function tailFile (file, lines = 40) {
+  try {
+    const all = fs.readFileSync(file, 'utf8').split('\n')
+    return all.slice(-lines).join('\n')
+  } catch (e) {
+    return `(could not read ${file}: ${e.message})`
+  }
+}
+
+/**
+ * Wait until `pred()` returns truthy. `message` may be a function producing
+ * diagnostics at timeout time.
+ * @template T
+ * @param {() => T | Promise<T>} pred
+ * @param {{ timeout?: number, interval?: number, message?: string | (() => string) }} [opts]
+ * @return {Promise<T>}
+ */
+export async function waitFor (pred, { timeout = 10000, interval = 25, message = 'condition' } = {}) {
+  const start = Date.now()
+  let lastErr = null
+  for (;;) {
+    try {
+      const v = await pred()
+      if (v) return v
+      lastErr = null
+    } catch (e) { lastErr = e }
+    if (Date.now() - start > timeout) {
+      const msg = typeof message === 'function' ? message() : message
+      throw new Error(`timed out after ${timeout} ms waiting for: ${msg}` +
+        (lastErr ? `\n  last error: ${lastErr.stack || lastErr}` : ''))
+    }
+    await sleep(interval)
+  }
+}
+
+/** Await an event-ish promise with a timeout. */
+export async function withTimeout (promise, ms, message) {
+  let t
+  const timeout = new Promise((_resolve, reject) => {
+    t = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${message}`)), ms)
+  })
+  try { return await Promise.race([promise, timeout]) } finally { clearTimeout(t) }
+}
+
+// ---------------------------------------------------------------------------
+// Server processes
+
+let procCounter = 0
+/** @type {Set<ServerProc>} */
+const liveProcs = new Set()
+process.on('exit', () => {
+  for (const p of liveProcs) { try { p.proc.kill('SIGKILL') } catch {} }
+})
+
+export class ServerProc {
+  constructor ({ proc, port, logPath, name }) {
+    this.proc = proc
+    this.port = port
+    this.logPath = logPath
+    this.name = name
+    this.url = `ws://127.0.0.1:${port}`
+    /** @type {{code: number|null, signal: string|null} | null} */
+    this.exitStatus = null
+    this.exited = new Promise((resolve) => {
+      proc.once('exit', (code, signal) => {
+        this.exitStatus = { code, signal }
+        liveProcs.delete(this)
+        resolve(this.exitStatus)
+      })
+    })
+  }
+
+  get running () { return this.exitStatus === null }
+
+  /** SIGTERM, then SIGKILL after `graceMs`. Resolves with the exit status. */
+  async stop (graceMs = 5000) {
+    if (!this.running) return this.exitStatus
+    try { this.proc.kill('SIGTERM') } catch {}
+    let t
+    const forced = new Promise((resolve) => {
+      t = setTimeout(() => { try { this.proc.kill('SIGKILL') } catch {} ; resolve() }, graceMs)
+    })
+    await Promise.race([this.exited, forced])
+    clearTimeout(t)
+    return this.exited
+  }
+
+  describe () {
+    const st = this.exitStatus ? ` exited(code=${this.exitStatus.code}, signal=${this.exitStatus.signal})` : ' running'
+    return `[${this.name} port ${this.port}${st}] log: ${this.logPath}`
+  }
+}
+
+/**
+ * Start `y-redis <subcommand>` and wait until its port accepts TCP connections.
+ * @param {{ prefix: string, name?: string, env?: Record<string,string>, subcommand?: string, tag?: string }} opts
+ */
+export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e' }) {
+  const bin = assertBinary()
+  const port = await freePort()
+  fs.mkdirSync(LOG_DIR, { recursive: true })
+  const logPath = path.join(LOG_DIR, `${tag}-${prefix}-${name}-${++procCounter}-${port}.log`)
+  const fd = fs.openSync(logPath, 'a')
+  fs.writeSync(fd, `# ${bin} ${subcommand}  PORT=${port} REDIS=${REDIS_URL} REDIS_PREFIX=${prefix}\n`)
+  const childEnv = { ...process.env }
+  // keep the developer's storage/auth settings out of the test servers
+  for (const k of Object.keys(childEnv)) {
+    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME)/.test(k)) delete childEnv[k]
+  }
+  Object.assign(childEnv, {
+    PORT: String(port),
+    REDIS: REDIS_URL,
+    REDIS_PREFIX: prefix,
+    LOG: 'info',
+    RUST_BACKTRACE: '1',
+    AUTH_DISABLED: 'true',
+    ...env
+  })
+  // run in the (gitignored) log dir so a stray .env in the repo is not picked up
+  const proc = spawn(bin, [subcommand], { env: childEnv, cwd: LOG_DIR, stdio: ['ignore', fd, fd] })
+  fs.closeSync(fd)
+  const sp = new ServerProc({ proc, port, logPath, name })
+  liveProcs.add(sp)
+  let spawnError = null
+  proc.once('error', (e) => { spawnError = e })
+  const deadline = Date.now() + 30000
+  for (;;) {
+    if (spawnError) throw new Error(`failed to spawn ${bin}: ${spawnError.message}`)
+    if (!sp.running) {
+      throw new Error(`${bin} ${subcommand} exited before accepting connections ` +
+        `(code=${sp.exitStatus.code}, signal=${sp.exitStatus.signal}).\n` +
+        `log ${logPath}:\n${tailFile(logPath)}`)
+    }
+    if (await tryConnect(port)) return sp
+    if (Date.now() > deadline) {
+      await sp.stop(1000)
+      throw new Error(`${bin} ${subcommand} did not accept TCP connections on port ${port} within 30 s.\n` +
+        `log ${logPath}:\n${tailFile(logPath)}`)
+    }
+    await sleep(100)
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+
+export class Client {
+  /**
+   * @param {ServerProc} server
+   * @param {string} room  room name as it appears raw in the URL path
+   * @param {{ doc?: Y.Doc, name?: string, connect?: boolean }} [opts]
+   */
+  constructor (server, room, { doc = new Y.Doc(), name = 'client', connect = true } = {}) {
+    this.server = server
+    this.room = room
+    this.name = name
+    this.doc = doc
+    this.text = doc.getText('text')
+    this.map = doc.getMap('map')
+    /** @type {Array<{code: number, reason: string} | null>} */
+    this.closeEvents = []
+    this.provider = new WebsocketProvider(server.url, room, doc, {
+      WebSocketPolyfill: /** @type {any} */ (WebSocket),
+      disableBc: true,
+      connect
+    })
+    this.provider.on('connection-close', (event) => {
+      this.closeEvents.push(event ? { code: event.code, reason: String(event.reason ?? '') } : null)
+    })
+    this.awareness = this.provider.awareness
+    this.destroyed = false
+  }
+
+  get clientID () { return this.doc.clientID }
+
+  async synced (timeout = 15000) {
+    await waitFor(() => this.provider.synced, {
+      timeout,
+      message: () => `${this.name} (${this.server.describe()}, room ${JSON.stringify(this.room)}) to sync; ` +
+        `wsconnected=${this.provider.wsconnected} closeEvents=${JSON.stringify(this.closeEvents)}`
+    })
+    return this
+  }
+
+  /** Content derived from Y.encodeStateAsUpdate, independent of this doc instance. */
+  snapshot () {
+    const d = new Y.Doc()
+    Y.applyUpdate(d, Y.encodeStateAsUpdate(this.doc))
+    const s = { text: d.getText('text').toString(), map: d.getMap('map').toJSON() }
+    d.destroy()
+    return s
+  }
+
+  /** Abruptly kill the socket (no close frame) and do not reconnect. */
+  terminate () {
+    this.provider.shouldConnect = false
+    const ws = /** @type {any} */ (this.provider.ws)
+    if (ws) ws.terminate()
+  }
+
+  destroy () {
+    if (this.destroyed) return
+    this.destroyed = true
+    try { this.provider.destroy() } catch {}
+    try { this.doc.destroy() } catch {}
+  }
+}
+
+/**
+ * A raw `ws` socket (no Yjs client) for protocol-level tests.
+ * Collects received binary frames and the close event.
+ */
+export class RawSocket {
+  constructor (server, room) {
+    this.ws = new WebSocket(`${server.url}/${room}`)
+    this.ws.binaryType = 'nodebuffer'
+    /** @type {Buffer[]} */
+    this.frames = []
+    /** @type {{code: number, reason: string} | null} */
+    this.closeEvent = null
+    this.closed = new Promise((resolve) => {
+      this.ws.on('close', (code, reason) => {
+        this.closeEvent = { code, reason: reason.toString('utf8') }
+        resolve(this.closeEvent)
+      })
+    })
+    this.ws.on('message', (data, isBinary) => { if (isBinary) this.frames.push(Buffer.from(data)) })
+    this.ws.on('error', () => {})
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once('open', resolve)
+      this.ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused: HTTP ${res.statusCode}`)))
+      this.ws.once('close', () => reject(new Error('closed before open')))
+    })
+  }
+
+  async open (timeout = 10000) { return withTimeout(this.opened, timeout, 'raw websocket to open') }
+  send (data, opts) { this.ws.send(data, opts) }
+  terminate () { try { this.ws.terminate() } catch {} }
+}
+
+// ---------------------------------------------------------------------------
+// Redis
+
+const BUF = { typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } }
+
+export async function connectRedis () {
+  const client = createClient({ url: REDIS_URL })
+  client.on('error', () => {})
+  try {
+    await withTimeout(client.connect(), 5000, `connect to Redis at ${REDIS_URL}`)
+  } catch (e) {
+    throw new Error(`cannot reach Redis at ${REDIS_URL} (set REDIS=redis://host:port): ${e.message}`)
+  }
+  return client
+}
+
+/** Run a command and get binary-safe replies (bulk strings as Buffers). */
+export const redisRaw = (client, args) => client.sendCommand(args, BUF)
+
+/**
+ * XRANGE key - + with raw bytes.
+ * @return {Promise<Array<{ id: string, fields: Buffer[] }>>}
+ */
+export async function xrangeRaw (client, key) {
+  const r = await redisRaw(client, ['XRANGE', key, '-', '+'])
+  return (r || []).map(([id, fields]) => ({ id: id.toString('utf8'), fields }))
+}
+
+export async function scanKeys (client, pattern) {
+  const keys = []
+  for await (const batch of client.scanIterator({ MATCH: pattern, COUNT: 500 })) {
+    keys.push(...(Array.isArray(batch) ? batch : [batch]))
+  }
+  return keys
+}
+
+export async function deletePrefix (client, prefix) {
+  const keys = await scanKeys(client, `${prefix}*`)
+  for (let i = 0; i < keys.length; i += 100) await client.del(keys.slice(i, i + 100))
+  return keys.length
+}
+
+// ---------------------------------------------------------------------------
+// y-websocket message decoding (for checking what lands in Redis)
+
+/**
+ * Strictly decode one y-websocket message as stored in a room stream.
+ * Returns a description or throws if the bytes are not an allowed shape:
+ * a sync Update (0, 2, varUint8Array valid Yjs update v1) or an awareness
+ * message (1, varUint8Array valid awareness update with JSON states).
+ * @param {Uint8Array} m
+ */
+export function decodeStreamMessage (m) {
+  const dec = decoding.createDecoder(m)
+  const type = decoding.readVarUint(dec)
+  if (type === 0) {
+    const sub = decoding.readVarUint(dec)
+    if (sub !== 2) throw new Error(`sync message with subtype ${sub} (only 2 = Update is allowed in a stream)`)
+    const update = decoding.readVarUint8Array(dec)
+    if (decoding.hasContent(dec)) throw new Error(`${dec.arr.length - dec.pos} trailing bytes after the update`)
+    const d = new Y.Doc()
+    try { Y.applyUpdate(d, update) } finally { d.destroy() }
+    return { type: 'update', update }
+  }
+  if (type === 1) {
+    const payload = decoding.readVarUint8Array(dec)
+    if (decoding.hasContent(dec)) throw new Error(`${dec.arr.length - dec.pos} trailing bytes after the awareness update`)
+    const ad = decoding.createDecoder(payload)
+    const n = decoding.readVarUint(ad)
+    const clients = []
+    for (let i = 0; i < n; i++) {
+      const clientID = decoding.readVarUint(ad)
+      const clock = decoding.readVarUint(ad)
+      const json = decoding.readVarString(ad)
+      clients.push({ clientID, clock, state: JSON.parse(json) })
+    }
+    if (decoding.hasContent(ad)) throw new Error('trailing bytes in awareness update')
+    return { type: 'awareness', clients }
+  }
+  throw new Error(`message type ${type} is not allowed in a room stream`)
+}
+
+/** The exact y-websocket Update frame a client sends for `update`. */
+export function encodeSyncUpdate (update) {
+  const enc = encoding.createEncoder()
+  encoding.writeVarUint(enc, 0)
+  encoding.writeVarUint(enc, 2)
+  encoding.writeVarUint8Array(enc, update)
+  return Buffer.from(encoding.toUint8Array(enc))
+}
+
+// ---------------------------------------------------------------------------
+// Per-file harness
+
+export class Harness {
+  /** @param {string} tag short name of the test file, used in log names */
+  constructor (tag) {
+    this.tag = tag
+    this.prefix = `e2e-${randomHex(6)}`
+    /** @type {ServerProc[]} */
+    this.servers = []
+    /** @type {Set<Client>} */
+    this.clients = new Set()
+    /** @type {Set<RawSocket>} */
+    this.raws = new Set()
+    this.redis = null
+  }
+
+  /** Call from `before`. Checks the binary and Redis, starts `nServers` servers. */
+  async setup (nServers = 2, env = {}) {
+    assertBinary()
+    this.redis = await connectRedis()
+    for (let i = 0; i < nServers; i++) await this.startServer(`s${i + 1}`, env)
+    return this
+  }
+
+  async startServer (name = `s${this.servers.length + 1}`, env = {}) {
+    const s = await startServer({ prefix: this.prefix, name, env, tag: this.tag })
+    this.servers.push(s)
+    return s
+  }
+
+  /** @param {ServerProc} server @param {string} room */
+  client (server, room, opts = {}) {
+    const c = new Client(server, room, { name: `client${this.clients.size + 1}`, ...opts })
+    this.clients.add(c)
+    return c
+  }
+
+  raw (server, room) {
+    const r = new RawSocket(server, room)
+    this.raws.add(r)
+    return r
+  }
+
+  roomKey (room) { return roomStreamKey(this.prefix, room) }
+
+  logInfo () {
+    return this.servers.map((s) => s.describe()).join('\n')
+  }
+
+  logTails (lines = 30) {
+    return this.servers.map((s) => `----- ${s.describe()} (last ${lines} lines)\n${tailFile(s.logPath, lines)}`).join('\n')
+  }
+
+  /**
+   * Wrap a test body: on failure, append server log paths and tails to the error.
+   * @param {(t: any) => Promise<void>} fn
+   */
+  wrap (fn) {
+    return async (t) => {
+      try {
+        await fn(t)
+      } catch (e) {
+        if (e && typeof e === 'object' && this.servers.length > 0) {
+          const extra = `\n\nRedis prefix: ${this.prefix}\nserver logs:\n${this.logInfo()}\n${this.logTails()}`
+          try { e.message = String(e.message) + extra } catch {}
+          if (typeof e.stack === 'string') e.stack = e.stack + extra
+        }
+        throw e
+      }
+    }
+  }
+
+  destroyClients () {
+    for (const c of this.clients) c.destroy()
+    this.clients.clear()
+    for (const r of this.raws) r.terminate()
+    this.raws.clear()
+  }
+
+  /** Call from `after`. */
+  async teardown () {
+    this.destroyClients()
+    await Promise.all(this.servers.map((s) => s.stop(5000)))
+    if (this.redis) {
+      if (!process.env.E2E_KEEP_KEYS) {
+        try { await deletePrefix(this.redis, this.prefix) } catch {}
+      }
+      try { await this.redis.quit() } catch {}
+      this.redis = null
+    }
+  }
+}
+
+/** Deterministic pseudo-random ASCII text of length n. */
+export function pseudoText (n, seed = 1) {
+  const alphabet = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n.,;-'
+  let x = seed >>> 0 || 1
+  const out = Buffer.alloc(n)
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13; x >>>= 0
+    x ^= x >>> 17
+    x ^= x << 5; x >>>= 0
+    out[i] = alphabet.charCodeAt(x % alphabet.length)
+  }
+  return out.toString('latin1')
+}

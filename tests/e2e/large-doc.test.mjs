@@ -1,0 +1,40 @@
+// e. A ~2 MB Y.Text written in chunks (frames larger than 64 KiB) reaches a
+//    client on the other server, live and as a late joiner.
+import { describe, it, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { Harness, waitFor, randomHex, pseudoText, sleep } from './harness.mjs'
+
+const h = new Harness('large')
+const room = `large-${randomHex(4)}`
+const TOTAL = 2 * 1024 * 1024
+const CHUNK = 128 * 1024
+
+describe('large document', { timeout: 120000 }, () => {
+  before(async () => { await h.setup(2) })
+  after(async () => { await h.teardown() })
+
+  it('a 2 MB Y.Text reaches clients on the other server', { timeout: 60000 }, h.wrap(async () => {
+    const [s1, s2] = h.servers
+    const writer = h.client(s1, room, { name: 'writer' })
+    const watcher = h.client(s2, room, { name: 'watcher' })
+    await Promise.all([writer.synced(), watcher.synced()])
+    const content = pseudoText(TOTAL, 12345)
+    const t0 = Date.now()
+    for (let off = 0; off < TOTAL; off += CHUNK) {
+      writer.text.insert(writer.text.length, content.slice(off, off + CHUNK))
+      await sleep(10)
+    }
+    assert.equal(writer.text.length, TOTAL)
+    const progress = (c) => () => `${c.name} has ${c.text.length}/${TOTAL} chars after ${Date.now() - t0} ms; ` +
+      `closeEvents=${JSON.stringify(c.closeEvents)} writer closeEvents=${JSON.stringify(writer.closeEvents)}`
+
+    await waitFor(() => watcher.text.length === TOTAL, { timeout: 40000, interval: 100, message: progress(watcher) })
+    assert.ok(watcher.text.toString() === content, 'watcher content differs from what was written')
+
+    const late = h.client(s2, room, { name: 'late' })
+    await late.synced(40000)
+    await waitFor(() => late.text.length === TOTAL, { timeout: 10000, interval: 100, message: progress(late) })
+    assert.ok(late.text.toString() === content, 'late joiner content differs from what was written')
+    assert.equal(writer.closeEvents.length, 0, `writer was disconnected: ${JSON.stringify(writer.closeEvents)}`)
+  }))
+})
