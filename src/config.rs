@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::storage::{S3Config, StorageConfig};
+
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{var}: {reason}")]
 pub struct ConfigError {
@@ -32,6 +34,25 @@ pub struct Config {
     pub redis_command_timeout: Duration,
     /// How long SIGTERM waits for sessions to close before exiting.
     pub shutdown_grace: Duration,
+    pub storage: StorageConfig,
+    pub worker: WorkerConfig,
+}
+
+/// Settings of `y-redis worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// A task is claimed only once it has waited this long (XAUTOCLAIM min-idle).
+    pub task_debounce: Duration,
+    /// Stream entries younger than this (relative to the newest) survive trimming.
+    pub min_message_lifetime: Duration,
+    /// Persistence actors in one worker process.
+    pub concurrency: usize,
+    /// Tasks one actor claims at a time.
+    pub claim_count: usize,
+    /// Pause when the queue had nothing to claim.
+    pub idle_wait: Duration,
+    pub update_callback: Option<String>,
+    pub update_callback_timeout: Duration,
 }
 
 /// Where settings are read from: the process environment, falling back to a
@@ -147,8 +168,72 @@ impl Config {
             redis_block: src.millis("REDIS_BLOCK_MS", 1000)?,
             redis_command_timeout: src.millis("REDIS_COMMAND_TIMEOUT_MS", 10_000)?,
             shutdown_grace: src.millis("SHUTDOWN_GRACE_MS", 2_000)?,
+            storage: storage_config(src)?,
+            worker: worker_config(src)?,
         })
     }
+}
+
+fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
+    if let Some(endpoint) = src.get("S3_ENDPOINT") {
+        let ssl = src.bool("S3_SSL", false)?;
+        let required = |var: &'static str| {
+            src.get(var).map(str::to_owned).ok_or(ConfigError {
+                var,
+                reason: "required when S3_ENDPOINT is set".into(),
+            })
+        };
+        return Ok(StorageConfig::S3(S3Config {
+            endpoint: endpoint.trim().to_owned(),
+            port: src.number("S3_PORT", if ssl { 443 } else { 80 }, "a port number")?,
+            ssl,
+            access_key: required("S3_ACCESS_KEY")?,
+            secret_key: required("S3_SECRET_KEY")?,
+            bucket: src.string("S3_BUCKET", "ydocs"),
+        }));
+    }
+    if let Some(url) = src.get("POSTGRES") {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "POSTGRES",
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
+        return Ok(StorageConfig::Postgres { url: url.to_owned() });
+    }
+    Ok(StorageConfig::Filesystem {
+        dir: src.string("STORAGE_DIR", "./y-redis-data").into(),
+    })
+}
+
+fn worker_config(src: &Source) -> Result<WorkerConfig, ConfigError> {
+    let positive = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+        match src.number(var, default, "a positive number")? {
+            0 => Err(ConfigError {
+                var,
+                reason: "must be at least 1".into(),
+            }),
+            n => Ok(n),
+        }
+    };
+    let update_callback = src.get("YDOC_UPDATE_CALLBACK").map(|u| u.trim_end_matches('/').to_owned());
+    if let Some(url) = &update_callback {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError {
+                var: "YDOC_UPDATE_CALLBACK",
+                reason: "expected an http:// or https:// URL".into(),
+            });
+        }
+    }
+    Ok(WorkerConfig {
+        task_debounce: src.millis("REDIS_TASK_DEBOUNCE", 10_000)?,
+        min_message_lifetime: src.millis("REDIS_MIN_MESSAGE_LIFETIME", 60_000)?,
+        concurrency: positive("WORKER_CONCURRENCY", 4)?,
+        claim_count: positive("WORKER_CLAIM_COUNT", 5)?,
+        idle_wait: src.millis("WORKER_IDLE_MS", 1_000)?,
+        update_callback,
+        update_callback_timeout: src.millis("YDOC_UPDATE_CALLBACK_TIMEOUT_MS", 10_000)?,
+    })
 }
 
 #[cfg(test)]
@@ -174,6 +259,30 @@ mod tests {
         assert_eq!(err.var, "REDIS_PREFIX");
         let err = Config::load(&Source::from_pairs([("REDIS_BLOCK_MS", "-1")])).unwrap_err();
         assert_eq!(err.var, "REDIS_BLOCK_MS");
+    }
+
+    #[test]
+    fn storage_is_chosen_like_y_redis() {
+        let fs = Config::load(&Source::from_pairs([])).expect("valid");
+        assert!(matches!(fs.storage, StorageConfig::Filesystem { .. }));
+        let pg = Config::load(&Source::from_pairs([("POSTGRES", "postgres://u@h/db")])).expect("valid");
+        assert!(matches!(pg.storage, StorageConfig::Postgres { .. }));
+        let s3 = Config::load(&Source::from_pairs([
+            ("POSTGRES", "postgres://u@h/db"),
+            ("S3_ENDPOINT", "localhost"),
+            ("S3_PORT", "9000"),
+            ("S3_ACCESS_KEY", "a"),
+            ("S3_SECRET_KEY", "b"),
+        ]))
+        .expect("valid");
+        match s3.storage {
+            StorageConfig::S3(c) => assert_eq!((c.port, c.bucket.as_str(), c.ssl), (9000, "ydocs", false)),
+            other => panic!("expected s3, got {other:?}"),
+        }
+        let err = Config::load(&Source::from_pairs([("S3_ENDPOINT", "localhost")])).unwrap_err();
+        assert_eq!(err.var, "S3_ACCESS_KEY");
+        let err = Config::load(&Source::from_pairs([("WORKER_CONCURRENCY", "0")])).unwrap_err();
+        assert_eq!(err.var, "WORKER_CONCURRENCY");
     }
 
     #[test]

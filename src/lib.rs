@@ -6,7 +6,8 @@
 //! - [`document`]: assembling a document from storage and its stream.
 //! - [`storage`]: persistence backends behind one trait.
 //! - [`actors`]: sessions, rooms, the hub and the Redis listener.
-//! - [`server`]: the HTTP/websocket shell; [`config`]: settings.
+//! - [`server`]: the HTTP/websocket shell; [`worker`]: the persistence worker;
+//!   [`config`]: settings.
 
 pub mod actors;
 pub mod config;
@@ -14,4 +15,6 @@ pub mod document;
 pub mod protocol;
 pub mod redis;
 pub mod server;
+pub mod shutdown;
 pub mod storage;
+pub mod worker;

@@ -2,36 +2,54 @@
 //! logging, and runs the chosen process.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
 use y_redis::config::{Config, Source};
-use y_redis::storage::MemoryStorage;
+use y_redis::redis::{Keys, RedisStore};
+use y_redis::storage::{self, StorageConfig};
 
 const USAGE: &str = "\
 Usage: y-redis <command>
 
 Commands:
   server    websocket server on ws://HOST:PORT/{room}
+  worker    persistence worker: moves documents from Redis to storage
+  all       server and worker in one process
+  migrate   create or update the Postgres table (POSTGRES) and exit
   help      print this text
 
 Configuration comes from environment variables and a .env file;
 see README.md for every variable and its default.";
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Server,
+    Worker,
+    All,
+    Migrate,
+}
+
 fn main() -> ExitCode {
+    storage::skip_s3_location_constraint();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map(String::as_str);
-    match command {
-        Some("server") => {}
-        None | Some("help" | "-h" | "--help") => {
+    let command = match args.first().map(String::as_str) {
+        Some("server") => Command::Server,
+        Some("worker") => Command::Worker,
+        Some("all") => Command::All,
+        Some("migrate") => Command::Migrate,
+        Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
-            return if command.is_none() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return ExitCode::SUCCESS;
+        }
+        None => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
         }
         Some(other) => {
             eprintln!("y-redis: unknown command {other:?}\n\n{USAGE}");
             return ExitCode::from(2);
         }
-    }
+    };
     if args.iter().skip(1).any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
@@ -54,13 +72,38 @@ fn main() -> ExitCode {
         }
     }
 
-    let result = actix_web::rt::System::new().block_on(y_redis::server::run(config, Arc::new(MemoryStorage::default())));
-    match result {
+    match actix_web::rt::System::new().block_on(run(command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "y-redis server failed");
+            tracing::error!(error = %e, "y-redis stopped");
             eprintln!("y-redis: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    if command == Command::Migrate {
+        let StorageConfig::Postgres { .. } = &config.storage else {
+            return Err("migrate needs POSTGRES (and no S3_ENDPOINT)".into());
+        };
+        storage::open(&config.storage).await?;
+        tracing::info!("postgres schema is up to date");
+        return Ok(());
+    }
+    let storage = storage::open(&config.storage).await?;
+    tracing::info!(storage = %config.storage.describe(), "storage ready");
+    if matches!(command, Command::Worker | Command::All) {
+        let redis = RedisStore::new(&config.redis_url, Keys::new(&config.redis_prefix), config.redis_command_timeout)?;
+        if let Err(e) = redis.ensure_worker_group().await {
+            tracing::warn!(error = %e, "cannot create the worker queue yet; workers retry");
+        }
+        y_redis::worker::start(&config.worker, redis, storage.clone());
+        tracing::info!(actors = config.worker.concurrency, prefix = %config.redis_prefix, "y-redis worker running");
+    }
+    match command {
+        Command::Server | Command::All => y_redis::server::run(config, storage).await?,
+        _ => y_redis::shutdown::wait_for_signal().await,
+    }
+    Ok(())
 }

@@ -118,29 +118,13 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
     let handle = server.handle();
     let grace = config.shutdown_grace;
     actix::spawn(async move {
-        wait_for_signal().await;
+        crate::shutdown::wait_for_signal().await;
         close_sessions(&hub, grace).await;
         handle.stop(true).await;
     });
     server.await?;
     tracing::info!("y-redis server stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
-            }
-        }
-        _ => {
-            tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// Asks every session to close with 1012 and waits (at most `grace`) until they have.

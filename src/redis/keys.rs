@@ -66,6 +66,11 @@ impl Keys {
         Some((decode_uri_component(room)?, decode_uri_component(docid)?))
     }
 
+    /// The lock a worker holds while compacting the room of `stream_key`.
+    pub fn room_lock(&self, stream_key: &str) -> String {
+        format!("{}:lock:{}", self.prefix, stream_key)
+    }
+
     /// The worker queue stream; its consumer group has the same name.
     pub fn worker_stream(&self) -> String {
         format!("{}:worker", self.prefix)

@@ -6,5 +6,5 @@ mod store;
 mod stream_id;
 
 pub use keys::{decode_uri_component, encode_uri_component, Keys};
-pub use store::{client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry};
+pub use store::{client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry, Task};
 pub use stream_id::StreamId;

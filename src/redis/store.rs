@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_redis::{Manager, Pool};
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamId as RawEntry, StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId as RawEntry, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Script, Value};
 use thiserror::Error;
 
@@ -20,6 +20,13 @@ pub enum RedisError {
     Pool(String),
     #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
     MalformedEntry { key: String, id: String, reason: String },
+}
+
+impl RedisError {
+    /// The worker queue's consumer group is gone (Redis restarted empty).
+    pub fn is_missing_group(&self) -> bool {
+        matches!(self, RedisError::Command(e) if e.code() == Some("NOGROUP"))
+    }
 }
 
 impl From<deadpool_redis::PoolError> for RedisError {
@@ -46,12 +53,40 @@ end
 return redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
 "#;
 
+/// Deletes a room stream and its task only if the stream is (still) empty,
+/// in one step, so a message added meanwhile never loses its task.
+const DELETE_EMPTY_ROOM_LUA: &str = r#"
+if redis.call("XLEN", KEYS[1]) == 0 then
+  redis.call("DEL", KEYS[1])
+  redis.call("XDEL", KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// Releases a room lock only if we still hold it.
+const UNLOCK_LUA: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0
+"#;
+
+/// A worker task: compact the room stream `stream_key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: StreamId,
+    pub stream_key: String,
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
     pool: Pool,
     client: redis::Client,
     keys: Keys,
     add_message: Script,
+    delete_empty_room: Script,
+    unlock: Script,
 }
 
 impl RedisStore {
@@ -70,6 +105,8 @@ impl RedisStore {
             client: redis::Client::open(url)?,
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
+            delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
+            unlock: Script::new(UNLOCK_LUA),
         })
     }
 
@@ -109,10 +146,9 @@ impl RedisStore {
 
     /// Appends one validated message to a room stream (see [`ADD_MESSAGE_LUA`]).
     pub async fn add_message(&self, stream_key: &str, message: &[u8]) -> Result<StreamId, RedisError> {
-        let result = self.try_add_message(stream_key, message).await;
-        match result {
+        match self.try_add_message(stream_key, message).await {
             // Redis lost the worker group (restarted empty): recreate, retry once.
-            Err(RedisError::Command(e)) if e.to_string().contains("NOGROUP") => {
+            Err(e) if e.is_missing_group() => {
                 self.ensure_worker_group().await?;
                 self.try_add_message(stream_key, message).await
             }
@@ -155,6 +191,141 @@ impl RedisStore {
             .arg("UNBLOCK")
             .arg(client_id)
             .query_async::<Value>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    /// Claims up to `count` tasks that waited at least `min_idle` (`XAUTOCLAIM`),
+    /// recreating the queue if Redis lost it.
+    pub async fn claim_tasks(&self, consumer: &str, min_idle: Duration, count: usize) -> Result<Vec<Task>, RedisError> {
+        match self.try_claim_tasks(consumer, min_idle, count).await {
+            Err(e) if e.is_missing_group() => {
+                tracing::warn!("worker queue was missing (Redis restarted empty?); recreated it");
+                self.ensure_worker_group().await?;
+                self.try_claim_tasks(consumer, min_idle, count).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_claim_tasks(&self, consumer: &str, min_idle: Duration, count: usize) -> Result<Vec<Task>, RedisError> {
+        let mut conn = self.conn().await?;
+        let queue = self.keys.worker_stream();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&queue)
+            .arg(&queue)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg("0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        let mut tasks = Vec::with_capacity(reply.claimed.len());
+        for raw in reply.claimed {
+            let malformed = |reason: &str| RedisError::MalformedEntry {
+                key: queue.clone(),
+                id: raw.id.clone(),
+                reason: reason.to_owned(),
+            };
+            let id = raw.id.parse().map_err(|e: String| malformed(&e))?;
+            match raw.map.get("compact") {
+                Some(Value::BulkString(key)) => tasks.push(Task {
+                    id,
+                    stream_key: String::from_utf8_lossy(key).into_owned(),
+                }),
+                _ => return Err(malformed("no field compact")),
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Drops an empty room stream together with its task; false if it is not empty.
+    pub async fn delete_room_if_empty(&self, task: &Task) -> Result<bool, RedisError> {
+        let mut conn = self.conn().await?;
+        let deleted: i64 = self
+            .delete_empty_room
+            .key(&task.stream_key)
+            .key(self.keys.worker_stream())
+            .arg(task.id.to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// After persisting up to `last_ms`: trims entries older than
+    /// `last_ms - lifetime`, queues a fresh task for the room (claimed by
+    /// `pending`, so it waits out the debounce) and drops the old one. Atomic.
+    pub async fn finish_compaction(&self, task: &Task, last_ms: u64, lifetime: Duration) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        let queue = self.keys.worker_stream();
+        let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
+        redis::pipe()
+            .atomic()
+            .cmd("XTRIM")
+            .arg(&task.stream_key)
+            .arg("MINID")
+            .arg(min_id)
+            .ignore()
+            .cmd("XADD")
+            .arg(&queue)
+            .arg("*")
+            .arg("compact")
+            .arg(&task.stream_key)
+            .ignore()
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&queue)
+            .arg("pending")
+            .arg("COUNT")
+            .arg(50)
+            .arg("STREAMS")
+            .arg(&queue)
+            .arg(">")
+            .ignore()
+            .cmd("XDEL")
+            .arg(&queue)
+            .arg(task.id.to_string())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a task that can not be carried out (its key is not a room stream).
+    pub async fn drop_task(&self, task: &Task) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("XDEL")
+            .arg(self.keys.worker_stream())
+            .arg(task.id.to_string())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the per-room compaction lock for `ttl`, so two workers never
+    /// compact one room at once. False if another worker holds it.
+    pub async fn lock_room(&self, stream_key: &str, owner: &str, ttl: Duration) -> Result<bool, RedisError> {
+        let mut conn = self.conn().await?;
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(self.keys.room_lock(stream_key))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    pub async fn unlock_room(&self, stream_key: &str, owner: &str) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        self.unlock
+            .key(self.keys.room_lock(stream_key))
+            .arg(owner)
+            .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
     }

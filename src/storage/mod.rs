@@ -2,9 +2,18 @@
 //! stores a document as one Yjs update v2 per reference; several references
 //! of one document are merged on read and replaced by the worker.
 
+mod filesystem;
 mod memory;
+mod postgres;
+mod s3;
 
+pub use filesystem::FilesystemStorage;
 pub use memory::MemoryStorage;
+pub use postgres::{PostgresStorage, MIGRATIONS};
+pub use s3::{skip_s3_location_constraint, S3Config, S3Storage};
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use thiserror::Error;
@@ -47,6 +56,35 @@ pub trait Storage: Send + Sync + 'static {
         docid: &'a str,
         references: &'a [Reference],
     ) -> BoxFuture<'a, Result<(), StorageError>>;
+}
+
+/// Which backend to use, chosen as y-redis does: S3 when `S3_ENDPOINT` is
+/// set, else Postgres when `POSTGRES` is set, else the filesystem.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    S3(S3Config),
+    Postgres { url: String },
+    Filesystem { dir: PathBuf },
+}
+
+impl StorageConfig {
+    pub fn describe(&self) -> String {
+        match self {
+            StorageConfig::S3(c) => format!("s3 {}:{} bucket {}", c.endpoint, c.port, c.bucket),
+            // The URL may hold a password.
+            StorageConfig::Postgres { .. } => "postgres".into(),
+            StorageConfig::Filesystem { dir } => format!("filesystem {}", dir.display()),
+        }
+    }
+}
+
+/// Connects the configured backend (creating its bucket, table or folder).
+pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(match config {
+        StorageConfig::S3(c) => Arc::new(S3Storage::connect(c).await?),
+        StorageConfig::Postgres { url } => Arc::new(PostgresStorage::connect(url).await?),
+        StorageConfig::Filesystem { dir } => Arc::new(FilesystemStorage::open(dir.clone())?),
+    })
 }
 
 /// Merges the pieces of one document read from a backend.

@@ -2,7 +2,7 @@
 // b. Late joiners on each server receive the whole document.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { Harness, waitFor, sleep, randomHex } from './harness.mjs'
+import { Harness, waitFor, sleep, randomHex, canonicalJSON, fingerprint } from './harness.mjs'
 
 const h = new Harness('convergence')
 const room = `conv-${randomHex(4)}`
@@ -14,7 +14,7 @@ let clients = []
 
 const describeState = (cs) => cs.map((c) => {
   const s = c.snapshot()
-  return `  ${c.name}@${c.server.name}: text.length=${s.text.length} mapKeys=${Object.keys(s.map).length} synced=${c.provider.synced}`
+  return `  ${c.name}@${c.server.name}: ${fingerprint(s)} synced=${c.provider.synced}`
 }).join('\n')
 
 describe('convergence across two servers', { timeout: 120000 }, () => {
@@ -69,8 +69,8 @@ describe('convergence across two servers', { timeout: 120000 }, () => {
     await waitFor(() => {
       const snaps = clients.map((c) => c.snapshot())
       const t0 = snaps[0].text
-      const m0 = JSON.stringify(snaps[0].map)
-      return snaps.every((s) => s.text === t0 && JSON.stringify(s.map) === m0) &&
+      const m0 = canonicalJSON(snaps[0].map)
+      return snaps.every((s) => s.text === t0 && canonicalJSON(s.map) === m0) &&
         markers.every((m) => t0.includes(m))
     }, {
       timeout: 30000,
@@ -100,10 +100,10 @@ describe('convergence across two servers', { timeout: 120000 }, () => {
     await Promise.all(late.map((c) => c.synced()))
     await waitFor(() => late.every((c) => {
       const s = c.snapshot()
-      return s.text === expected.text && JSON.stringify(s.map) === JSON.stringify(expected.map)
+      return s.text === expected.text && canonicalJSON(s.map) === canonicalJSON(expected.map)
     }), {
       timeout: 10000,
-      message: () => `late joiners to hold the full doc (expected text.length=${expected.text.length}, mapKeys=${Object.keys(expected.map).length})\n` + describeState(late)
+      message: () => `late joiners to hold the full doc (expected ${fingerprint(expected)})\n` + describeState(late)
     })
     // and they take part in further editing
     late[0].text.insert(0, '<late0>')

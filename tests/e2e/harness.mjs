@@ -179,19 +179,21 @@ export class ServerProc {
 
 /**
  * Start `y-redis <subcommand>` and wait until its port accepts TCP connections.
- * @param {{ prefix: string, name?: string, env?: Record<string,string>, subcommand?: string, tag?: string }} opts
+ * `workDir` is the process's cwd and holds its filesystem storage (STORAGE_DIR);
+ * servers of one fleet share it.
+ * @param {{ prefix: string, name?: string, env?: Record<string,string>, subcommand?: string, tag?: string, workDir?: string }} opts
  */
-export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e' }) {
+export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e', workDir = path.join(LOG_DIR, `${tag}-${prefix}`) }) {
   const bin = assertBinary()
   const port = await freePort()
-  fs.mkdirSync(LOG_DIR, { recursive: true })
+  fs.mkdirSync(workDir, { recursive: true })
   const logPath = path.join(LOG_DIR, `${tag}-${prefix}-${name}-${++procCounter}-${port}.log`)
   const fd = fs.openSync(logPath, 'a')
   fs.writeSync(fd, `# ${bin} ${subcommand}  PORT=${port} REDIS=${REDIS_URL} REDIS_PREFIX=${prefix}\n`)
   const childEnv = { ...process.env }
   // keep the developer's storage/auth settings out of the test servers
   for (const k of Object.keys(childEnv)) {
-    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME)/.test(k)) delete childEnv[k]
+    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|STORAGE_DIR|HOST$|WS_|WORKER_)/.test(k)) delete childEnv[k]
   }
   Object.assign(childEnv, {
     PORT: String(port),
@@ -200,10 +202,11 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
     LOG: 'info',
     RUST_BACKTRACE: '1',
     AUTH_DISABLED: 'true',
+    STORAGE_DIR: path.join(workDir, 'data'),
     ...env
   })
-  // run in the (gitignored) log dir so a stray .env in the repo is not picked up
-  const proc = spawn(bin, [subcommand], { env: childEnv, cwd: LOG_DIR, stdio: ['ignore', fd, fd] })
+  // run in a gitignored scratch dir so a stray .env in the repo is not picked up
+  const proc = spawn(bin, [subcommand], { env: childEnv, cwd: workDir, stdio: ['ignore', fd, fd] })
   fs.closeSync(fd)
   const sp = new ServerProc({ proc, port, logPath, name })
   liveProcs.add(sp)
@@ -234,9 +237,9 @@ export class Client {
   /**
    * @param {ServerProc} server
    * @param {string} room  room name as it appears raw in the URL path
-   * @param {{ doc?: Y.Doc, name?: string, connect?: boolean }} [opts]
+   * @param {{ doc?: Y.Doc, name?: string, connect?: boolean, params?: Record<string,string> }} [opts]
    */
-  constructor (server, room, { doc = new Y.Doc(), name = 'client', connect = true } = {}) {
+  constructor (server, room, { doc = new Y.Doc(), name = 'client', connect = true, params = {} } = {}) {
     this.server = server
     this.room = room
     this.name = name
@@ -248,7 +251,8 @@ export class Client {
     this.provider = new WebsocketProvider(server.url, room, doc, {
       WebSocketPolyfill: /** @type {any} */ (WebSocket),
       disableBc: true,
-      connect
+      connect,
+      params
     })
     this.provider.on('connection-close', (event) => {
       this.closeEvents.push(event ? { code: event.code, reason: String(event.reason ?? '') } : null)
@@ -430,6 +434,9 @@ export class Harness {
     /** @type {Set<RawSocket>} */
     this.raws = new Set()
     this.redis = null
+    this.failed = false
+    /** cwd + filesystem storage shared by this file's servers */
+    this.workDir = path.join(LOG_DIR, `${tag}-${this.prefix}`)
   }
 
   /** Call from `before`. Checks the binary and Redis, starts `nServers` servers. */
@@ -441,7 +448,7 @@ export class Harness {
   }
 
   async startServer (name = `s${this.servers.length + 1}`, env = {}) {
-    const s = await startServer({ prefix: this.prefix, name, env, tag: this.tag })
+    const s = await startServer({ prefix: this.prefix, name, env, tag: this.tag, workDir: this.workDir })
     this.servers.push(s)
     return s
   }
@@ -478,6 +485,7 @@ export class Harness {
       try {
         await fn(t)
       } catch (e) {
+        this.failed = true
         if (e && typeof e === 'object' && this.servers.length > 0) {
           const extra = `\n\nRedis prefix: ${this.prefix}\nserver logs:\n${this.logInfo()}\n${this.logTails()}`
           try { e.message = String(e.message) + extra } catch {}
@@ -495,10 +503,14 @@ export class Harness {
     this.raws.clear()
   }
 
-  /** Call from `after`. */
+  /** Call from `after`. Server logs are kept only when a test failed (or E2E_KEEP_LOGS=1). */
   async teardown () {
     this.destroyClients()
     await Promise.all(this.servers.map((s) => s.stop(5000)))
+    if (!this.failed && !process.env.E2E_KEEP_LOGS) {
+      for (const s of this.servers) { try { fs.unlinkSync(s.logPath) } catch {} }
+      try { fs.rmSync(this.workDir, { recursive: true, force: true }) } catch {}
+    }
     if (this.redis) {
       if (!process.env.E2E_KEEP_KEYS) {
         try { await deletePrefix(this.redis, this.prefix) } catch {}
@@ -507,6 +519,19 @@ export class Harness {
       this.redis = null
     }
   }
+}
+
+/** JSON with object keys sorted: Y.Map key order depends on integration order, so compare this. */
+export function canonicalJSON (v) {
+  return JSON.stringify(v, (_k, x) => (x && typeof x === 'object' && !Array.isArray(x))
+    ? Object.fromEntries(Object.keys(x).sort().map((k) => [k, x[k]]))
+    : x)
+}
+
+/** Short fingerprint of a snapshot for diagnostics. */
+export function fingerprint (snap) {
+  const h = (s) => crypto.createHash('sha1').update(s).digest('hex').slice(0, 10)
+  return `text[len=${snap.text.length} sha1=${h(snap.text)}] map[keys=${Object.keys(snap.map).length} sha1=${h(canonicalJSON(snap.map))}]`
 }
 
 /** Deterministic pseudo-random ASCII text of length n. */

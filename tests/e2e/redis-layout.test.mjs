@@ -124,6 +124,22 @@ describe('redis layout', { timeout: 120000 }, () => {
       'a client with nothing new must not add sync entries (its SyncStep2 carries no content)')
   }))
 
+  it('the query string is not part of the room name', { timeout: 30000 }, h.wrap(async () => {
+    const room = `q-${randomHex(3)}`
+    // url becomes /<room>?foo=bar%20baz&yauth=ignored
+    const c = h.client(h.servers[0], room, { name: 'Q', params: { foo: 'bar baz', yauth: 'ignored' } })
+    assert.match(c.provider.url, /\?foo=bar%20baz&yauth=ignored$/)
+    await c.synced()
+    c.text.insert(0, 'q')
+    const key = h.roomKey(room)
+    await waitFor(async () => (await h.redis.exists(key)) === 1, {
+      timeout: 10000,
+      message: `stream ${key} to exist (room = path segment without the query)`
+    }).catch(async (e) => {
+      throw new Error(`${e.message}\n  keys under prefix: ${JSON.stringify(await h.redis.keys(`${h.prefix}:room:*`))}`)
+    })
+  }))
+
   it('worker queue stream, consumer group and pending claim', { timeout: 30000 }, h.wrap(async () => {
     assert.ok(streamKey, 'previous test must have run')
     const workerKey = `${h.prefix}:worker`

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS yredis_docs_v1;

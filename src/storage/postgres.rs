@@ -1,0 +1,146 @@
+//! Postgres storage through diesel: table `yredis_docs_v1` exactly as
+//! @y/redis lays it out (one row per stored piece, `r` its reference).
+//! Queries run on the blocking pool over an r2d2 connection pool.
+
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::future::{BoxFuture, FutureExt};
+
+use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+diesel::table! {
+    yredis_docs_v1 (room, doc, r) {
+        room -> Text,
+        doc -> Text,
+        r -> Int4,
+        #[sql_name = "update"]
+        update_v2 -> Nullable<Bytea>,
+        sv -> Nullable<Bytea>,
+    }
+}
+
+type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+pub struct PostgresStorage {
+    pool: PgPool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(format!("postgres: {e}"))
+}
+
+impl PostgresStorage {
+    /// Opens a pool on `url` and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        let url = url.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let pool = Pool::builder()
+                .max_size(8)
+                .connection_timeout(std::time::Duration::from_secs(10))
+                .build(ConnectionManager::<PgConnection>::new(url))
+                .map_err(unavailable)?;
+            let storage = PostgresStorage { pool };
+            storage.migrate()?;
+            Ok(storage)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    fn migrate(&self) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().map_err(unavailable)?;
+        conn.run_pending_migrations(MIGRATIONS)
+            .map_err(|e| StorageError::Unavailable(format!("postgres migration failed: {e}")))?;
+        Ok(())
+    }
+
+    /// Runs `work` with a pooled connection on the blocking pool.
+    fn with_conn<'a, T: Send + 'static>(
+        &'a self,
+        work: impl FnOnce(&mut PooledConnection<ConnectionManager<PgConnection>>) -> Result<T, StorageError> + Send + 'static,
+    ) -> BoxFuture<'a, Result<T, StorageError>> {
+        let pool = self.pool.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = pool.get().map_err(unavailable)?;
+                work(&mut conn)
+            })
+            .await
+            .map_err(unavailable)?
+        }
+        .boxed()
+    }
+}
+
+impl Storage for PostgresStorage {
+    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
+        let (room_owned, docid_owned) = (room.to_owned(), docid.to_owned());
+        let rows = self.with_conn(move |conn| {
+            use yredis_docs_v1::dsl;
+            dsl::yredis_docs_v1
+                .filter(dsl::room.eq(&room_owned).and(dsl::doc.eq(&docid_owned)))
+                .order(dsl::r)
+                .select((dsl::r, dsl::update_v2))
+                .load::<(i32, Option<Vec<u8>>)>(conn)
+                .map_err(unavailable)
+        });
+        async move {
+            let pieces = rows
+                .await?
+                .into_iter()
+                .filter_map(|(r, update)| update.map(|u| (r.to_string(), u)))
+                .collect();
+            merge_pieces(room, docid, pieces)
+        }
+        .boxed()
+    }
+
+    fn persist_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+        update_v2: Vec<u8>,
+        state_vector: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let (room, docid) = (room.to_owned(), docid.to_owned());
+        self.with_conn(move |conn| {
+            use yredis_docs_v1::dsl;
+            diesel::insert_into(dsl::yredis_docs_v1)
+                .values((
+                    dsl::room.eq(room),
+                    dsl::doc.eq(docid),
+                    dsl::update_v2.eq(Some(update_v2)),
+                    dsl::sv.eq(Some(state_vector)),
+                ))
+                .execute(conn)
+                .map(|_| ())
+                .map_err(unavailable)
+        })
+    }
+
+    fn delete_references<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+        references: &'a [Reference],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        let ids: Result<Vec<i32>, _> = references.iter().map(|r| r.parse::<i32>()).collect();
+        let (room, docid) = (room.to_owned(), docid.to_owned());
+        let Ok(ids) = ids else {
+            let reason = format!("references {references:?} are not postgres row ids");
+            return async move { Err(StorageError::Corrupt { room, docid, reason }) }.boxed();
+        };
+        self.with_conn(move |conn| {
+            use yredis_docs_v1::dsl;
+            diesel::delete(
+                dsl::yredis_docs_v1.filter(dsl::room.eq(room).and(dsl::doc.eq(docid)).and(dsl::r.eq_any(ids))),
+            )
+            .execute(conn)
+            .map(|_| ())
+            .map_err(unavailable)
+        })
+    }
+}

@@ -1,0 +1,154 @@
+//! S3 storage (any S3-compatible endpoint, path-style): one object per stored
+//! piece at `enc(room)/enc(docid)/<uuid v4>`, as @y/redis writes them.
+
+use futures_util::future::{BoxFuture, FutureExt};
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::{Bucket, BucketConfiguration, Region};
+
+use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
+use crate::redis::encode_uri_component;
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub port: u16,
+    pub ssl: bool,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+}
+
+/// rust-s3 sends a LocationConstraint naming our custom region when it
+/// creates a bucket, which S3-compatible servers reject for us-east-1; its
+/// documented switch turns that off. Call before any other thread starts.
+pub fn skip_s3_location_constraint() {
+    if std::env::var_os("RUST_S3_SKIP_LOCATION_CONSTRAINT").is_none() {
+        std::env::set_var("RUST_S3_SKIP_LOCATION_CONSTRAINT", "true");
+    }
+}
+
+pub struct S3Storage {
+    bucket: Box<Bucket>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(format!("s3: {e}"))
+}
+
+/// Fails on any status but 2xx (rust-s3 is built without `fail-on-err`).
+fn check(status: u16, what: &str, key: &str) -> Result<(), StorageError> {
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(unavailable(format!("{what} {key:?} answered HTTP {status}")))
+    }
+}
+
+/// A piece listed but gone when fetched: a compaction replaced it meanwhile.
+const RETRIEVE_ATTEMPTS: usize = 3;
+
+fn doc_prefix(room: &str, docid: &str) -> String {
+    format!("{}/{}/", encode_uri_component(room), encode_uri_component(docid))
+}
+
+impl S3Storage {
+    /// Connects and creates the bucket if it does not exist.
+    pub async fn connect(config: &S3Config) -> Result<Self, StorageError> {
+        let scheme = if config.ssl { "https" } else { "http" };
+        let region = Region::Custom {
+            region: "us-east-1".into(),
+            endpoint: format!("{scheme}://{}:{}", config.endpoint, config.port),
+        };
+        let credentials = Credentials::new(Some(&config.access_key), Some(&config.secret_key), None, None, None)
+            .map_err(unavailable)?;
+        let bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
+            .map_err(unavailable)?
+            .with_path_style();
+        if !bucket.exists().await.map_err(unavailable)? {
+            let created = Bucket::create_with_path_style(&config.bucket, region, credentials, BucketConfiguration::default())
+                .await
+                .map_err(unavailable)?;
+            // 409: someone else created it meanwhile.
+            if !created.success() && created.response_code != 409 {
+                return Err(unavailable(format!(
+                    "cannot create bucket {:?}: HTTP {} {}",
+                    config.bucket, created.response_code, created.response_text
+                )));
+            }
+        }
+        Ok(S3Storage { bucket })
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let pages = self.bucket.list(prefix.to_owned(), None).await.map_err(unavailable)?;
+        Ok(pages.into_iter().flat_map(|p| p.contents).map(|o| o.key).collect())
+    }
+
+    /// Fetches every listed piece; None if one vanished (replaced meanwhile).
+    async fn fetch_all(&self, keys: Vec<String>) -> Result<Option<Vec<(Reference, Vec<u8>)>>, StorageError> {
+        let mut pieces = Vec::with_capacity(keys.len());
+        for key in keys {
+            let response = match self.bucket.get_object(&key).await {
+                Ok(r) => r,
+                Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
+                Err(e) => return Err(unavailable(e)),
+            };
+            if response.status_code() == 404 {
+                return Ok(None);
+            }
+            check(response.status_code(), "GET", &key)?;
+            pieces.push((key, response.to_vec()));
+        }
+        Ok(Some(pieces))
+    }
+}
+
+impl Storage for S3Storage {
+    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
+        async move {
+            let prefix = doc_prefix(room, docid);
+            for _ in 0..RETRIEVE_ATTEMPTS {
+                let keys = self.list_keys(&prefix).await?;
+                if let Some(pieces) = self.fetch_all(keys).await? {
+                    return merge_pieces(room, docid, pieces);
+                }
+            }
+            Err(unavailable(format!("pieces of {prefix:?} kept vanishing while being read")))
+        }
+        .boxed()
+    }
+
+    fn persist_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+        update_v2: Vec<u8>,
+        _state_vector: Vec<u8>,
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            let key = format!("{}{}", doc_prefix(room, docid), uuid::Uuid::new_v4());
+            let response = self.bucket.put_object(&key, &update_v2).await.map_err(unavailable)?;
+            check(response.status_code(), "PUT", &key)
+        }
+        .boxed()
+    }
+
+    fn delete_references<'a>(
+        &'a self,
+        _room: &'a str,
+        _docid: &'a str,
+        references: &'a [Reference],
+    ) -> BoxFuture<'a, Result<(), StorageError>> {
+        async move {
+            for key in references {
+                let response = self.bucket.delete_object(key).await.map_err(unavailable)?;
+                if response.status_code() != 404 {
+                    check(response.status_code(), "DELETE", key)?;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,206 @@
+//! `PersistenceWorker`: one supervised actor claiming and compacting room
+//! tasks, one room at a time. Any error or panic stops the actor; its
+//! supervisor restarts it (after a backoff) and the unfinished task, still
+//! pending for it in the consumer group, is reclaimed after the debounce.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use thiserror::Error;
+
+use super::callback;
+use crate::config::WorkerConfig;
+use crate::document::{self, LoadError};
+use crate::redis::{RedisError, RedisStore, Task};
+use crate::storage::{Storage, StorageError};
+
+/// How long a worker may hold a room before another may take over.
+const ROOM_LOCK_TTL: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What one round of claiming did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RoundReport {
+    pub claimed: usize,
+    pub persisted: usize,
+}
+
+pub struct PersistenceWorker {
+    consumer: String,
+    config: WorkerConfig,
+    redis: RedisStore,
+    storage: Arc<dyn Storage>,
+    http: Option<awc::Client>,
+    failures: u32,
+}
+
+impl PersistenceWorker {
+    pub fn new(consumer: String, config: WorkerConfig, redis: RedisStore, storage: Arc<dyn Storage>) -> Self {
+        PersistenceWorker {
+            consumer,
+            config,
+            redis,
+            storage,
+            http: None,
+            failures: 0,
+        }
+    }
+
+    fn schedule_round(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(delay, |act, ctx| act.run_round(ctx));
+    }
+
+    fn run_round(&mut self, ctx: &mut Context<Self>) {
+        let round = Round {
+            consumer: self.consumer.clone(),
+            config: self.config.clone(),
+            redis: self.redis.clone(),
+            storage: self.storage.clone(),
+            http: self.http.clone(),
+        };
+        let work = async move { round.run().await };
+        ctx.spawn(AssertUnwindSafe(work).catch_unwind().into_actor(self).map(|outcome, act, ctx| {
+            match outcome {
+                Ok(Ok(report)) => {
+                    if act.failures > 0 {
+                        tracing::info!(consumer = %act.consumer, "worker recovered");
+                        act.failures = 0;
+                    }
+                    let delay = if report.claimed == 0 { act.config.idle_wait } else { Duration::ZERO };
+                    act.schedule_round(delay, ctx);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(consumer = %act.consumer, error = %e, "worker round failed; restarting");
+                    ctx.stop();
+                }
+                Err(_) => {
+                    tracing::error!(consumer = %act.consumer, "worker round panicked; restarting");
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for PersistenceWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.http.is_none() {
+            self.http = Some(awc::Client::default());
+        }
+        let backoff = match self.failures {
+            0 => Duration::ZERO,
+            n => (Duration::from_millis(250) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF),
+        };
+        self.schedule_round(backoff, ctx);
+    }
+}
+
+impl Supervised for PersistenceWorker {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.failures += 1;
+        tracing::warn!(consumer = %self.consumer, failures = self.failures, "restarting persistence actor");
+    }
+}
+
+/// Everything one round needs, detached from the actor.
+struct Round {
+    consumer: String,
+    config: WorkerConfig,
+    redis: RedisStore,
+    storage: Arc<dyn Storage>,
+    http: Option<awc::Client>,
+}
+
+impl Round {
+    async fn run(&self) -> Result<RoundReport, WorkerError> {
+        let tasks = self
+            .redis
+            .claim_tasks(&self.consumer, self.config.task_debounce, self.config.claim_count)
+            .await?;
+        let mut report = RoundReport {
+            claimed: tasks.len(),
+            persisted: 0,
+        };
+        for task in &tasks {
+            if self.compact(task).await? {
+                report.persisted += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Compacts one room; true if it persisted a new version.
+    async fn compact(&self, task: &Task) -> Result<bool, WorkerError> {
+        if self.redis.delete_room_if_empty(task).await? {
+            tracing::debug!(stream = %task.stream_key, "removed empty room stream and its task");
+            return Ok(false);
+        }
+        let Some((room, docid)) = self.redis.keys().parse_room_stream(&task.stream_key) else {
+            tracing::warn!(stream = %task.stream_key, "dropping task for a key that is not a room stream");
+            self.redis.drop_task(task).await?;
+            return Ok(false);
+        };
+        if !self.redis.lock_room(&task.stream_key, &self.consumer, ROOM_LOCK_TTL).await? {
+            // Another worker is on it; this task comes back after the debounce.
+            tracing::debug!(room = %room, "room is being compacted by another worker");
+            return Ok(false);
+        }
+        let result = self.compact_locked(task, &room, &docid).await;
+        if let Err(e) = self.redis.unlock_room(&task.stream_key, &self.consumer).await {
+            tracing::warn!(room = %room, error = %e, "could not release room lock; it expires by itself");
+        }
+        result
+    }
+
+    async fn compact_locked(&self, task: &Task, room: &str, docid: &str) -> Result<bool, WorkerError> {
+        let started = Instant::now();
+        let doc = document::load(&self.redis, self.storage.as_ref(), room, docid).await?;
+        // Several stored pieces are merged into one even when the stream added nothing.
+        let persist = doc.changed_by_stream || doc.references.len() > 1;
+        if persist {
+            let doc_for_encoding = doc.clone();
+            let update_v2 = tokio::task::spawn_blocking(move || doc_for_encoding.update_v2())
+                .await
+                .map_err(|e| LoadError::Task(e.to_string()))??;
+            let size = update_v2.len();
+            self.storage
+                .persist_doc(room, docid, update_v2.clone(), doc.state_vector.clone())
+                .await?;
+            if !doc.references.is_empty() {
+                self.storage.delete_references(room, docid, &doc.references).await?;
+            }
+            if let (Some(url), Some(http)) = (&self.config.update_callback, &self.http) {
+                let (http, url, room) = (http.clone(), url.clone(), room.to_owned());
+                let timeout = self.config.update_callback_timeout;
+                actix::spawn(async move { callback::send(&http, &url, &room, update_v2, timeout).await });
+            }
+            tracing::info!(
+                room,
+                bytes = size,
+                replaced = doc.references.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "persisted document"
+            );
+        }
+        let last_ms = doc.last_id.ms.max(task.id.ms);
+        self.redis
+            .finish_compaction(task, last_ms, self.config.min_message_lifetime)
+            .await?;
+        Ok(persist)
+    }
+}
