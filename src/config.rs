@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::auth::TokenVerifier;
 use crate::storage::{S3Config, StorageConfig};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -36,6 +37,83 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub storage: StorageConfig,
     pub worker: WorkerConfig,
+    pub auth: AuthConfig,
+    /// Port of `y-redis auth-example`.
+    pub auth_example_port: u16,
+}
+
+/// A value that must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Settings of authentication (DESIGN §6).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `AUTH_DISABLED=true`: everyone reads and writes.
+    pub disabled: bool,
+    /// The JWK verifying tokens (already checked to parse).
+    pub public_key: Option<String>,
+    pub private_key: Option<Secret>,
+    pub perm_callback: Option<String>,
+    pub perm_timeout: Duration,
+    /// Bearer secret of `POST /admin/recheck`; the endpoint is off without it.
+    pub admin_secret: Option<Secret>,
+}
+
+impl Config {
+    /// A server refuses to run open unless told so: both auth settings or
+    /// `AUTH_DISABLED=true`.
+    pub fn require_auth(&self) -> Result<(), ConfigError> {
+        if self.auth.disabled {
+            return Ok(());
+        }
+        let missing = |var| ConfigError {
+            var,
+            reason: "required to authenticate clients (or set AUTH_DISABLED=true to let everyone read and write)".into(),
+        };
+        if self.auth.public_key.is_none() {
+            return Err(missing("AUTH_PUBLIC_KEY"));
+        }
+        if self.auth.perm_callback.is_none() {
+            return Err(missing("AUTH_PERM_CALLBACK"));
+        }
+        Ok(())
+    }
+}
+
+fn http_url(src: &Source, var: &'static str) -> Result<Option<String>, ConfigError> {
+    match src.get(var).map(str::trim) {
+        None => Ok(None),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(Some(url.to_owned())),
+        Some(_) => Err(ConfigError {
+            var,
+            reason: "expected an http:// or https:// URL".into(),
+        }),
+    }
+}
+
+fn auth_config(src: &Source) -> Result<AuthConfig, ConfigError> {
+    let public_key = src.get("AUTH_PUBLIC_KEY").map(str::to_owned);
+    if let Some(jwk) = &public_key {
+        TokenVerifier::from_jwk(jwk).map_err(|reason| ConfigError {
+            var: "AUTH_PUBLIC_KEY",
+            reason,
+        })?;
+    }
+    Ok(AuthConfig {
+        disabled: src.bool("AUTH_DISABLED", false)?,
+        public_key,
+        private_key: src.get("AUTH_PRIVATE_KEY").map(|k| Secret(k.to_owned())),
+        perm_callback: http_url(src, "AUTH_PERM_CALLBACK")?,
+        perm_timeout: src.millis("AUTH_PERM_CALLBACK_TIMEOUT_MS", 5_000)?,
+        admin_secret: src.get("ADMIN_SECRET").map(|k| Secret(k.to_owned())),
+    })
 }
 
 /// Settings of `y-redis worker`.
@@ -170,6 +248,8 @@ impl Config {
             shutdown_grace: src.millis("SHUTDOWN_GRACE_MS", 2_000)?,
             storage: storage_config(src)?,
             worker: worker_config(src)?,
+            auth: auth_config(src)?,
+            auth_example_port: src.number("AUTH_EXAMPLE_PORT", 5173, "a port number 0-65535")?,
         })
     }
 }
@@ -216,15 +296,7 @@ fn worker_config(src: &Source) -> Result<WorkerConfig, ConfigError> {
             n => Ok(n),
         }
     };
-    let update_callback = src.get("YDOC_UPDATE_CALLBACK").map(|u| u.trim_end_matches('/').to_owned());
-    if let Some(url) = &update_callback {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ConfigError {
-                var: "YDOC_UPDATE_CALLBACK",
-                reason: "expected an http:// or https:// URL".into(),
-            });
-        }
-    }
+    let update_callback = http_url(src, "YDOC_UPDATE_CALLBACK")?;
     Ok(WorkerConfig {
         task_debounce: src.millis("REDIS_TASK_DEBOUNCE", 10_000)?,
         min_message_lifetime: src.millis("REDIS_MIN_MESSAGE_LIFETIME", 60_000)?,
@@ -283,6 +355,20 @@ mod tests {
         assert_eq!(err.var, "S3_ACCESS_KEY");
         let err = Config::load(&Source::from_pairs([("WORKER_CONCURRENCY", "0")])).unwrap_err();
         assert_eq!(err.var, "WORKER_CONCURRENCY");
+    }
+
+    #[test]
+    fn auth_is_required_unless_disabled() {
+        let cfg = Config::load(&Source::from_pairs([])).expect("valid");
+        assert_eq!(cfg.require_auth().unwrap_err().var, "AUTH_PUBLIC_KEY");
+        let cfg = Config::load(&Source::from_pairs([("AUTH_DISABLED", "true")])).expect("valid");
+        assert!(cfg.require_auth().is_ok());
+        let err = Config::load(&Source::from_pairs([("AUTH_PUBLIC_KEY", "{not json")])).unwrap_err();
+        assert_eq!(err.var, "AUTH_PUBLIC_KEY");
+        let err = Config::load(&Source::from_pairs([("AUTH_PERM_CALLBACK", "localhost:5173")])).unwrap_err();
+        assert_eq!(err.var, "AUTH_PERM_CALLBACK");
+        let cfg = Config::load(&Source::from_pairs([("ADMIN_SECRET", "hunter2")])).expect("valid");
+        assert!(!format!("{cfg:?}").contains("hunter2"), "secrets never print");
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //!   [`config`]: settings.
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod document;
+pub mod example_auth;
 pub mod protocol;
 pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod url;
 pub mod worker;

@@ -16,6 +16,10 @@ Commands:
   worker    persistence worker: moves documents from Redis to storage
   all       server and worker in one process
   migrate   create or update the Postgres table (POSTGRES) and exit
+  keygen    print a new AUTH_PUBLIC_KEY / AUTH_PRIVATE_KEY pair (lib0 JWK format)
+  auth-example
+            example auth backend on AUTH_EXAMPLE_PORT (default 5173), signing
+            tokens with AUTH_PRIVATE_KEY
   help      print this text
 
 Configuration comes from environment variables and a .env file;
@@ -27,6 +31,7 @@ enum Command {
     Worker,
     All,
     Migrate,
+    AuthExample,
 }
 
 fn main() -> ExitCode {
@@ -37,6 +42,19 @@ fn main() -> ExitCode {
         Some("worker") => Command::Worker,
         Some("all") => Command::All,
         Some("migrate") => Command::Migrate,
+        Some("auth-example") => Command::AuthExample,
+        Some("keygen") => {
+            return match y_redis::auth::generate_keypair() {
+                Ok(pair) => {
+                    println!("AUTH_PUBLIC_KEY={}\nAUTH_PRIVATE_KEY={}", pair.public_jwk, pair.private_jwk);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("y-redis: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some("help" | "-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -55,7 +73,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let config = match Source::from_env().and_then(|src| Config::load(&src)) {
+    let config = Source::from_env().and_then(|src| Config::load(&src)).and_then(|config| {
+        if matches!(command, Command::Server | Command::All) {
+            config.require_auth()?;
+        }
+        Ok(config)
+    });
+    let config = match config {
         Ok(config) => config,
         Err(e) => {
             eprintln!("y-redis: invalid configuration: {e}");
@@ -90,6 +114,12 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         storage::open(&config.storage).await?;
         tracing::info!("postgres schema is up to date");
         return Ok(());
+    }
+    if command == Command::AuthExample {
+        let Some(private_key) = &config.auth.private_key else {
+            return Err("AUTH_PRIVATE_KEY: required by auth-example (y-redis keygen prints one)".into());
+        };
+        return Ok(y_redis::example_auth::run(&private_key.0, config.auth_example_port).await?);
     }
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");

@@ -13,6 +13,9 @@ use thiserror::Error;
 
 use crate::actors::hub::{CloseAllRooms, Hub, SessionCount};
 use crate::actors::listener::RedisListener;
+use crate::actors::revocation::{RecheckRequest, RevocationListener};
+use crate::auth::{token_from_request, Authenticator, Grant, TokenVerifier};
+use crate::config::Secret;
 use crate::actors::room::RoomContext;
 use crate::actors::session::{ConnectionKiller, SessionParams, WsSession};
 use crate::config::Config;
@@ -30,6 +33,8 @@ pub enum ServerError {
     Redis(#[from] RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("AUTH_PUBLIC_KEY: {0}")]
+    Auth(String),
     #[error("server stopped with an error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -39,6 +44,9 @@ struct ServerState {
     redis: RedisStore,
     max_frame_bytes: usize,
     next_conn: AtomicU64,
+    /// None when `AUTH_DISABLED=true`.
+    auth: Option<Arc<Authenticator>>,
+    admin_secret: Option<Secret>,
 }
 
 /// The room is the raw path segment, not percent-decoded, as @y/redis has it.
@@ -55,6 +63,30 @@ async fn websocket(
     let Some(room) = room_from_path(req.uri().path()) else {
         return Ok(HttpResponse::NotFound().body("expected /{room}"));
     };
+    let offered = req
+        .headers()
+        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let token = token_from_request(offered, req.query_string());
+    let http = req.app_data::<awc::Client>().cloned().unwrap_or_default();
+    let grant = match &state.auth {
+        None => Grant::open(),
+        Some(auth) => match auth.authorize(&http, token.as_deref(), room).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                tracing::info!(room, status = e.status().as_u16(), reason = %e, "refused connection");
+                return Ok(HttpResponse::build(e.status()).body(e.to_string()));
+            }
+        },
+    };
+    // A client that sent its token as a subprotocol must get it back, or it drops the socket.
+    let accepted_protocol = offered.and_then(|header| {
+        header
+            .split(',')
+            .map(str::trim)
+            .find(|p| p.starts_with("yauth-"))
+            .map(str::to_owned)
+    });
     let session = WsSession::new(SessionParams {
         conn: state.next_conn.fetch_add(1, Ordering::Relaxed),
         room: room.to_owned(),
@@ -63,10 +95,53 @@ async fn websocket(
         redis: state.redis.clone(),
         killer: req.conn_data::<ConnectionKiller>().cloned(),
         max_frame_bytes: state.max_frame_bytes,
+        grant,
+        auth: state.auth.clone().map(|auth| (auth, http)),
     });
+    let protocols: Vec<&str> = accepted_protocol.iter().map(String::as_str).collect();
     ws::WsResponseBuilder::new(session, &req, payload)
         .frame_size(state.max_frame_bytes)
+        .protocols(&protocols)
         .start()
+}
+
+/// `POST /admin/recheck` with `Authorization: Bearer <ADMIN_SECRET>` and
+/// `{"room": "...", "user": "..."}`: every server re-checks those sessions.
+async fn admin_recheck(
+    req: HttpRequest,
+    body: web::Json<RecheckRequest>,
+    state: web::Data<ServerState>,
+) -> HttpResponse {
+    let Some(secret) = &state.admin_secret else {
+        return HttpResponse::NotFound().body("admin endpoint disabled (set ADMIN_SECRET)");
+    };
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), secret.0.as_bytes())) {
+        return HttpResponse::Unauthorized().body("wrong or missing admin secret");
+    }
+    let request = body.into_inner();
+    let payload = match serde_json::to_vec(&request) {
+        Ok(p) => p,
+        Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
+    };
+    match state.redis.publish(&state.redis.keys().recheck_channel(), &payload).await {
+        Ok(servers) => {
+            tracing::info!(room = %request.room, servers, "permission recheck requested");
+            HttpResponse::Accepted().json(serde_json::json!({ "servers": servers }))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot publish permission recheck");
+            HttpResponse::ServiceUnavailable().body("redis unavailable")
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Gives every connection a [`ConnectionKiller`] (a duplicate of its socket).
@@ -88,6 +163,17 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
         // Not fatal: publishing recreates the group once Redis answers.
         tracing::warn!(error = %e, "cannot create the worker queue yet");
     }
+    let auth = match (&config.auth.disabled, &config.auth.public_key, &config.auth.perm_callback) {
+        (false, Some(jwk), Some(perm_callback)) => Some(Arc::new(Authenticator {
+            verifier: TokenVerifier::from_jwk(jwk).map_err(ServerError::Auth)?,
+            perm_callback: perm_callback.clone(),
+            timeout: config.auth.perm_timeout,
+        })),
+        _ => {
+            tracing::warn!("AUTH IS DISABLED: every client may read and write every document");
+            None
+        }
+    };
     let listener = RedisListener::new(redis.clone(), config.redis_block).start();
     let hub = Hub::new(RoomContext {
         redis: redis.clone(),
@@ -96,16 +182,22 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
         max_send_queue_bytes: config.max_send_queue_bytes,
     })
     .start();
+    RevocationListener::new(redis.clone(), hub.clone()).start();
     let state = web::Data::new(ServerState {
         hub: hub.clone(),
         redis,
         max_frame_bytes: config.max_frame_bytes,
         next_conn: AtomicU64::new(1),
+        auth,
+        admin_secret: config.auth.admin_secret.clone(),
     });
     let addr = format!("{}:{}", config.host, config.port);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            // One HTTP client per worker thread, for permission callbacks.
+            .app_data(awc::Client::default())
+            .route("/admin/recheck", web::post().to(admin_recheck))
             .default_service(web::get().to(websocket))
     })
     .on_connect(attach_killer)

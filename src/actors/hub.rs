@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::room::{CloseAll, ConnId, Join, Leave, Room, RoomContext, StopRoom};
+use super::room::{CloseAll, ConnId, Join, Leave, Recheck, Room, RoomContext, StopRoom};
 
 /// Registers a session with the room of `key`, creating the room if needed.
 #[derive(Message)]
@@ -38,6 +38,14 @@ pub struct CloseAllRooms {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct SessionCount;
+
+/// Re-check permissions in the room of `key`, if this process has it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecheckRoom {
+    pub key: String,
+    pub user: Option<String>,
+}
 
 struct RoomEntry {
     addr: Addr<Room>,
@@ -111,5 +119,15 @@ impl Handler<SessionCount> for Hub {
 
     fn handle(&mut self, _: SessionCount, _: &mut Context<Self>) -> usize {
         self.rooms.values().map(|e| e.sessions).sum()
+    }
+}
+
+impl Handler<RecheckRoom> for Hub {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecheckRoom, _: &mut Context<Self>) {
+        if let Some(entry) = self.rooms.get(&msg.key) {
+            entry.addr.do_send(Recheck { user: msg.user });
+        }
     }
 }

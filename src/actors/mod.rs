@@ -4,5 +4,6 @@
 
 pub mod hub;
 pub mod listener;
+pub mod revocation;
 pub mod room;
 pub mod session;

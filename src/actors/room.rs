@@ -54,6 +54,13 @@ pub struct CloseAll {
 #[rtype(result = "()")]
 pub struct StopRoom;
 
+/// Re-check permissions of the room's sessions (of `user`, or all).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Recheck {
+    pub user: Option<String>,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Loaded(Result<Arc<AssembledDoc>, Arc<LoadError>>);
@@ -280,6 +287,16 @@ impl Handler<CloseAll> for Room {
                 code: msg.code,
                 reason: msg.reason,
             });
+        }
+    }
+}
+
+impl Handler<Recheck> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Recheck, _: &mut Context<Self>) {
+        for member in self.members.values() {
+            member.session.do_send(ToSession::Recheck { user: msg.user.clone() });
         }
     }
 }

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::hub::{Hub, JoinRoom, LeaveRoom};
 use super::room::{ConnId, Join, QueryAwareness, Room, CLOSE_TRY_AGAIN_LATER};
+use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Grant};
 use crate::document::AssembledDoc;
 use crate::protocol::{self, parse_client_frame, ClientMessage};
 use crate::redis::RedisStore;
@@ -22,6 +23,10 @@ use crate::redis::RedisStore;
 pub const CLOSE_BAD_MESSAGE: u16 = 4400;
 /// Close code for a frame over the size limit; y-websocket does not reconnect.
 pub const CLOSE_TOO_LARGE: u16 = 4413;
+/// Close code for an expired token; y-websocket does not reconnect.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
+/// Close code for lost permission; y-websocket does not reconnect.
+pub const CLOSE_PERMISSION_REVOKED: u16 = 4403;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
@@ -59,6 +64,10 @@ pub enum ToSession {
         code: u16,
         reason: &'static str,
     },
+    /// Ask the permission callback again (for `user`, or everyone when None).
+    Recheck {
+        user: Option<String>,
+    },
 }
 
 impl ToSession {
@@ -90,6 +99,9 @@ pub struct WsSession {
     /// A fragmented binary message being reassembled.
     fragments: Option<BytesMut>,
     last_heard: Instant,
+    grant: Grant,
+    /// For rechecks; None when auth is disabled.
+    auth: Option<(Arc<Authenticator>, awc::Client)>,
 }
 
 pub struct SessionParams {
@@ -100,6 +112,8 @@ pub struct SessionParams {
     pub redis: RedisStore,
     pub killer: Option<ConnectionKiller>,
     pub max_frame_bytes: usize,
+    pub grant: Grant,
+    pub auth: Option<(Arc<Authenticator>, awc::Client)>,
 }
 
 impl WsSession {
@@ -121,6 +135,8 @@ impl WsSession {
             awareness: None,
             fragments: None,
             last_heard: Instant::now(),
+            grant: p.grant,
+            auth: p.auth,
         }
     }
 
@@ -149,6 +165,10 @@ impl WsSession {
                 if !self.synced {
                     self.client_state_vector = Some(state_vector);
                 }
+            }
+            // Read-only users still sync; their edits just go nowhere.
+            Ok(ClientMessage::Update { .. }) if self.grant.access == Access::ReadOnly => {
+                tracing::debug!(room = %self.room, conn = self.conn, "dropped an update from a read-only user");
             }
             Ok(ClientMessage::Update { message }) => self.publish(message, ctx),
             Ok(ClientMessage::Awareness { message, entries }) => {
@@ -217,6 +237,35 @@ impl WsSession {
             .wait(ctx);
     }
 
+    /// Re-asks the permission callback; closes with 4403 on lost access and
+    /// switches between read-write and read-only otherwise. A failing callback
+    /// keeps the session as it is: a flaky backend must not kick everyone out.
+    fn recheck(&mut self, user: Option<String>, ctx: &mut ws::WebsocketContext<Self>) {
+        let (Some((auth, http)), Some(own)) = (&self.auth, &self.grant.user_id) else { return };
+        if user.as_ref().is_some_and(|u| u != own) {
+            return;
+        }
+        let (auth, http, room, own) = (auth.clone(), http.clone(), self.room.clone(), own.clone());
+        async move { check_permission(&http, &auth.perm_callback, &room, &own, auth.timeout).await }
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(access) => {
+                    if access != act.grant.access {
+                        tracing::info!(room = %act.room, conn = act.conn, ?access, "permission changed");
+                        act.grant.access = access;
+                    }
+                }
+                Err(AuthError::Forbidden) => {
+                    tracing::info!(room = %act.room, conn = act.conn, "permission revoked; closing");
+                    act.close(ctx, CLOSE_PERMISSION_REVOKED, "permission revoked");
+                }
+                Err(e) => {
+                    tracing::warn!(room = %act.room, conn = act.conn, error = %e, "permission recheck failed; keeping session")
+                }
+            })
+            .spawn(ctx);
+    }
+
     fn finish_sync(&mut self, awareness: Option<Bytes>, ctx: &mut ws::WebsocketContext<Self>) {
         if let Some(awareness) = awareness {
             ctx.binary(awareness);
@@ -250,6 +299,13 @@ impl Actor for WsSession {
                 Err(_) => act.close(ctx, CLOSE_TRY_AGAIN_LATER, "server is shutting down"),
             })
             .wait(ctx);
+        if let Some(expires_at) = self.grant.expires_at_ms {
+            let remaining = Duration::from_millis(expires_at.saturating_sub(now_ms()));
+            ctx.run_later(remaining, |act, ctx| {
+                tracing::info!(room = %act.room, conn = act.conn, "token expired; closing");
+                act.close(ctx, CLOSE_TOKEN_EXPIRED, "token expired");
+            });
+        }
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_TIMEOUT {
                 tracing::info!(room = %act.room, conn = act.conn, "client timed out");
@@ -293,6 +349,7 @@ impl Handler<ToSession> for WsSession {
                 ctx.binary(message);
             }
             ToSession::Close { code, reason } => self.close(ctx, code, reason),
+            ToSession::Recheck { user } => self.recheck(user, ctx),
         }
     }
 }

@@ -71,6 +71,11 @@ impl Keys {
         format!("{}:lock:{}", self.prefix, stream_key)
     }
 
+    /// The pub/sub channel carrying permission recheck requests.
+    pub fn recheck_channel(&self) -> String {
+        format!("{}:recheck", self.prefix)
+    }
+
     /// The worker queue stream; its consumer group has the same name.
     pub fn worker_stream(&self) -> String {
         format!("{}:worker", self.prefix)

@@ -126,6 +126,17 @@ impl RedisStore {
         Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
     }
 
+    /// A fresh pub/sub connection.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
+        Ok(self.client.get_async_pubsub().await?)
+    }
+
+    /// Publishes on a channel; answers how many subscribers got it.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<i64, RedisError> {
+        let mut conn = self.conn().await?;
+        Ok(redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await?)
+    }
+
     /// Creates the worker queue and its consumer group if missing.
     pub async fn ensure_worker_group(&self) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;

@@ -3,21 +3,11 @@
 
 use std::time::Duration;
 
-/// Characters allowed unescaped in a URL path segment (RFC 3986 pchar), plus
-/// `%` because the room is already in its URL form.
-fn is_path_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b)
-}
+use crate::url::push_path_segment;
 
 pub fn callback_url(base: &str, room: &str) -> String {
-    let mut url = format!("{base}/");
-    for &b in room.as_bytes() {
-        if is_path_safe(b) {
-            url.push(b as char);
-        } else {
-            url.push_str(&format!("%{b:02X}"));
-        }
-    }
+    let mut url = base.to_owned();
+    push_path_segment(&mut url, room);
     url
 }
 
@@ -59,12 +49,6 @@ pub async fn send(client: &awc::Client, base: &str, room: &str, update_v2: Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn url_keeps_the_room_in_url_form() {
-        assert_eq!(callback_url("http://h/ydoc", "a%20b"), "http://h/ydoc/a%20b");
-        assert_eq!(callback_url("http://h/ydoc", "a b/ü"), "http://h/ydoc/a%20b%2F%C3%BC");
-    }
 
     #[test]
     fn body_is_one_multipart_field_named_ydoc() {
