@@ -2,7 +2,8 @@
 //! names @y/redis uses (DESIGN §7). A bad value stops start-up with one line
 //! naming the variable.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -25,6 +26,8 @@ pub struct Config {
     pub redis_url: String,
     pub redis_prefix: String,
     pub log: String,
+    /// `LOG_FORMAT=json`: one JSON object per line instead of text.
+    pub log_json: bool,
     /// Largest websocket frame accepted from a client.
     pub max_frame_bytes: usize,
     /// Bytes queued towards one client before it counts as not reading and is cut off.
@@ -40,6 +43,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Port of `y-redis auth-example`.
     pub auth_example_port: u16,
+    /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
+    pub worker_port: u16,
 }
 
 /// A value that must never reach a log line.
@@ -138,7 +143,47 @@ pub struct WorkerConfig {
 /// process environment.
 pub struct Source {
     vars: HashMap<String, String>,
+    /// Every variable the loader asked for, to keep [`VARIABLES`] honest.
+    read: RefCell<BTreeSet<String>>,
 }
+
+/// Every variable the loader reads (`y-redis variables` prints them).
+pub const VARIABLES: &[&str] = &[
+    "ADMIN_SECRET",
+    "AUTH_DISABLED",
+    "AUTH_EXAMPLE_PORT",
+    "AUTH_PERM_CALLBACK",
+    "AUTH_PERM_CALLBACK_TIMEOUT_MS",
+    "AUTH_PRIVATE_KEY",
+    "AUTH_PUBLIC_KEY",
+    "HOST",
+    "LOG",
+    "LOG_FORMAT",
+    "PORT",
+    "POSTGRES",
+    "REDIS",
+    "REDIS_BLOCK_MS",
+    "REDIS_COMMAND_TIMEOUT_MS",
+    "REDIS_MIN_MESSAGE_LIFETIME",
+    "REDIS_PREFIX",
+    "REDIS_TASK_DEBOUNCE",
+    "S3_ACCESS_KEY",
+    "S3_BUCKET",
+    "S3_ENDPOINT",
+    "S3_PORT",
+    "S3_SECRET_KEY",
+    "S3_SSL",
+    "SHUTDOWN_GRACE_MS",
+    "STORAGE_DIR",
+    "WORKER_CLAIM_COUNT",
+    "WORKER_CONCURRENCY",
+    "WORKER_IDLE_MS",
+    "WORKER_PORT",
+    "WS_MAX_FRAME_BYTES",
+    "WS_MAX_SEND_QUEUE_BYTES",
+    "YDOC_UPDATE_CALLBACK",
+    "YDOC_UPDATE_CALLBACK_TIMEOUT_MS",
+];
 
 impl Source {
     /// The process environment plus `.env` (the environment wins).
@@ -163,17 +208,22 @@ impl Source {
             }
         }
         vars.extend(std::env::vars());
-        Ok(Source { vars })
+        Ok(Source {
+            vars,
+            read: RefCell::default(),
+        })
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Source {
             vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            read: RefCell::default(),
         }
     }
 
     /// The value of `var`, or None when unset or empty (as y-redis treats empty).
     pub fn get(&self, var: &str) -> Option<&str> {
+        self.read.borrow_mut().insert(var.to_owned());
         self.vars.get(var).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
@@ -241,6 +291,16 @@ impl Config {
             redis_url,
             redis_prefix,
             log: src.string("LOG", "info"),
+            log_json: match src.string("LOG_FORMAT", "text").as_str() {
+                "text" => false,
+                "json" => true,
+                other => {
+                    return Err(ConfigError {
+                        var: "LOG_FORMAT",
+                        reason: format!("expected text or json, got {other:?}"),
+                    })
+                }
+            },
             max_frame_bytes,
             max_send_queue_bytes,
             redis_block: src.millis("REDIS_BLOCK_MS", 1000)?,
@@ -250,6 +310,7 @@ impl Config {
             worker: worker_config(src)?,
             auth: auth_config(src)?,
             auth_example_port: src.number("AUTH_EXAMPLE_PORT", 5173, "a port number 0-65535")?,
+            worker_port: src.number("WORKER_PORT", 3003, "a port number 0-65535")?,
         })
     }
 }
@@ -369,6 +430,19 @@ mod tests {
         assert_eq!(err.var, "AUTH_PERM_CALLBACK");
         let cfg = Config::load(&Source::from_pairs([("ADMIN_SECRET", "hunter2")])).expect("valid");
         assert!(!format!("{cfg:?}").contains("hunter2"), "secrets never print");
+    }
+
+    #[test]
+    fn variables_list_is_exactly_what_the_loader_reads() {
+        let mut read = BTreeSet::new();
+        let s3 = [("S3_ENDPOINT", "h"), ("S3_ACCESS_KEY", "a"), ("S3_SECRET_KEY", "b")];
+        for pairs in [vec![], vec![("POSTGRES", "postgres://x/y")], s3.to_vec()] {
+            let src = Source::from_pairs(pairs);
+            Config::load(&src).expect("valid");
+            read.extend(src.read.take());
+        }
+        let listed: BTreeSet<String> = VARIABLES.iter().map(|v| v.to_string()).collect();
+        assert_eq!(read, listed);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub mod auth;
 pub mod config;
 pub mod document;
 pub mod example_auth;
+pub mod health;
+pub mod metrics;
 pub mod protocol;
 pub mod redis;
 pub mod server;

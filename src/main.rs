@@ -16,6 +16,7 @@ Commands:
   worker    persistence worker: moves documents from Redis to storage
   all       server and worker in one process
   migrate   create or update the Postgres table (POSTGRES) and exit
+  variables print the name of every configuration variable
   keygen    print a new AUTH_PUBLIC_KEY / AUTH_PRIVATE_KEY pair (lib0 JWK format)
   auth-example
             example auth backend on AUTH_EXAMPLE_PORT (default 5173), signing
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
         Some("all") => Command::All,
         Some("migrate") => Command::Migrate,
         Some("auth-example") => Command::AuthExample,
+        Some("variables") => {
+            y_redis::config::VARIABLES.iter().for_each(|v| println!("{v}"));
+            return ExitCode::SUCCESS;
+        }
         Some("keygen") => {
             return match y_redis::auth::generate_keypair() {
                 Ok(pair) => {
@@ -89,7 +94,16 @@ fn main() -> ExitCode {
     // y-redis's .env template says LOG=*; read it as "everything".
     let filter = if config.log.trim() == "*" { "debug" } else { config.log.as_str() };
     match EnvFilter::try_new(filter) {
-        Ok(filter) => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        Ok(filter) => {
+            let logs = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+            if config.log_json {
+                logs.json().flatten_event(true).init();
+            } else {
+                logs.init();
+            }
+        }
         Err(e) => {
             eprintln!("y-redis: invalid configuration: LOG: {e}");
             return ExitCode::from(2);
@@ -128,12 +142,18 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         if let Err(e) = redis.ensure_worker_group().await {
             tracing::warn!(error = %e, "cannot create the worker queue yet; workers retry");
         }
-        y_redis::worker::start(&config.worker, redis, storage.clone());
+        y_redis::worker::start(&config.worker, redis.clone(), storage.clone());
         tracing::info!(actors = config.worker.concurrency, prefix = %config.redis_prefix, "y-redis worker running");
+        if command == Command::Worker {
+            let probes = y_redis::health::Probes { redis, storage };
+            let endpoints = y_redis::health::serve(&config.host, config.worker_port, probes);
+            tokio::select! {
+                served = endpoints => served?,
+                _ = y_redis::shutdown::wait_for_signal() => tracing::info!("y-redis worker stopped"),
+            }
+            return Ok(());
+        }
     }
-    match command {
-        Command::Server | Command::All => y_redis::server::run(config, storage).await?,
-        _ => y_redis::shutdown::wait_for_signal().await,
-    }
+    y_redis::server::run(config, storage).await?;
     Ok(())
 }

@@ -74,6 +74,7 @@ async fn websocket(
         Some(auth) => match auth.authorize(&http, token.as_deref(), room).await {
             Ok(grant) => grant,
             Err(e) => {
+                crate::metrics::REFUSED_UPGRADES.inc();
                 tracing::info!(room, status = e.status().as_u16(), reason = %e, "refused connection");
                 return Ok(HttpResponse::build(e.status()).body(e.to_string()));
             }
@@ -175,6 +176,7 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
         }
     };
     let listener = RedisListener::new(redis.clone(), config.redis_block).start();
+    let storage_for_probes = storage.clone();
     let hub = Hub::new(RoomContext {
         redis: redis.clone(),
         storage,
@@ -183,6 +185,10 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
     })
     .start();
     RevocationListener::new(redis.clone(), hub.clone()).start();
+    let probes = web::Data::new(crate::health::Probes {
+        redis: redis.clone(),
+        storage: storage_for_probes,
+    });
     let state = web::Data::new(ServerState {
         hub: hub.clone(),
         redis,
@@ -195,6 +201,8 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(probes.clone())
+            .configure(crate::health::routes)
             // One HTTP client per worker thread, for permission callbacks.
             .app_data(awc::Client::default())
             .route("/admin/recheck", web::post().to(admin_recheck))

@@ -144,6 +144,7 @@ fn push(room: &str, cap: usize, conn: ConnId, member: &Member, message: ToSessio
     let size = message.queued_size();
     let queued = member.queued.fetch_add(size, Ordering::Relaxed) + size;
     if queued > cap {
+        crate::metrics::SLOW_CLIENTS.inc();
         tracing::warn!(room, conn, queued, "client is not reading its socket; disconnecting it");
         // The session cannot act while its socket is full; cut the socket from here.
         if let Some(killer) = &member.killer {
@@ -163,10 +164,12 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Context<Self>) {
+        crate::metrics::ROOMS.inc();
         tracing::debug!(room = %self.room, "room opened");
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        crate::metrics::ROOMS.dec();
         if self.subscribed {
             self.shared.listener.do_send(Unsubscribe { key: self.key.clone() });
         }
@@ -200,6 +203,7 @@ impl Handler<Loaded> for Room {
         let doc = match msg.0 {
             Ok(doc) => doc,
             Err(e) => {
+                crate::metrics::ERRORS.inc();
                 tracing::error!(room = %self.room, error = %e, "initial sync failed; asking waiting clients to retry");
                 for member in self.members.values().filter(|m| m.synced_through.is_none()) {
                     member.session.do_send(ToSession::Close {

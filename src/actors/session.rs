@@ -16,6 +16,7 @@ use super::hub::{Hub, JoinRoom, LeaveRoom};
 use super::room::{ConnId, Join, QueryAwareness, Room, CLOSE_TRY_AGAIN_LATER};
 use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Grant};
 use crate::document::AssembledDoc;
+use crate::metrics;
 use crate::protocol::{self, parse_client_frame, ClientMessage};
 use crate::redis::RedisStore;
 
@@ -153,6 +154,7 @@ impl WsSession {
     }
 
     fn reject(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        metrics::REJECTED_MESSAGES.inc();
         tracing::warn!(room = %self.room, conn = self.conn, code, reason, "closing connection: bad frame");
         self.close(ctx, code, reason);
     }
@@ -187,7 +189,7 @@ impl WsSession {
                         .into_actor(self)
                         .map(|reply, _, ctx| {
                             if let Ok(Some(message)) = reply {
-                                ctx.binary(message);
+                                send(ctx, message);
                             }
                         })
                         .wait(ctx);
@@ -207,6 +209,7 @@ impl WsSession {
             .map(|result, act, ctx| {
                 if let Err(e) = result {
                     // The client keeps the edit and resends it after reconnecting.
+                    metrics::ERRORS.inc();
                     tracing::error!(room = %act.room, conn = act.conn, error = %e, "could not publish a message");
                     act.close(ctx, CLOSE_TRY_AGAIN_LATER, "could not store the message, please reconnect");
                 }
@@ -215,11 +218,11 @@ impl WsSession {
     }
 
     fn send_initial_sync(&mut self, doc: Arc<AssembledDoc>, awareness: Option<Bytes>, ctx: &mut ws::WebsocketContext<Self>) {
-        ctx.binary(protocol::encode_sync_step1(&doc.state_vector));
+        send(ctx, protocol::encode_sync_step1(&doc.state_vector));
         // A client that already holds part of the document gets only the rest.
         let client_sv = self.client_state_vector.take().filter(|sv| sv.as_slice() != [0]);
         let Some(client_sv) = client_sv else {
-            ctx.binary(protocol::encode_sync_step2(&doc.update_v1));
+            send(ctx, protocol::encode_sync_step2(&doc.update_v1));
             self.finish_sync(awareness, ctx);
             return;
         };
@@ -231,7 +234,7 @@ impl WsSession {
                     Ok(Ok(diff)) => protocol::encode_sync_step2(&diff),
                     _ => protocol::encode_sync_step2(&full.update_v1),
                 };
-                ctx.binary(step2);
+                send(ctx, step2);
                 act.finish_sync(awareness, ctx);
             })
             .wait(ctx);
@@ -268,17 +271,27 @@ impl WsSession {
 
     fn finish_sync(&mut self, awareness: Option<Bytes>, ctx: &mut ws::WebsocketContext<Self>) {
         if let Some(awareness) = awareness {
-            ctx.binary(awareness);
+            send(ctx, awareness);
         }
         self.synced = true;
         tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
     }
 }
 
+/// Sends one message to the client, counting it.
+fn send(ctx: &mut ws::WebsocketContext<WsSession>, message: impl Into<Bytes>) {
+    let message = message.into();
+    metrics::MESSAGES_OUT.inc();
+    metrics::BYTES_OUT.add(message.len() as u64);
+    ctx.binary(message);
+}
+
 impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::CONNECTIONS.inc();
+        metrics::CONNECTIONS_TOTAL.inc();
         tracing::info!(room = %self.room, conn = self.conn, "connection opened");
         let join = JoinRoom {
             room: self.room.clone(),
@@ -317,6 +330,7 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::CONNECTIONS.dec();
         if let Some((client_id, clock)) = self.awareness {
             let redis = self.redis.clone();
             let key = self.key.clone();
@@ -346,7 +360,7 @@ impl Handler<ToSession> for WsSession {
             ToSession::InitialSync { doc, awareness } => self.send_initial_sync(doc, awareness, ctx),
             ToSession::Deliver(message) => {
                 self.queued.fetch_sub(message.len(), Ordering::Relaxed);
-                ctx.binary(message);
+                send(ctx, message);
             }
             ToSession::Close { code, reason } => self.close(ctx, code, reason),
             ToSession::Recheck { user } => self.recheck(user, ctx),
@@ -358,7 +372,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match msg {
-            Ok(ws::Message::Binary(frame)) => self.handle_frame(&frame, ctx),
+            Ok(ws::Message::Binary(frame)) => {
+                metrics::MESSAGES_IN.inc();
+                metrics::BYTES_IN.add(frame.len() as u64);
+                self.handle_frame(&frame, ctx)
+            }
             Ok(ws::Message::Text(_)) => {
                 self.reject(ctx, CLOSE_BAD_MESSAGE, "text frames are not part of the y-websocket protocol")
             }

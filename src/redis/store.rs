@@ -155,8 +155,16 @@ impl RedisStore {
         }
     }
 
+    /// Whether Redis answers (for readiness probes).
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
     /// Appends one validated message to a room stream (see [`ADD_MESSAGE_LUA`]).
     pub async fn add_message(&self, stream_key: &str, message: &[u8]) -> Result<StreamId, RedisError> {
+        let _timer = CommandTimer::start();
         match self.try_add_message(stream_key, message).await {
             // Redis lost the worker group (restarted empty): recreate, retry once.
             Err(e) if e.is_missing_group() => {
@@ -185,6 +193,7 @@ impl RedisStore {
 
     /// The whole room stream, oldest first.
     pub async fn read_stream(&self, stream_key: &str) -> Result<Vec<StreamEntry>, RedisError> {
+        let _timer = CommandTimer::start();
         let mut conn = self.conn().await?;
         let reply: StreamRangeReply = redis::cmd("XRANGE")
             .arg(stream_key)
@@ -339,6 +348,21 @@ impl RedisStore {
             .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
+    }
+}
+
+/// Records a command's latency when dropped.
+struct CommandTimer(std::time::Instant);
+
+impl CommandTimer {
+    fn start() -> Self {
+        CommandTimer(std::time::Instant::now())
+    }
+}
+
+impl Drop for CommandTimer {
+    fn drop(&mut self) {
+        crate::metrics::REDIS_COMMAND_SECONDS.observe(self.0.elapsed());
     }
 }
 

@@ -85,6 +85,18 @@ fn write_piece(dir: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 }
 
 impl Storage for FilesystemStorage {
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        let dir = self.dir.clone();
+        async move {
+            match tokio::fs::metadata(&dir).await {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(StorageError::Unavailable(format!("filesystem: {} is not a directory", dir.display()))),
+                Err(e) => Err(io_error("cannot reach", &dir, e)),
+            }
+        }
+        .boxed()
+    }
+
     fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         async move {
             let dir = self.doc_dir(room, docid)?;

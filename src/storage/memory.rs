@@ -27,6 +27,10 @@ impl MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        ready(self.with_docs(|_| ())).boxed()
+    }
+
     fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         let pieces = self.with_docs(|docs| {
             docs.get(&(room.to_owned(), docid.to_owned()))

@@ -37,6 +37,9 @@ pub struct StoredDoc {
 }
 
 pub trait Storage: Send + Sync + 'static {
+    /// Whether the backend answers (for readiness probes).
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+
     /// The stored document, or None if nothing is stored.
     fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>>;
 

@@ -76,6 +76,10 @@ impl PostgresStorage {
 }
 
 impl Storage for PostgresStorage {
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.with_conn(|conn| diesel::sql_query("SELECT 1").execute(conn).map(|_| ()).map_err(unavailable))
+    }
+
     fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         let (room_owned, docid_owned) = (room.to_owned(), docid.to_owned());
         let rows = self.with_conn(move |conn| {

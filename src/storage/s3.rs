@@ -105,6 +105,17 @@ impl S3Storage {
 }
 
 impl Storage for S3Storage {
+    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        async move {
+            match self.bucket.exists().await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(unavailable(format!("bucket {:?} is gone", self.bucket.name()))),
+                Err(e) => Err(unavailable(e)),
+            }
+        }
+        .boxed()
+    }
+
     fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         async move {
             let prefix = doc_prefix(room, docid);

@@ -14,6 +14,7 @@ use thiserror::Error;
 use super::callback;
 use crate::config::WorkerConfig;
 use crate::document::{self, LoadError};
+use crate::metrics;
 use crate::redis::{RedisError, RedisStore, Task};
 use crate::storage::{Storage, StorageError};
 
@@ -83,6 +84,7 @@ impl PersistenceWorker {
                     act.schedule_round(delay, ctx);
                 }
                 Ok(Err(e)) => {
+                    metrics::ERRORS.inc();
                     tracing::error!(consumer = %act.consumer, error = %e, "worker round failed; restarting");
                     ctx.stop();
                 }
@@ -137,6 +139,7 @@ impl Round {
             persisted: 0,
         };
         for task in &tasks {
+            metrics::WORKER_TASKS.inc();
             if self.compact(task).await? {
                 report.persisted += 1;
             }
@@ -189,6 +192,8 @@ impl Round {
                 let timeout = self.config.update_callback_timeout;
                 actix::spawn(async move { callback::send(&http, &url, &room, update_v2, timeout).await });
             }
+            metrics::WORKER_PERSISTS.inc();
+            metrics::WORKER_PERSIST_SECONDS.observe(started.elapsed());
             tracing::info!(
                 room,
                 bytes = size,
