@@ -2,6 +2,7 @@
 //! sync sends and what the worker persists. The Y.Doc lives only inside
 //! [`assemble`], which callers run on the blocking pool.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -76,11 +77,12 @@ pub fn assemble(stored: Option<StoredDoc>, entries: &[StreamEntry]) -> Result<As
         for entry in entries {
             match classify_stream_message(&entry.message) {
                 StreamMessage::Update(bytes) => match Update::decode_v1(bytes) {
-                    Ok(update) => {
-                        if let Err(e) = txn.apply_update(update) {
-                            tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply");
-                        }
-                    }
+                    // yrs may panic on hostile input; one such entry must not make the room unloadable.
+                    Ok(update) => match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply"),
+                        Err(_) => tracing::error!(id = %entry.id, "skipping stream update that crashed the decoder"),
+                    },
                     Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update"),
                 },
                 StreamMessage::Awareness(states) => states.into_iter().for_each(|s| awareness.apply(s)),

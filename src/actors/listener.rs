@@ -10,6 +10,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 
+use super::room::{CloseAll, Room, CLOSE_TRY_AGAIN_LATER};
 use crate::redis::{client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry, StreamId};
 
 /// Entries read from one room stream, oldest first.
@@ -25,7 +26,7 @@ pub struct StreamBatch {
 pub struct Subscribe {
     pub key: String,
     pub after: StreamId,
-    pub room: Recipient<StreamBatch>,
+    pub room: Addr<Room>,
 }
 
 #[derive(Message)]
@@ -36,7 +37,7 @@ pub struct Unsubscribe {
 
 struct Subscription {
     after: StreamId,
-    room: Recipient<StreamBatch>,
+    room: Addr<Room>,
 }
 
 /// Entries per stream per read; a busy room catches up over several reads.
@@ -107,8 +108,8 @@ impl RedisListener {
             match result {
                 Ok(batches) => {
                     if act.failures > 0 {
-                        tracing::info!("redis listener reading again");
                         act.failures = 0;
+                        act.resync_rooms();
                     }
                     act.connection = Some((conn, id));
                     act.route(batches);
@@ -132,6 +133,19 @@ impl RedisListener {
             act.busy = false;
             act.read_next(ctx);
         });
+    }
+
+    /// After an outage the stream may have lost entries (Redis restarted
+    /// empty) and sessions may have edits that never reached it: clients
+    /// reconnect and run a full sync both ways, which restores both.
+    fn resync_rooms(&mut self) {
+        tracing::info!(rooms = self.subscriptions.len(), "redis listener reading again; asking clients to resync");
+        for sub in self.subscriptions.values() {
+            sub.room.do_send(CloseAll {
+                code: CLOSE_TRY_AGAIN_LATER,
+                reason: "redis connection restored, resyncing",
+            });
+        }
     }
 
     fn route(&mut self, batches: Vec<(String, Vec<StreamEntry>)>) {

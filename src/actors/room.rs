@@ -223,7 +223,7 @@ impl Handler<Loaded> for Room {
             self.shared.listener.do_send(Subscribe {
                 key: self.key.clone(),
                 after: doc.last_id,
-                room: ctx.address().recipient(),
+                room: ctx.address(),
             });
         }
         // Entries the load did not cover but that arrived while it ran.
