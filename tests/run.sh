@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust unit and integration tests, then the real-client
-# end-to-end suite (npm yjs + y-websocket against real server processes).
-# Starts the local Redis it needs if none answers on 127.0.0.1:6379.
+# Runs every test: the Rust unit and integration tests (real Redis, Postgres,
+# a moto S3 server, the filesystem), then the real-client end-to-end suite
+# (npm yjs + y-websocket, a headless Chromium) against real processes.
+# Installs and starts what it needs when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -14,18 +15,50 @@ ensure_redis() {
   fi
 }
 
+ensure_postgres() {
+  if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+    for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break; sleep 0.2; done
+  fi
+}
+
+ensure_moto() {
+  if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+    echo "installing moto (S3-compatible test server) from PyPI"
+    python3 -m pip install --quiet 'moto[server]'
+  fi
+}
+
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "installing Debian's chromium for the browser test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+}
+
 ensure_redis
+ensure_postgres
+ensure_moto
+ensure_chromium
 
 echo "== cargo build"
 cargo build --locked --bins
 echo "== cargo test"
 cargo test --locked
 
+npm_ci() {
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+}
+
+echo "== demo page build"
+(cd demo && npm_ci && npm run build)
+
 echo "== end-to-end (tests/e2e)"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 export Y_REDIS_BIN="$target_dir/debug/y-redis"
 cd tests/e2e
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund
-fi
+npm_ci
 npm test
