@@ -11,7 +11,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::protocol::{classify_stream_message, AwarenessStates, StreamMessage};
+use crate::protocol::{check_update_counts, classify_stream_message, AwarenessStates, StreamMessage};
 use crate::redis::{RedisError, RedisStore, StreamEntry, StreamId};
 use crate::storage::{Reference, Storage, StorageError, StoredDoc};
 
@@ -76,14 +76,15 @@ pub fn assemble(stored: Option<StoredDoc>, entries: &[StreamEntry]) -> Result<As
         let mut txn = doc.transact_mut();
         for entry in entries {
             match classify_stream_message(&entry.message) {
-                StreamMessage::Update(bytes) => match Update::decode_v1(bytes) {
+                StreamMessage::Update(bytes) => match check_update_counts(bytes).map(|()| Update::decode_v1(bytes)) {
                     // yrs may panic on hostile input; one such entry must not make the room unloadable.
-                    Ok(update) => match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
+                    Ok(Ok(update)) => match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply"),
                         Err(_) => tracing::error!(id = %entry.id, "skipping stream update that crashed the decoder"),
                     },
-                    Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update"),
+                    Ok(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update"),
+                    Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping stream update with impossible counts"),
                 },
                 StreamMessage::Awareness(states) => states.into_iter().for_each(|s| awareness.apply(s)),
                 StreamMessage::Unknown => tracing::warn!(id = %entry.id, "skipping unknown stream message"),

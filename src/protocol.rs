@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use thiserror::Error;
 use yrs::updates::decoder::Decode;
-use yrs::{StateVector, Update};
+use yrs::Update;
 
 pub const MESSAGE_SYNC: u64 = 0;
 pub const MESSAGE_AWARENESS: u64 = 1;
@@ -86,6 +86,10 @@ impl<'a> Decoder<'a> {
 
     pub fn read_var_string(&mut self) -> Result<&'a str, ProtocolError> {
         std::str::from_utf8(self.read_var_bytes()?).map_err(|_| ProtocolError::InvalidUtf8)
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
     }
 
     pub fn finish(&self) -> Result<(), ProtocolError> {
@@ -192,10 +196,37 @@ pub fn encode_awareness_removal(client_id: u64, last_clock: u64) -> Vec<u8> {
     encode_awareness_message(std::iter::once(&entry))
 }
 
+/// Rejects a v1 update whose leading counts claim more entries than its
+/// bytes could hold. yrs reserves memory for the declared counts before
+/// reading them, so a few bytes declaring 2^27 clients would make it touch
+/// hundreds of megabytes.
+pub fn check_update_counts(update: &[u8]) -> Result<(), ProtocolError> {
+    let mut decoder = Decoder::new(update);
+    let clients = decoder.read_var_uint()?;
+    // Each client needs at least a block count, a client id and a clock.
+    if clients > (decoder.remaining() / 3) as u64 {
+        return Err(ProtocolError::InvalidUpdate(format!(
+            "declares {clients} clients in {} bytes",
+            update.len()
+        )));
+    }
+    if clients > 0 {
+        let blocks = decoder.read_var_uint()?;
+        if blocks > decoder.remaining() as u64 {
+            return Err(ProtocolError::InvalidUpdate(format!(
+                "declares {blocks} blocks in {} bytes",
+                update.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `update` decodes as a Yjs v1 update and tells whether it
 /// carries anything. yrs may panic on hostile input, so a panic counts as
 /// invalid rather than taking the thread down.
 pub fn validate_update_v1(update: &[u8]) -> Result<bool, ProtocolError> {
+    check_update_counts(update)?;
     match catch_unwind(AssertUnwindSafe(|| Update::decode_v1(update))) {
         Ok(Ok(update)) => Ok(!update.is_empty()),
         Ok(Err(e)) => Err(ProtocolError::InvalidUpdate(e.to_string())),
@@ -203,12 +234,22 @@ pub fn validate_update_v1(update: &[u8]) -> Result<bool, ProtocolError> {
     }
 }
 
+/// A state vector is `count` pairs of (client, clock); decoded here rather
+/// than by yrs, which would reserve room for the declared count first.
 fn validate_state_vector(sv: &[u8]) -> Result<(), ProtocolError> {
-    match catch_unwind(AssertUnwindSafe(|| StateVector::decode_v1(sv))) {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(ProtocolError::InvalidStateVector(e.to_string())),
-        Err(_) => Err(ProtocolError::InvalidStateVector("decoder panicked".into())),
+    let mut decoder = Decoder::new(sv);
+    let count = decoder.read_var_uint()?;
+    if count > (decoder.remaining() / 2) as u64 {
+        return Err(ProtocolError::InvalidStateVector(format!(
+            "declares {count} clients in {} bytes",
+            sv.len()
+        )));
     }
+    for _ in 0..count {
+        decoder.read_var_uint()?;
+        decoder.read_var_uint()?;
+    }
+    decoder.finish()
 }
 
 /// What a validated client frame asks the server to do.

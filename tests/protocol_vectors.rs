@@ -168,6 +168,13 @@ fn malformed_frames_are_rejected() {
         assert!(parse_client_frame(frame).is_err(), "{what} was accepted");
     }
     assert_eq!(parse_client_frame(&[3, 0]), Err(ProtocolError::TrailingBytes(1)));
+    // Found by cargo fuzz: counts that would make yrs reserve gigabytes.
+    let huge_state_vector = [0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0x0f, 1];
+    assert!(matches!(parse_client_frame(&huge_state_vector), Err(ProtocolError::InvalidStateVector(_))));
+    let huge_client_count = [0, 2, 6, 0xff, 0xff, 0xff, 0x7f, 0, 0];
+    assert!(matches!(parse_client_frame(&huge_client_count), Err(ProtocolError::InvalidUpdate(_))));
+    let huge_block_count = [0, 2, 9, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0, 0];
+    assert!(matches!(parse_client_frame(&huge_block_count), Err(ProtocolError::InvalidUpdate(_))));
 }
 
 #[test]

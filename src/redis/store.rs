@@ -64,6 +64,14 @@ end
 return 0
 "#;
 
+/// Extends a room lock only if we still hold it.
+const RENEW_LUA: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
 /// Releases a room lock only if we still hold it.
 const UNLOCK_LUA: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -86,6 +94,7 @@ pub struct RedisStore {
     keys: Keys,
     add_message: Script,
     delete_empty_room: Script,
+    renew: Script,
     unlock: Script,
 }
 
@@ -106,6 +115,7 @@ impl RedisStore {
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
             delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
+            renew: Script::new(RENEW_LUA),
             unlock: Script::new(UNLOCK_LUA),
         })
     }
@@ -338,6 +348,19 @@ impl RedisStore {
             .query_async(&mut conn)
             .await?;
         Ok(reply.is_some())
+    }
+
+    /// Extends our room lock to `ttl` from now; false if we lost it.
+    pub async fn renew_room_lock(&self, stream_key: &str, owner: &str, ttl: Duration) -> Result<bool, RedisError> {
+        let mut conn = self.conn().await?;
+        let renewed: i64 = self
+            .renew
+            .key(self.keys.room_lock(stream_key))
+            .arg(owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
     }
 
     pub async fn unlock_room(&self, stream_key: &str, owner: &str) -> Result<(), RedisError> {

@@ -18,8 +18,11 @@ use crate::metrics;
 use crate::redis::{RedisError, RedisStore, Task};
 use crate::storage::{Storage, StorageError};
 
-/// How long a worker may hold a room before another may take over.
-const ROOM_LOCK_TTL: Duration = Duration::from_secs(60);
+/// A room lock lives about as long as the task debounce and is renewed while
+/// the compaction runs, so a killed worker blocks its rooms only briefly.
+fn room_lock_ttl(debounce: Duration) -> Duration {
+    debounce.clamp(Duration::from_secs(3), Duration::from_secs(30))
+}
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
@@ -158,16 +161,33 @@ impl Round {
             self.redis.drop_task(task).await?;
             return Ok(false);
         };
-        if !self.redis.lock_room(&task.stream_key, &self.consumer, ROOM_LOCK_TTL).await? {
+        let ttl = room_lock_ttl(self.config.task_debounce);
+        if !self.redis.lock_room(&task.stream_key, &self.consumer, ttl).await? {
             // Another worker is on it; this task comes back after the debounce.
             tracing::debug!(room = %room, "room is being compacted by another worker");
             return Ok(false);
         }
-        let result = self.compact_locked(task, &room, &docid).await;
+        let result = tokio::select! {
+            result = self.compact_locked(task, &room, &docid) => result,
+            lost = self.keep_lock(&task.stream_key, ttl) => {
+                tracing::warn!(room = %room, error = ?lost.err(), "lost the room lock mid-compaction; leaving the room to its new owner");
+                Ok(false)
+            }
+        };
         if let Err(e) = self.redis.unlock_room(&task.stream_key, &self.consumer).await {
             tracing::warn!(room = %room, error = %e, "could not release room lock; it expires by itself");
         }
         result
+    }
+
+    /// Renews the room lock until it is lost (returns) or the caller stops polling.
+    async fn keep_lock(&self, stream_key: &str, ttl: Duration) -> Result<(), RedisError> {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            if !self.redis.renew_room_lock(stream_key, &self.consumer, ttl).await? {
+                return Ok(());
+            }
+        }
     }
 
     async fn compact_locked(&self, task: &Task, room: &str, docid: &str) -> Result<bool, WorkerError> {
