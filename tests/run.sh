@@ -30,17 +30,19 @@ ensure_moto() {
   fi
 }
 
-ensure_chromium() {
-  if [ ! -x /usr/bin/chromium ]; then
-    echo "installing Debian's chromium for the browser test"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+# Debian's chromium drives the browser test; nginx runs the committed load
+# balancer config in lb.test.mjs (installing it starts no server here).
+ensure_browser_and_nginx() {
+  if [ ! -x /usr/bin/chromium ] || ! command -v nginx >/dev/null 2>&1; then
+    echo "installing Debian's chromium and nginx"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium nginx >/dev/null
   fi
 }
 
 ensure_redis
 ensure_postgres
 ensure_moto
-ensure_chromium
+ensure_browser_and_nginx
 
 echo "== cargo build"
 cargo build --locked --bins

@@ -183,7 +183,7 @@ export class ServerProc {
  * servers of one fleet share it.
  * @param {{ prefix: string, name?: string, env?: Record<string,string>, subcommand?: string, tag?: string, workDir?: string }} opts
  */
-export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e', workDir = path.join(LOG_DIR, `${tag}-${prefix}`) }) {
+export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e', workDir = path.join(LOG_DIR, `${tag}-${prefix}`), readyLog = null }) {
   const bin = assertBinary()
   const port = await freePort()
   fs.mkdirSync(workDir, { recursive: true })
@@ -221,13 +221,54 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
         `log ${logPath}:\n${tailFile(logPath)}`)
     }
     if (await tryConnect(port)) return sp
+    if (readyLog && readyLog.test(tailFile(logPath, 200))) return sp
     if (Date.now() > deadline) {
       await sp.stop(1000)
-      throw new Error(`${bin} ${subcommand} did not accept TCP connections on port ${port} within 30 s.\n` +
+      throw new Error(`${bin} ${subcommand} did not accept TCP connections on port ${port}` +
+        (readyLog ? ` nor log ${readyLog}` : '') + ' within 30 s.\n' +
         `log ${logPath}:\n${tailFile(logPath)}`)
     }
     await sleep(100)
   }
+}
+
+/** Small worker timings for tests (DESIGN §4 / issue "Worker and storage"). */
+export const FAST_WORKER_ENV = Object.freeze({
+  REDIS_TASK_DEBOUNCE: '300',
+  REDIS_MIN_MESSAGE_LIFETIME: '1000',
+  WORKER_IDLE_MS: '100'
+})
+
+/**
+ * Start `y-redis worker`. It is ready when it logs "worker running" or when
+ * its health port (WORKER_PORT, = PORT here) accepts connections.
+ * @param {{ prefix: string, name?: string, env?: Record<string,string>, tag?: string, workDir?: string }} opts
+ */
+export async function startWorker ({ prefix, name = 'worker', env = {}, tag = 'e2e', workDir }) {
+  const healthPort = await freePort()
+  return startServer({
+    prefix,
+    name,
+    tag,
+    workDir,
+    subcommand: 'worker',
+    readyLog: /worker running/,
+    env: { WORKER_PORT: String(healthPort), ...FAST_WORKER_ENV, ...env }
+  })
+}
+
+/** SIGKILL a process and wait for it to be gone. */
+export async function killHard (sp, timeout = 10000) {
+  if (!sp.running) return sp.exitStatus
+  try { sp.proc.kill('SIGKILL') } catch {}
+  return withTimeout(sp.exited, timeout, `${sp.describe()} to exit after SIGKILL`)
+}
+
+/** Lines of a process log matching `re`. */
+export function grepLog (sp, re) {
+  try {
+    return fs.readFileSync(sp.logPath, 'utf8').split('\n').filter((l) => re.test(l))
+  } catch { return [] }
 }
 
 // ---------------------------------------------------------------------------
@@ -423,12 +464,21 @@ export function encodeSyncUpdate (update) {
 // Per-file harness
 
 export class Harness {
-  /** @param {string} tag short name of the test file, used in log names */
-  constructor (tag) {
+  /**
+   * @param {string} tag short name of the test file, used in log names
+   * @param {{ env?: Record<string,string> }} [opts] env for every process of this harness (e.g. storage)
+   */
+  constructor (tag, { env = {} } = {}) {
     this.tag = tag
     this.prefix = `e2e-${randomHex(6)}`
+    /** env given to every server and worker (storage settings, ...) */
+    this.env = { ...env }
     /** @type {ServerProc[]} */
     this.servers = []
+    /** @type {ServerProc[]} */
+    this.workers = []
+    /** extra cleanup run at teardown (storage backends, helper servers), last added first */
+    this.cleanups = []
     /** @type {Set<Client>} */
     this.clients = new Set()
     /** @type {Set<RawSocket>} */
@@ -448,10 +498,20 @@ export class Harness {
   }
 
   async startServer (name = `s${this.servers.length + 1}`, env = {}) {
-    const s = await startServer({ prefix: this.prefix, name, env, tag: this.tag, workDir: this.workDir })
+    const s = await startServer({ prefix: this.prefix, name, env: { ...this.env, ...env }, tag: this.tag, workDir: this.workDir })
     this.servers.push(s)
     return s
   }
+
+  /** Start a `y-redis worker` with this harness's env and fast timings. */
+  async startWorker (name = `w${this.workers.length + 1}`, env = {}) {
+    const w = await startWorker({ prefix: this.prefix, name, env: { ...this.env, ...env }, tag: this.tag, workDir: this.workDir })
+    this.workers.push(w)
+    return w
+  }
+
+  /** every process this harness started (servers and workers) */
+  get procs () { return [...this.servers, ...this.workers] }
 
   /** @param {ServerProc} server @param {string} room */
   client (server, room, opts = {}) {
@@ -469,11 +529,11 @@ export class Harness {
   roomKey (room) { return roomStreamKey(this.prefix, room) }
 
   logInfo () {
-    return this.servers.map((s) => s.describe()).join('\n')
+    return this.procs.map((s) => s.describe()).join('\n')
   }
 
   logTails (lines = 30) {
-    return this.servers.map((s) => `----- ${s.describe()} (last ${lines} lines)\n${tailFile(s.logPath, lines)}`).join('\n')
+    return this.procs.map((s) => `----- ${s.describe()} (last ${lines} lines)\n${tailFile(s.logPath, lines)}`).join('\n')
   }
 
   /**
@@ -486,7 +546,7 @@ export class Harness {
         await fn(t)
       } catch (e) {
         this.failed = true
-        if (e && typeof e === 'object' && this.servers.length > 0) {
+        if (e && typeof e === 'object' && this.procs.length > 0) {
           const extra = `\n\nRedis prefix: ${this.prefix}\nserver logs:\n${this.logInfo()}\n${this.logTails()}`
           try { e.message = String(e.message) + extra } catch {}
           if (typeof e.stack === 'string') e.stack = e.stack + extra
@@ -506,9 +566,13 @@ export class Harness {
   /** Call from `after`. Server logs are kept only when a test failed (or E2E_KEEP_LOGS=1). */
   async teardown () {
     this.destroyClients()
-    await Promise.all(this.servers.map((s) => s.stop(5000)))
+    await Promise.all(this.procs.map((s) => s.stop(5000)))
+    for (const fn of this.cleanups.reverse()) {
+      try { await fn(this.failed) } catch (e) { console.error(`cleanup failed: ${e.stack || e}`) }
+    }
+    this.cleanups = []
     if (!this.failed && !process.env.E2E_KEEP_LOGS) {
-      for (const s of this.servers) { try { fs.unlinkSync(s.logPath) } catch {} }
+      for (const s of this.procs) { try { fs.unlinkSync(s.logPath) } catch {} }
       try { fs.rmSync(this.workDir, { recursive: true, force: true }) } catch {}
     }
     if (this.redis) {

@@ -1,0 +1,392 @@
+// The deployment files agree with the binary: docker-compose.yml,
+// .env.template, the Helm chart (deploy/helm/y-redis), deploy/nginx.conf and
+// the Dockerfile. Every subcommand they run exists (`y-redis <cmd> --help`
+// exits 0), every variable they give y-redis is one it reads
+// (`y-redis variables`), ports match the defaults or the env given, and the
+// image builds the binary CI builds. No Docker or Helm needed: the files are
+// parsed (Helm templates with their {{ }} actions blanked out); when a
+// `docker compose` (or `docker-compose`) that works is on PATH, it validates
+// the compose file too.
+
+import { test, before } from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import path from 'node:path'
+import { spawnSync } from 'node:child_process'
+import YAML from 'yaml'
+import { REPO_ROOT, assertBinary } from './harness.mjs'
+
+const read = (rel) => fs.readFileSync(path.join(REPO_ROOT, rel), 'utf8')
+const CHART = 'deploy/helm/y-redis'
+
+/** Defaults of the binary (README.md / DESIGN §2; `y-redis help` for auth-example). */
+const DEFAULT_PORTS = { PORT: 3002, WORKER_PORT: 3003, AUTH_EXAMPLE_PORT: 5173 }
+/** Which variable sets the listening port of each subcommand. */
+const PORT_VAR = { server: 'PORT', all: 'PORT', worker: 'WORKER_PORT', 'auth-example': 'AUTH_EXAMPLE_PORT' }
+
+let bin = ''
+/** @type {Set<string>} */
+let variables = new Set()
+
+function runBin (args) {
+  return spawnSync(bin, args, { encoding: 'utf8', timeout: 30000, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
+}
+
+before(() => {
+  bin = assertBinary()
+  const r = runBin(['variables'])
+  assert.equal(r.status, 0, `y-redis variables: ${r.stderr}`)
+  variables = new Set(r.stdout.split('\n').map((l) => l.trim()).filter(Boolean))
+  assert.ok(variables.has('PORT') && variables.has('REDIS'), `y-redis variables printed: ${r.stdout}`)
+})
+
+const checkedCommands = new Map()
+/** Asserts `y-redis <cmd> --help` exits 0 (cached per command). */
+function assertSubcommand (cmd, where) {
+  if (!checkedCommands.has(cmd)) {
+    const r = runBin([cmd, '--help'])
+    checkedCommands.set(cmd, r)
+  }
+  const r = checkedCommands.get(cmd)
+  assert.equal(r.status, 0, `${where}: \`y-redis ${cmd} --help\` exited ${r.status}: ${r.stderr}`)
+}
+
+function assertVariable (name, where) {
+  assert.ok(variables.has(name), `${where}: ${name} is not a variable y-redis reads (\`y-redis variables\`)`)
+}
+
+// ---------------------------------------------------------------------------
+// docker-compose.yml and .env.template
+
+function loadCompose () {
+  const doc = YAML.parseDocument(read('docker-compose.yml'), { merge: true })
+  assert.deepEqual(doc.errors.map(String), [], 'docker-compose.yml is valid YAML')
+  return doc.toJS({ maxAliasCount: 1000 })
+}
+
+/** Variables interpolated in a compose string: ${NAME}, ${NAME:-x}, ${NAME-x}, ${NAME:?x}. */
+const interpolated = (s) => [...String(s).matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)/g)].map((m) => m[1])
+
+function envOf (service) {
+  const env = service.environment || {}
+  if (Array.isArray(env)) {
+    return Object.fromEntries(env.map((e) => { const i = e.indexOf('='); return i < 0 ? [e, ''] : [e.slice(0, i), e.slice(i + 1)] }))
+  }
+  return env
+}
+
+/** Services that run our image: built from the repository's Dockerfile. */
+function ourServices (compose) {
+  return Object.entries(compose.services).filter(([, s]) => {
+    const ctx = typeof s.build === 'string' ? s.build : s.build?.context
+    return ctx === '.' || ctx === './'
+  })
+}
+
+const commandOf = (s) => Array.isArray(s.command) ? s.command : String(s.command ?? '').split(/\s+/).filter(Boolean)
+
+/** Names in .env.template: `NAME=value` and commented-out `# NAME=value`. */
+function templateVariables () {
+  const names = new Set()
+  for (const line of read('.env.template').split('\n')) {
+    const m = /^#?\s*([A-Z][A-Z0-9_]*)=/.exec(line)
+    if (m) names.add(m[1])
+  }
+  return names
+}
+
+test('docker-compose.yml: our services run real subcommands', () => {
+  const compose = loadCompose()
+  const ours = ourServices(compose)
+  assert.deepEqual(ours.map(([n]) => n).sort(), ['auth', 'server', 'worker'])
+  for (const [name, s] of ours) {
+    const cmd = commandOf(s)
+    assert.ok(cmd.length > 0, `service ${name} names its subcommand`)
+    assertSubcommand(cmd[0], `docker-compose.yml service ${name}`)
+  }
+  assert.equal(commandOf(compose.services.server)[0], 'server')
+  assert.equal(commandOf(compose.services.worker)[0], 'worker')
+  assert.equal(commandOf(compose.services.auth)[0], 'auth-example')
+  // the check above means something: an unknown subcommand fails
+  assert.notEqual(runBin(['no-such-command', '--help']).status, 0)
+})
+
+test('docker-compose.yml: every variable given to y-redis is one it reads', () => {
+  const compose = loadCompose()
+  for (const [name, s] of ourServices(compose)) {
+    for (const [key, value] of Object.entries(envOf(s))) {
+      assertVariable(key, `docker-compose.yml service ${name}`)
+      // a pass-through from .env keeps its name: KEY: ${KEY...}
+      const refs = interpolated(value)
+      for (const ref of refs) assert.equal(ref, key, `service ${name}: ${key} is set from \${${ref}}`)
+    }
+  }
+})
+
+test('.env.template: documents every compose variable, and y-redis knows each one it passes on', () => {
+  const compose = loadCompose()
+  const raw = read('docker-compose.yml')
+  const usedInCompose = new Set(interpolated(raw))
+  const usedForOurImage = new Set()
+  for (const [, s] of ourServices(compose)) {
+    for (const value of Object.values(envOf(s))) interpolated(value).forEach((v) => usedForOurImage.add(v))
+  }
+  const template = templateVariables()
+  for (const v of usedInCompose) assert.ok(template.has(v), `.env.template documents ${v} (used in docker-compose.yml)`)
+  for (const v of template) {
+    assert.ok(usedInCompose.has(v), `.env.template's ${v} is used by docker-compose.yml (else setting it does nothing)`)
+    if (usedForOurImage.has(v)) assertVariable(v, '.env.template')
+    else assert.ok(!variables.has(v) || usedForOurImage.has(v), `${v} is a y-redis variable but no y-redis service gets it`)
+  }
+  // every setting line has a comment right above it (or belongs to a commented block)
+  const lines = read('.env.template').split('\n')
+  lines.forEach((line, i) => {
+    if (/^[A-Z][A-Z0-9_]*=/.test(line)) {
+      let j = i - 1
+      while (j >= 0 && /^[A-Z][A-Z0-9_]*=/.test(lines[j])) j--
+      assert.ok(j >= 0 && lines[j].startsWith('#'), `.env.template line ${i + 1} (${line.split('=')[0]}) has a comment`)
+    }
+  })
+  // the auth keys are what `y-redis keygen` prints
+  const keys = runBin(['keygen']).stdout
+  for (const k of ['AUTH_PUBLIC_KEY', 'AUTH_PRIVATE_KEY']) {
+    assert.match(keys, new RegExp(`^${k}=\\{`, 'm'))
+    assert.ok(template.has(k))
+  }
+})
+
+test('docker-compose.yml: ports, health checks, scaling and the load balancer', () => {
+  const compose = loadCompose()
+  const { services } = compose
+  for (const [name, s] of ourServices(compose)) {
+    const sub = commandOf(s)[0]
+    const portVar = PORT_VAR[sub]
+    assert.ok(portVar, `service ${name}: known port variable for ${sub}`)
+    const env = envOf(s)
+    const port = Number(env[portVar] ?? DEFAULT_PORTS[portVar])
+    assert.ok(Number.isInteger(port) && port > 0, `service ${name}: port ${env[portVar]}`)
+    assert.equal(port, DEFAULT_PORTS[portVar], `service ${name} listens on the documented port`)
+    assert.deepEqual((s.expose || []).map(String), [String(port)], `service ${name} exposes ${port}`)
+    assert.equal(s.ports, undefined, `service ${name} publishes no host port (the load balancer does)`)
+    const hc = (s.healthcheck?.test || []).join(' ')
+    assert.ok(hc.includes(`/${port}`), `service ${name}: health check uses port ${port}: ${hc}`)
+    if (sub !== 'auth-example') assert.ok(hc.includes('/healthz'), `service ${name}: health check calls /healthz`)
+  }
+  // server: replicas, no fixed name, so --scale works
+  assert.equal(services.server.deploy?.replicas, 2)
+  assert.equal(services.server.container_name, undefined)
+  assert.equal(envOf(services.server).HOST, '0.0.0.0')
+  assert.match(String(envOf(services.server).AUTH_PERM_CALLBACK), /http:\/\/auth:5173\/auth\/perm/)
+  // the other services
+  assert.match(String(services.redis.image), /^redis:7/)
+  assert.deepEqual(services.redis.command, ['redis-server', '--appendonly', 'yes'])
+  assert.ok(services.redis.volumes?.length, 'redis keeps its data in a volume')
+  assert.match(String(services.postgres.image), /^postgres:16/)
+  assert.ok(services.postgres.volumes?.length && services.minio.volumes?.length)
+  // storage: MinIO through S3_* by default (port 9000 is MinIO's)
+  assert.equal(envOf(services.server).S3_ENDPOINT, '${S3_ENDPOINT-minio}')
+  assert.equal(envOf(services.server).S3_PORT, '${S3_PORT:-9000}')
+  for (const name of Object.keys(compose.volumes)) {
+    assert.ok(Object.values(services).some((s) => (s.volumes || []).some((v) => String(v).startsWith(name + ':'))), `volume ${name} is used`)
+  }
+  for (const [name, s] of Object.entries(services)) {
+    assert.ok(s.healthcheck?.test, `service ${name} has a health check`)
+  }
+  // the load balancer: one published port, the committed config
+  const lb = services.lb
+  assert.match(String(lb.image), /^nginx:.*alpine/)
+  assert.equal(lb.ports.length, 1)
+  assert.ok(lb.volumes.some((v) => String(v).startsWith('./deploy/nginx.conf:')))
+  const published = Object.entries(services).filter(([, s]) => s.ports)
+  assert.deepEqual(published.map(([n]) => n), ['lb'], 'only the load balancer publishes a port')
+  // the demo is built from demo/
+  assert.ok(fs.existsSync(path.join(REPO_ROOT, services.demo.build.context, 'Dockerfile')))
+})
+
+test('deploy/nginx.conf: websockets round-robin to every server replica, tokens to auth', () => {
+  const conf = read('deploy/nginx.conf')
+  const directives = conf.split('\n').filter((l) => !/^\s*#/.test(l)).join('\n')
+  assert.match(directives, /resolver 127\.0\.0\.11\b/, "Docker's DNS, re-resolved so scaled replicas join")
+  assert.match(directives, /set \$(\w+) server:3002;[\s\S]*proxy_pass http:\/\/\$\1;/, 'server reached through a variable (resolved per request)')
+  assert.match(directives, /set \$(\w+) auth:5173;[\s\S]*location = \/auth\/token[\s\S]*proxy_pass http:\/\/\$\1;/)
+  assert.match(directives, /proxy_set_header Upgrade \$http_upgrade;/)
+  assert.match(directives, /proxy_set_header Connection \$connection_upgrade;/)
+  assert.match(directives, /listen 8080;/)
+  const compose = loadCompose()
+  assert.match(String(compose.services.lb.ports[0]), /:8080$/, 'the published port maps to nginx\'s listen port')
+})
+
+test('.env.template: every variable it gives y-redis has a default or value that parses', () => {
+  // copy the template's settings into a y-redis environment: the config loader accepts them
+  const env = { PATH: process.env.PATH }
+  for (const line of read('.env.template').split('\n')) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)
+    if (m && variables.has(m[1])) env[m[1]] = m[2]
+  }
+  // `migrate` loads the whole configuration first, then fails only because
+  // S3 is chosen (no connection is made): a bad value would name its variable
+  const r = spawnSync(bin, ['migrate'], { encoding: 'utf8', timeout: 30000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
+  assert.doesNotMatch(r.stderr, /invalid configuration/, `y-redis rejects a .env.template value: ${r.stderr}`)
+  assert.equal(r.status, 1, `y-redis migrate with .env.template settings: exit ${r.status}, ${r.stderr}`)
+})
+
+// ---------------------------------------------------------------------------
+// Helm chart
+
+/**
+ * A template with its Go-template actions blanked out, so the YAML around
+ * them can be parsed: lines holding only an action are dropped, inline
+ * actions become a placeholder.
+ */
+function stripTemplate (text) {
+  return text.split('\n')
+    .filter((line) => !/^\s*\{\{-?[\s\S]*?-?\}\}\s*$/.test(line) || /:\s*\{\{/.test(line))
+    .map((line) => line.replace(/\{\{-?[\s\S]*?-?\}\}/g, 'TEMPLATED'))
+    .join('\n')
+}
+
+function loadChart () {
+  const dir = path.join(REPO_ROOT, CHART)
+  const chart = YAML.parse(fs.readFileSync(path.join(dir, 'Chart.yaml'), 'utf8'))
+  const values = YAML.parse(fs.readFileSync(path.join(dir, 'values.yaml'), 'utf8'))
+  const templates = {}
+  for (const f of fs.readdirSync(path.join(dir, 'templates'))) {
+    if (!f.endsWith('.yaml')) continue
+    const text = fs.readFileSync(path.join(dir, 'templates', f), 'utf8')
+    const docs = YAML.parseAllDocuments(stripTemplate(text))
+    for (const d of docs) assert.deepEqual(d.errors.map(String), [], `${CHART}/templates/${f} is YAML around its template actions`)
+    templates[f] = { text, objects: docs.map((d) => d.toJS()).filter(Boolean) }
+  }
+  return { chart, values, templates }
+}
+
+const byKind = (templates, kind) => Object.entries(templates)
+  .flatMap(([file, t]) => t.objects.filter((o) => o.kind === kind).map((o) => ({ file, text: t.text, obj: o })))
+
+test('helm chart: parses and has the expected objects', () => {
+  const { chart, values, templates } = loadChart()
+  assert.equal(chart.apiVersion, 'v2')
+  assert.equal(chart.name, 'y-redis')
+  assert.ok(chart.version && chart.appVersion)
+  const kinds = Object.values(templates).flatMap((t) => t.objects.map((o) => o.kind)).sort()
+  assert.deepEqual(kinds, ['ConfigMap', 'Deployment', 'Deployment', 'HorizontalPodAutoscaler', 'Secret', 'Service'])
+  const hpa = byKind(templates, 'HorizontalPodAutoscaler')[0]
+  assert.equal(hpa.obj.apiVersion, 'autoscaling/v2')
+  assert.match(hpa.text, /^\{\{-? if \.Values\.server\.autoscaling\.enabled \}\}/, 'the HPA is optional')
+  assert.equal(values.server.autoscaling.enabled, false)
+  // an HPA measures utilization against requests
+  for (const part of ['server', 'worker']) {
+    const r = values[part].resources
+    assert.ok(r.requests.cpu && r.requests.memory && r.limits.cpu && r.limits.memory, `${part} resources have requests and limits`)
+  }
+  const secret = byKind(templates, 'Secret')[0]
+  assert.match(secret.text, /range \$key, \$value := \.Values\.secrets/)
+  assert.deepEqual(Object.keys(values.secrets).sort(),
+    ['ADMIN_SECRET', 'AUTH_PRIVATE_KEY', 'AUTH_PUBLIC_KEY', 'POSTGRES', 'S3_ACCESS_KEY', 'S3_SECRET_KEY'])
+})
+
+test('helm chart: deployments run real subcommands with probes on their ports', () => {
+  const { values, templates } = loadChart()
+  const deployments = byKind(templates, 'Deployment')
+  const seen = []
+  for (const { file, text, obj } of deployments) {
+    const c = obj.spec.template.spec.containers[0]
+    const sub = c.args[0]
+    seen.push(sub)
+    assertSubcommand(sub, `${CHART}/templates/${file}`)
+    const part = sub === 'server' ? 'server' : 'worker'
+    const portVar = PORT_VAR[sub]
+    assert.equal(values[part].port, DEFAULT_PORTS[portVar], `values ${part}.port is ${portVar}'s default`)
+    // PORT / WORKER_PORT and containerPort both come from values.<part>.port
+    assert.ok(c.env.some((e) => e.name === portVar), `${file} sets ${portVar}`)
+    assert.match(text, new RegExp(`name: ${portVar}\\s+value: \\{\\{ \\.Values\\.${part}\\.port \\| quote \\}\\}`))
+    assert.match(text, new RegExp(`containerPort: \\{\\{ \\.Values\\.${part}\\.port \\}\\}`))
+    assert.equal(c.ports[0].name, 'http')
+    assert.equal(c.livenessProbe.httpGet.path, '/healthz')
+    assert.equal(c.livenessProbe.httpGet.port, 'http')
+    assert.equal(c.readinessProbe.httpGet.path, '/readyz')
+    assert.equal(c.readinessProbe.httpGet.port, 'http')
+    assert.match(text, new RegExp(`toYaml \\.Values\\.${part}\\.resources`))
+    const from = c.envFrom.map((e) => Object.keys(e)[0]).sort()
+    assert.deepEqual(from, ['configMapRef', 'secretRef'])
+  }
+  assert.deepEqual(seen.sort(), ['server', 'worker'])
+  const svc = byKind(templates, 'Service')[0]
+  assert.equal(svc.obj.spec.ports[0].targetPort, 'http')
+})
+
+test('helm chart: every variable it gives y-redis is one it reads', () => {
+  const { values, templates } = loadChart()
+  for (const key of Object.keys(values.config)) assertVariable(key, `${CHART}/values.yaml config`)
+  for (const key of Object.keys(values.secrets)) assertVariable(key, `${CHART}/values.yaml secrets`)
+  const cm = byKind(templates, 'ConfigMap')[0]
+  assert.match(cm.text, /range \$key, \$value := \.Values\.config/)
+  for (const { file, obj } of byKind(templates, 'Deployment')) {
+    for (const e of obj.spec.template.spec.containers[0].env) assertVariable(e.name, `${CHART}/templates/${file}`)
+  }
+  // literal env names anywhere in the templates
+  for (const [file, t] of Object.entries(templates)) {
+    for (const m of t.text.matchAll(/- name: ([A-Z][A-Z0-9_]*)\s/g)) assertVariable(m[1], `${CHART}/templates/${file}`)
+  }
+})
+
+// ---------------------------------------------------------------------------
+// Dockerfile
+
+test('Dockerfile: builds the binary CI builds and runs it as a non-root user', () => {
+  const df = read('Dockerfile')
+  assert.ok(df.includes('cargo build --release --locked --bin y-redis'), 'Dockerfile runs cargo build --release --locked --bin y-redis')
+  assert.match(read('Cargo.toml'), /\[\[bin\]\]\s*\nname = "y-redis"/, 'Cargo.toml has the y-redis binary target')
+  assert.match(read('tests/run.sh'), /cargo build --locked --bins/, 'CI builds every binary target')
+  assert.match(df, /^FROM rust:1-bookworm AS builder$/m)
+  assert.match(df, /^FROM debian:bookworm-slim$/m)
+  assert.match(df, /^USER (?!root|0\b)\S+$/m)
+  assert.match(df, /^ENTRYPOINT \["y-redis"\]$/m)
+  assert.match(df, /^CMD \["server"\]$/m)
+  assert.match(df, /^EXPOSE 3002$/m)
+  assert.match(df, /COPY --from=builder \S+ \/usr\/local\/bin\/y-redis/)
+  assertSubcommand('server', 'Dockerfile CMD')
+  // everything the build needs is in the context, nothing big is
+  for (const need of ['Cargo.toml', 'Cargo.lock', 'src', 'migrations']) {
+    const escaped = need.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+    assert.match(df, new RegExp(`^COPY (?!--from)[^\\n]*\\b${escaped}\\b`, 'm'), `Dockerfile copies ${need}`)
+  }
+  const ignore = read('.dockerignore').split('\n').map((l) => l.trim())
+  for (const entry of ['target', 'node_modules', '.git', 'tests/e2e/node_modules']) {
+    assert.ok(ignore.includes(entry), `.dockerignore lists ${entry}`)
+  }
+  for (const need of ['src', 'migrations', 'Cargo.toml', 'Cargo.lock']) {
+    assert.ok(!ignore.includes(need), `.dockerignore keeps ${need}`)
+  }
+})
+
+test('demo: built with a committed lock file, dist not committed', () => {
+  const pkg = JSON.parse(read('demo/package.json'))
+  assert.ok(pkg.scripts.build, 'demo has npm run build')
+  for (const dep of ['yjs', 'y-websocket']) assert.ok(pkg.dependencies[dep], `demo depends on ${dep}`)
+  assert.ok(pkg.devDependencies.esbuild)
+  const lock = JSON.parse(read('demo/package-lock.json'))
+  assert.ok(lock.packages['node_modules/yjs'] && lock.packages['node_modules/y-websocket'] && lock.packages['node_modules/esbuild'])
+  assert.match(read('demo/.gitignore'), /^dist\/?$/m)
+})
+
+// ---------------------------------------------------------------------------
+// docker compose itself, when it is installed
+
+function composeCommand () {
+  for (const cmd of [['docker', 'compose'], ['docker-compose']]) {
+    const r = spawnSync(cmd[0], [...cmd.slice(1), 'version'], { encoding: 'utf8', timeout: 20000 })
+    if (r.status === 0) return cmd
+  }
+  return null
+}
+
+const compose = composeCommand()
+test('docker compose config accepts docker-compose.yml with .env.template', { skip: compose ? false : 'docker compose is not installed' }, () => {
+  const r = spawnSync(compose[0], [...compose.slice(1), '--env-file', '.env.template', 'config', '--quiet'],
+    { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
+  assert.equal(r.status, 0, `${compose.join(' ')} config: ${r.stderr}`)
+  const services = spawnSync(compose[0], [...compose.slice(1), '--env-file', '.env.template', 'config', '--services'],
+    { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
+  assert.deepEqual(services.stdout.trim().split('\n').sort(), ['auth', 'demo', 'lb', 'minio', 'postgres', 'redis', 'server', 'worker'])
+})
