@@ -64,6 +64,20 @@ end
 return 0
 "#;
 
+/// The end of a compaction (DESIGN §4's MULTI, as one script): trim the room
+/// stream, and if the old task was still there to delete, queue its
+/// successor claimed by `pending`. A worker that compacted a room whose task
+/// another worker already replaced adds no second task, so tasks never
+/// multiply.
+const FINISH_COMPACTION_LUA: &str = r#"
+redis.call("XTRIM", KEYS[1], "MINID", ARGV[2])
+if redis.call("XDEL", KEYS[2], ARGV[1]) == 1 then
+  redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
+  redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "COUNT", 50, "STREAMS", KEYS[2], ">")
+end
+return 0
+"#;
+
 /// Extends a room lock only if we still hold it.
 const RENEW_LUA: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -94,6 +108,7 @@ pub struct RedisStore {
     keys: Keys,
     add_message: Script,
     delete_empty_room: Script,
+    finish_compaction: Script,
     renew: Script,
     unlock: Script,
 }
@@ -115,6 +130,7 @@ impl RedisStore {
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
             delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
+            finish_compaction: Script::new(FINISH_COMPACTION_LUA),
             renew: Script::new(RENEW_LUA),
             unlock: Script::new(UNLOCK_LUA),
         })
@@ -286,40 +302,17 @@ impl RedisStore {
     }
 
     /// After persisting up to `last_ms`: trims entries older than
-    /// `last_ms - lifetime`, queues a fresh task for the room (claimed by
-    /// `pending`, so it waits out the debounce) and drops the old one. Atomic.
+    /// `last_ms - lifetime` and replaces the task by a fresh one (claimed by
+    /// `pending`, so it waits out the debounce), atomically. See [`FINISH_COMPACTION_LUA`].
     pub async fn finish_compaction(&self, task: &Task, last_ms: u64, lifetime: Duration) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        let queue = self.keys.worker_stream();
         let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
-        redis::pipe()
-            .atomic()
-            .cmd("XTRIM")
-            .arg(&task.stream_key)
-            .arg("MINID")
-            .arg(min_id)
-            .ignore()
-            .cmd("XADD")
-            .arg(&queue)
-            .arg("*")
-            .arg("compact")
-            .arg(&task.stream_key)
-            .ignore()
-            .cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&queue)
-            .arg("pending")
-            .arg("COUNT")
-            .arg(50)
-            .arg("STREAMS")
-            .arg(&queue)
-            .arg(">")
-            .ignore()
-            .cmd("XDEL")
-            .arg(&queue)
+        self.finish_compaction
+            .key(&task.stream_key)
+            .key(self.keys.worker_stream())
             .arg(task.id.to_string())
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .arg(min_id)
+            .invoke_async::<()>(&mut conn)
             .await?;
         Ok(())
     }
