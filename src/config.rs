@@ -78,9 +78,11 @@ impl Config {
         if self.auth.disabled {
             return Ok(());
         }
-        let missing = |var| ConfigError {
+        let missing = |var| {
+            ConfigError {
             var,
             reason: "required to authenticate clients (or set AUTH_DISABLED=true to let everyone read and write)".into(),
+        }
         };
         if self.auth.public_key.is_none() {
             return Err(missing("AUTH_PUBLIC_KEY"));
@@ -95,7 +97,9 @@ impl Config {
 fn http_url(src: &Source, var: &'static str) -> Result<Option<String>, ConfigError> {
     match src.get(var).map(str::trim) {
         None => Ok(None),
-        Some(url) if url.starts_with("http://") || url.starts_with("https://") => Ok(Some(url.to_owned())),
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            Ok(Some(url.to_owned()))
+        }
         Some(_) => Err(ConfigError {
             var,
             reason: "expected an http:// or https:// URL".into(),
@@ -216,7 +220,10 @@ impl Source {
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         Source {
-            vars: pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             read: RefCell::default(),
         }
     }
@@ -224,14 +231,22 @@ impl Source {
     /// The value of `var`, or None when unset or empty (as y-redis treats empty).
     pub fn get(&self, var: &str) -> Option<&str> {
         self.read.borrow_mut().insert(var.to_owned());
-        self.vars.get(var).map(String::as_str).filter(|v| !v.trim().is_empty())
+        self.vars
+            .get(var)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
     }
 
     pub fn string(&self, var: &str, default: &str) -> String {
         self.get(var).unwrap_or(default).to_owned()
     }
 
-    pub fn number<T: std::str::FromStr>(&self, var: &'static str, default: T, what: &str) -> Result<T, ConfigError> {
+    pub fn number<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        what: &str,
+    ) -> Result<T, ConfigError> {
         match self.get(var) {
             None => Ok(default),
             Some(raw) => raw.trim().parse().map_err(|_| ConfigError {
@@ -242,7 +257,8 @@ impl Source {
     }
 
     pub fn millis(&self, var: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
-        self.number(var, default_ms, "a duration in milliseconds").map(Duration::from_millis)
+        self.number(var, default_ms, "a duration in milliseconds")
+            .map(Duration::from_millis)
     }
 
     pub fn bool(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -277,14 +293,16 @@ impl Config {
             });
         }
         let port: u16 = src.number("PORT", 3002, "a port number 0-65535")?;
-        let max_frame_bytes: usize = src.number("WS_MAX_FRAME_BYTES", 32 << 20, "a size in bytes")?;
+        let max_frame_bytes: usize =
+            src.number("WS_MAX_FRAME_BYTES", 32 << 20, "a size in bytes")?;
         if max_frame_bytes < 1024 {
             return Err(ConfigError {
                 var: "WS_MAX_FRAME_BYTES",
                 reason: format!("must be at least 1024, got {max_frame_bytes}"),
             });
         }
-        let max_send_queue_bytes: usize = src.number("WS_MAX_SEND_QUEUE_BYTES", 64 << 20, "a size in bytes")?;
+        let max_send_queue_bytes: usize =
+            src.number("WS_MAX_SEND_QUEUE_BYTES", 64 << 20, "a size in bytes")?;
         Ok(Config {
             host: src.string("HOST", "0.0.0.0"),
             port,
@@ -340,7 +358,9 @@ fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
                 reason: "expected a postgres:// URL".into(),
             });
         }
-        return Ok(StorageConfig::Postgres { url: url.to_owned() });
+        return Ok(StorageConfig::Postgres {
+            url: url.to_owned(),
+        });
     }
     Ok(StorageConfig::Filesystem {
         dir: src.string("STORAGE_DIR", "./y-redis-data").into(),
@@ -385,7 +405,10 @@ mod tests {
     fn bad_values_name_the_variable() {
         let err = Config::load(&Source::from_pairs([("PORT", "abc")])).unwrap_err();
         assert_eq!(err.var, "PORT");
-        assert_eq!(err.to_string(), "PORT: expected a port number 0-65535, got \"abc\"");
+        assert_eq!(
+            err.to_string(),
+            "PORT: expected a port number 0-65535, got \"abc\""
+        );
         let err = Config::load(&Source::from_pairs([("REDIS", "localhost")])).unwrap_err();
         assert_eq!(err.var, "REDIS");
         let err = Config::load(&Source::from_pairs([("REDIS_PREFIX", "a:b")])).unwrap_err();
@@ -398,7 +421,8 @@ mod tests {
     fn storage_is_chosen_like_y_redis() {
         let fs = Config::load(&Source::from_pairs([])).expect("valid");
         assert!(matches!(fs.storage, StorageConfig::Filesystem { .. }));
-        let pg = Config::load(&Source::from_pairs([("POSTGRES", "postgres://u@h/db")])).expect("valid");
+        let pg =
+            Config::load(&Source::from_pairs([("POSTGRES", "postgres://u@h/db")])).expect("valid");
         assert!(matches!(pg.storage, StorageConfig::Postgres { .. }));
         let s3 = Config::load(&Source::from_pairs([
             ("POSTGRES", "postgres://u@h/db"),
@@ -409,7 +433,9 @@ mod tests {
         ]))
         .expect("valid");
         match s3.storage {
-            StorageConfig::S3(c) => assert_eq!((c.port, c.bucket.as_str(), c.ssl), (9000, "ydocs", false)),
+            StorageConfig::S3(c) => {
+                assert_eq!((c.port, c.bucket.as_str(), c.ssl), (9000, "ydocs", false))
+            }
             other => panic!("expected s3, got {other:?}"),
         }
         let err = Config::load(&Source::from_pairs([("S3_ENDPOINT", "localhost")])).unwrap_err();
@@ -424,18 +450,30 @@ mod tests {
         assert_eq!(cfg.require_auth().unwrap_err().var, "AUTH_PUBLIC_KEY");
         let cfg = Config::load(&Source::from_pairs([("AUTH_DISABLED", "true")])).expect("valid");
         assert!(cfg.require_auth().is_ok());
-        let err = Config::load(&Source::from_pairs([("AUTH_PUBLIC_KEY", "{not json")])).unwrap_err();
+        let err =
+            Config::load(&Source::from_pairs([("AUTH_PUBLIC_KEY", "{not json")])).unwrap_err();
         assert_eq!(err.var, "AUTH_PUBLIC_KEY");
-        let err = Config::load(&Source::from_pairs([("AUTH_PERM_CALLBACK", "localhost:5173")])).unwrap_err();
+        let err = Config::load(&Source::from_pairs([(
+            "AUTH_PERM_CALLBACK",
+            "localhost:5173",
+        )]))
+        .unwrap_err();
         assert_eq!(err.var, "AUTH_PERM_CALLBACK");
         let cfg = Config::load(&Source::from_pairs([("ADMIN_SECRET", "hunter2")])).expect("valid");
-        assert!(!format!("{cfg:?}").contains("hunter2"), "secrets never print");
+        assert!(
+            !format!("{cfg:?}").contains("hunter2"),
+            "secrets never print"
+        );
     }
 
     #[test]
     fn variables_list_is_exactly_what_the_loader_reads() {
         let mut read = BTreeSet::new();
-        let s3 = [("S3_ENDPOINT", "h"), ("S3_ACCESS_KEY", "a"), ("S3_SECRET_KEY", "b")];
+        let s3 = [
+            ("S3_ENDPOINT", "h"),
+            ("S3_ACCESS_KEY", "a"),
+            ("S3_SECRET_KEY", "b"),
+        ];
         for pairs in [vec![], vec![("POSTGRES", "postgres://x/y")], s3.to_vec()] {
             let src = Source::from_pairs(pairs);
             Config::load(&src).expect("valid");

@@ -11,7 +11,9 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::protocol::{check_update_counts, classify_stream_message, AwarenessStates, StreamMessage};
+use crate::protocol::{
+    check_update_counts, classify_stream_message, AwarenessStates, StreamMessage,
+};
 use crate::redis::{RedisError, RedisStore, StreamEntry, StreamId};
 use crate::storage::{Reference, Storage, StorageError, StoredDoc};
 
@@ -54,11 +56,15 @@ const OBSERVER_KEY: &str = "y-redis-assemble";
 
 /// Builds the document. Stream entries that are not valid messages are
 /// skipped: one foreign bad entry must not make a room unloadable.
-pub fn assemble(stored: Option<StoredDoc>, entries: &[StreamEntry]) -> Result<AssembledDoc, LoadError> {
+pub fn assemble(
+    stored: Option<StoredDoc>,
+    entries: &[StreamEntry],
+) -> Result<AssembledDoc, LoadError> {
     let doc = Doc::new();
     let references = match stored {
         Some(stored) => {
-            let update = Update::decode_v2(&stored.update_v2).map_err(|e| LoadError::CorruptStored(e.to_string()))?;
+            let update = Update::decode_v2(&stored.update_v2)
+                .map_err(|e| LoadError::CorruptStored(e.to_string()))?;
             doc.transact_mut()
                 .apply_update(update)
                 .map_err(|e| LoadError::CorruptStored(e.to_string()))?;
@@ -69,25 +75,43 @@ pub fn assemble(stored: Option<StoredDoc>, entries: &[StreamEntry]) -> Result<As
 
     let changed = Arc::new(AtomicBool::new(false));
     let flag = changed.clone();
-    doc.observe_update_v1(OBSERVER_KEY, move |_, _| flag.store(true, Ordering::Relaxed))
-        .map_err(|e| LoadError::Task(e.to_string()))?;
+    doc.observe_update_v1(OBSERVER_KEY, move |_, _| {
+        flag.store(true, Ordering::Relaxed)
+    })
+    .map_err(|e| LoadError::Task(e.to_string()))?;
     let mut awareness = AwarenessStates::default();
     {
         let mut txn = doc.transact_mut();
         for entry in entries {
             match classify_stream_message(&entry.message) {
-                StreamMessage::Update(bytes) => match check_update_counts(bytes).map(|()| Update::decode_v1(bytes)) {
-                    // yrs may panic on hostile input; one such entry must not make the room unloadable.
-                    Ok(Ok(update)) => match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply"),
-                        Err(_) => tracing::error!(id = %entry.id, "skipping stream update that crashed the decoder"),
-                    },
-                    Ok(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update"),
-                    Err(e) => tracing::warn!(id = %entry.id, error = %e, "skipping stream update with impossible counts"),
-                },
-                StreamMessage::Awareness(states) => states.into_iter().for_each(|s| awareness.apply(s)),
-                StreamMessage::Unknown => tracing::warn!(id = %entry.id, "skipping unknown stream message"),
+                StreamMessage::Update(bytes) => {
+                    match check_update_counts(bytes).map(|()| Update::decode_v1(bytes)) {
+                        // yrs may panic on hostile input; one such entry must not make the room unloadable.
+                        Ok(Ok(update)) => {
+                            match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => {
+                                    tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply")
+                                }
+                                Err(_) => {
+                                    tracing::error!(id = %entry.id, "skipping stream update that crashed the decoder")
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update")
+                        }
+                        Err(e) => {
+                            tracing::warn!(id = %entry.id, error = %e, "skipping stream update with impossible counts")
+                        }
+                    }
+                }
+                StreamMessage::Awareness(states) => {
+                    states.into_iter().for_each(|s| awareness.apply(s))
+                }
+                StreamMessage::Unknown => {
+                    tracing::warn!(id = %entry.id, "skipping unknown stream message")
+                }
             }
         }
     }

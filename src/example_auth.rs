@@ -38,7 +38,9 @@ async fn receive_update(room: web::Path<String>, body: web::Bytes) -> HttpRespon
 
 /// Serves `/auth/token`, `/auth/perm/{room}/{user}` and `PUT /ydoc/{room}` on `port`.
 pub async fn run(private_jwk: &str, port: u16) -> Result<(), String> {
-    let signer = web::Data::new(Signer::from_private_jwk(private_jwk).map_err(|e| format!("AUTH_PRIVATE_KEY: {e}"))?);
+    let signer = web::Data::new(
+        Signer::from_private_jwk(private_jwk).map_err(|e| format!("AUTH_PRIVATE_KEY: {e}"))?,
+    );
     let server = HttpServer::new(move || {
         App::new()
             .app_data(signer.clone())

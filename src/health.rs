@@ -21,7 +21,11 @@ pub struct Probes {
 /// Adds the three endpoints. Websocket upgrades never match them, so a
 /// room may still be called `metrics`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let plain_get = || web::get().guard(guard::fn_guard(|ctx| ctx.head().headers().get("upgrade").is_none()));
+    let plain_get = || {
+        web::get().guard(guard::fn_guard(|ctx| {
+            ctx.head().headers().get("upgrade").is_none()
+        }))
+    };
     cfg.route("/healthz", plain_get().to(healthz))
         .route("/readyz", plain_get().to(readyz))
         .route("/metrics", plain_get().to(metrics));
@@ -31,7 +35,9 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
-fn outcome<E: std::fmt::Display>(result: Result<Result<(), E>, tokio::time::error::Elapsed>) -> Result<(), String> {
+fn outcome<E: std::fmt::Display>(
+    result: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> Result<(), String> {
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -64,11 +70,15 @@ async fn metrics() -> HttpResponse {
 /// The worker's own small HTTP server for probes and metrics.
 pub async fn serve(host: &str, port: u16, probes: Probes) -> std::io::Result<()> {
     let probes = web::Data::new(probes);
-    let server = HttpServer::new(move || actix_web::App::new().app_data(probes.clone()).configure(routes))
-        .workers(1)
-        .disable_signals()
-        .bind((host, port))?
-        .run();
+    let server = HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(probes.clone())
+            .configure(routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .bind((host, port))?
+    .run();
     tracing::info!(port, "worker health and metrics endpoints listening");
     server.await
 }

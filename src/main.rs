@@ -45,13 +45,18 @@ fn main() -> ExitCode {
         Some("migrate") => Command::Migrate,
         Some("auth-example") => Command::AuthExample,
         Some("variables") => {
-            y_redis::config::VARIABLES.iter().for_each(|v| println!("{v}"));
+            y_redis::config::VARIABLES
+                .iter()
+                .for_each(|v| println!("{v}"));
             return ExitCode::SUCCESS;
         }
         Some("keygen") => {
             return match y_redis::auth::generate_keypair() {
                 Ok(pair) => {
-                    println!("AUTH_PUBLIC_KEY={}\nAUTH_PRIVATE_KEY={}", pair.public_jwk, pair.private_jwk);
+                    println!(
+                        "AUTH_PUBLIC_KEY={}\nAUTH_PRIVATE_KEY={}",
+                        pair.public_jwk, pair.private_jwk
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -78,12 +83,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let config = Source::from_env().and_then(|src| Config::load(&src)).and_then(|config| {
-        if matches!(command, Command::Server | Command::All) {
-            config.require_auth()?;
-        }
-        Ok(config)
-    });
+    let config = Source::from_env()
+        .and_then(|src| Config::load(&src))
+        .and_then(|config| {
+            if matches!(command, Command::Server | Command::All) {
+                config.require_auth()?;
+            }
+            Ok(config)
+        });
     let config = match config {
         Ok(config) => config,
         Err(e) => {
@@ -92,7 +99,11 @@ fn main() -> ExitCode {
         }
     };
     // y-redis's .env template says LOG=*; read it as "everything".
-    let filter = if config.log.trim() == "*" { "debug" } else { config.log.as_str() };
+    let filter = if config.log.trim() == "*" {
+        "debug"
+    } else {
+        config.log.as_str()
+    };
     match EnvFilter::try_new(filter) {
         Ok(filter) => {
             let logs = tracing_subscriber::fmt()
@@ -131,14 +142,20 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     }
     if command == Command::AuthExample {
         let Some(private_key) = &config.auth.private_key else {
-            return Err("AUTH_PRIVATE_KEY: required by auth-example (y-redis keygen prints one)".into());
+            return Err(
+                "AUTH_PRIVATE_KEY: required by auth-example (y-redis keygen prints one)".into(),
+            );
         };
         return Ok(y_redis::example_auth::run(&private_key.0, config.auth_example_port).await?);
     }
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
     if matches!(command, Command::Worker | Command::All) {
-        let redis = RedisStore::new(&config.redis_url, Keys::new(&config.redis_prefix), config.redis_command_timeout)?;
+        let redis = RedisStore::new(
+            &config.redis_url,
+            Keys::new(&config.redis_prefix),
+            config.redis_command_timeout,
+        )?;
         if let Err(e) = redis.ensure_worker_group().await {
             tracing::warn!(error = %e, "cannot create the worker queue yet; workers retry");
         }

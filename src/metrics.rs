@@ -57,7 +57,9 @@ impl Gauge {
         // Saturating, so a stray decrement never wraps to 2^64.
         let _ = self
             .value
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(1))
+            });
     }
 
     pub fn get(&self) -> u64 {
@@ -66,7 +68,9 @@ impl Gauge {
 }
 
 /// Bucket upper bounds in seconds, from sub-millisecond Redis calls to slow persists.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
 
 pub struct Histogram {
     name: &'static str,
@@ -93,29 +97,55 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
 pub static CONNECTIONS: Gauge = Gauge::new("yredis_connections", "Open websocket connections.");
-pub static CONNECTIONS_TOTAL: Counter = Counter::new("yredis_connections_total", "Websocket connections accepted.");
-pub static ROOMS: Gauge = Gauge::new("yredis_rooms", "Rooms with at least one connection on this process.");
-pub static REFUSED_UPGRADES: Counter = Counter::new("yredis_refused_upgrades_total", "Upgrades refused by auth.");
-pub static MESSAGES_IN: Counter = Counter::new("yredis_messages_in_total", "Messages received from clients.");
-pub static BYTES_IN: Counter = Counter::new("yredis_bytes_in_total", "Bytes received from clients.");
-pub static MESSAGES_OUT: Counter = Counter::new("yredis_messages_out_total", "Messages sent to clients.");
+pub static CONNECTIONS_TOTAL: Counter = Counter::new(
+    "yredis_connections_total",
+    "Websocket connections accepted.",
+);
+pub static ROOMS: Gauge = Gauge::new(
+    "yredis_rooms",
+    "Rooms with at least one connection on this process.",
+);
+pub static REFUSED_UPGRADES: Counter =
+    Counter::new("yredis_refused_upgrades_total", "Upgrades refused by auth.");
+pub static MESSAGES_IN: Counter = Counter::new(
+    "yredis_messages_in_total",
+    "Messages received from clients.",
+);
+pub static BYTES_IN: Counter =
+    Counter::new("yredis_bytes_in_total", "Bytes received from clients.");
+pub static MESSAGES_OUT: Counter =
+    Counter::new("yredis_messages_out_total", "Messages sent to clients.");
 pub static BYTES_OUT: Counter = Counter::new("yredis_bytes_out_total", "Bytes sent to clients.");
-pub static REJECTED_MESSAGES: Counter =
-    Counter::new("yredis_rejected_messages_total", "Malformed or oversized client messages (connection closed).");
-pub static SLOW_CLIENTS: Counter =
-    Counter::new("yredis_slow_clients_total", "Connections cut off because they stopped reading.");
-pub static ERRORS: Counter = Counter::new("yredis_errors_total", "Failures of Redis, storage or loads.");
-pub static REDIS_COMMAND_SECONDS: Histogram =
-    Histogram::new("yredis_redis_command_seconds", "Latency of Redis commands (not the blocking read).");
-pub static WORKER_TASKS: Counter = Counter::new("yredis_worker_tasks_total", "Compaction tasks handled.");
-pub static WORKER_PERSISTS: Counter = Counter::new("yredis_worker_persists_total", "Documents persisted.");
-pub static WORKER_PERSIST_SECONDS: Histogram =
-    Histogram::new("yredis_worker_persist_seconds", "Time to load, persist and trim one room.");
+pub static REJECTED_MESSAGES: Counter = Counter::new(
+    "yredis_rejected_messages_total",
+    "Malformed or oversized client messages (connection closed).",
+);
+pub static SLOW_CLIENTS: Counter = Counter::new(
+    "yredis_slow_clients_total",
+    "Connections cut off because they stopped reading.",
+);
+pub static ERRORS: Counter = Counter::new(
+    "yredis_errors_total",
+    "Failures of Redis, storage or loads.",
+);
+pub static REDIS_COMMAND_SECONDS: Histogram = Histogram::new(
+    "yredis_redis_command_seconds",
+    "Latency of Redis commands (not the blocking read).",
+);
+pub static WORKER_TASKS: Counter =
+    Counter::new("yredis_worker_tasks_total", "Compaction tasks handled.");
+pub static WORKER_PERSISTS: Counter =
+    Counter::new("yredis_worker_persists_total", "Documents persisted.");
+pub static WORKER_PERSIST_SECONDS: Histogram = Histogram::new(
+    "yredis_worker_persist_seconds",
+    "Time to load, persist and trim one room.",
+);
 
 /// Renders every metric in the Prometheus text format.
 pub fn render() -> String {
@@ -133,13 +163,29 @@ pub fn render() -> String {
         &WORKER_TASKS,
         &WORKER_PERSISTS,
     ] {
-        let _ = write!(out, "# HELP {0} {1}\n# TYPE {0} counter\n{0} {2}\n", c.name, c.help, c.get());
+        let _ = write!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} counter\n{0} {2}\n",
+            c.name,
+            c.help,
+            c.get()
+        );
     }
     for g in [&CONNECTIONS, &ROOMS] {
-        let _ = write!(out, "# HELP {0} {1}\n# TYPE {0} gauge\n{0} {2}\n", g.name, g.help, g.get());
+        let _ = write!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} gauge\n{0} {2}\n",
+            g.name,
+            g.help,
+            g.get()
+        );
     }
     for h in [&REDIS_COMMAND_SECONDS, &WORKER_PERSIST_SECONDS] {
-        let _ = write!(out, "# HELP {0} {1}\n# TYPE {0} histogram\n", h.name, h.help);
+        let _ = write!(
+            out,
+            "# HELP {0} {1}\n# TYPE {0} histogram\n",
+            h.name, h.help
+        );
         let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&h.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);

@@ -20,7 +20,6 @@ pub const SYNC_STEP1: u64 = 0;
 pub const SYNC_STEP2: u64 = 1;
 pub const SYNC_UPDATE: u64 = 2;
 
-
 /// Why a client frame was rejected. Each maps to a 44xx close code.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -77,9 +76,16 @@ impl<'a> Decoder<'a> {
     }
 
     pub fn read_var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let len = usize::try_from(self.read_var_uint()?).map_err(|_| ProtocolError::UnexpectedEnd)?;
-        let end = self.pos.checked_add(len).ok_or(ProtocolError::UnexpectedEnd)?;
-        let bytes = self.buf.get(self.pos..end).ok_or(ProtocolError::UnexpectedEnd)?;
+        let len =
+            usize::try_from(self.read_var_uint()?).map_err(|_| ProtocolError::UnexpectedEnd)?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .ok_or(ProtocolError::UnexpectedEnd)?;
+        let bytes = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(ProtocolError::UnexpectedEnd)?;
         self.pos = end;
         Ok(bytes)
     }
@@ -172,7 +178,9 @@ pub fn decode_awareness_update(payload: &[u8]) -> Result<Vec<AwarenessEntry>, Pr
 }
 
 /// Encodes a whole awareness message (type 1) holding `entries`.
-pub fn encode_awareness_message<'a>(entries: impl ExactSizeIterator<Item = &'a AwarenessEntry>) -> Vec<u8> {
+pub fn encode_awareness_message<'a>(
+    entries: impl ExactSizeIterator<Item = &'a AwarenessEntry>,
+) -> Vec<u8> {
     let mut update = Vec::new();
     write_var_uint(&mut update, entries.len() as u64);
     for entry in entries {
@@ -256,10 +264,14 @@ fn validate_state_vector(sv: &[u8]) -> Result<(), ProtocolError> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage {
     /// The client's state vector: it wants what it lacks.
-    SyncStep1 { state_vector: Vec<u8> },
+    SyncStep1 {
+        state_vector: Vec<u8>,
+    },
     /// A document update to publish, already in its stream form (a sync
     /// Update message; a SyncStep2 is rewritten to one).
-    Update { message: Vec<u8> },
+    Update {
+        message: Vec<u8>,
+    },
     /// A SyncStep2 without content (a client with an empty document): nothing to publish.
     EmptyUpdate,
     /// An awareness message to publish as it is, with its decoded entries.

@@ -14,11 +14,11 @@ use thiserror::Error;
 use crate::actors::hub::{CloseAllRooms, Hub, SessionCount};
 use crate::actors::listener::RedisListener;
 use crate::actors::revocation::{RecheckRequest, RevocationListener};
-use crate::auth::{token_from_request, Authenticator, Grant, TokenVerifier};
-use crate::config::Secret;
 use crate::actors::room::RoomContext;
 use crate::actors::session::{ConnectionKiller, SessionParams, WsSession};
+use crate::auth::{token_from_request, Authenticator, Grant, TokenVerifier};
 use crate::config::Config;
+use crate::config::Secret;
 use crate::redis::{Keys, RedisError, RedisStore};
 use crate::storage::Storage;
 
@@ -32,7 +32,10 @@ pub enum ServerError {
     #[error(transparent)]
     Redis(#[from] RedisError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("AUTH_PUBLIC_KEY: {0}")]
     Auth(String),
     #[error("server stopped with an error: {0}")]
@@ -129,7 +132,11 @@ async fn admin_recheck(
         Ok(p) => p,
         Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
     };
-    match state.redis.publish(&state.redis.keys().recheck_channel(), &payload).await {
+    match state
+        .redis
+        .publish(&state.redis.keys().recheck_channel(), &payload)
+        .await
+    {
         Ok(servers) => {
             tracing::info!(room = %request.room, servers, "permission recheck requested");
             HttpResponse::Accepted().json(serde_json::json!({ "servers": servers }))
@@ -152,19 +159,29 @@ fn attach_killer(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions
             Ok(fd) => {
                 data.insert(ConnectionKiller::new(std::net::TcpStream::from(fd)));
             }
-            Err(e) => tracing::warn!(error = %e, "cannot duplicate socket; slow-client cut-off disabled for it"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot duplicate socket; slow-client cut-off disabled for it")
+            }
         }
     }
 }
 
 /// Runs the server until SIGTERM or SIGINT, then closes sessions with 1012.
 pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), ServerError> {
-    let redis = RedisStore::new(&config.redis_url, Keys::new(&config.redis_prefix), config.redis_command_timeout)?;
+    let redis = RedisStore::new(
+        &config.redis_url,
+        Keys::new(&config.redis_prefix),
+        config.redis_command_timeout,
+    )?;
     if let Err(e) = redis.ensure_worker_group().await {
         // Not fatal: publishing recreates the group once Redis answers.
         tracing::warn!(error = %e, "cannot create the worker queue yet");
     }
-    let auth = match (&config.auth.disabled, &config.auth.public_key, &config.auth.perm_callback) {
+    let auth = match (
+        &config.auth.disabled,
+        &config.auth.public_key,
+        &config.auth.perm_callback,
+    ) {
         (false, Some(jwk), Some(perm_callback)) => Some(Arc::new(Authenticator {
             verifier: TokenVerifier::from_jwk(jwk).map_err(ServerError::Auth)?,
             perm_callback: perm_callback.clone(),
@@ -212,7 +229,10 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
     .disable_signals()
     .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
     .bind(&addr)
-    .map_err(|source| ServerError::Bind { addr: addr.clone(), source })?
+    .map_err(|source| ServerError::Bind {
+        addr: addr.clone(),
+        source,
+    })?
     .run();
     tracing::info!(%addr, prefix = %config.redis_prefix, "y-redis server listening");
     let handle = server.handle();

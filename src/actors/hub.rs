@@ -75,10 +75,13 @@ impl Handler<JoinRoom> for Hub {
 
     fn handle(&mut self, msg: JoinRoom, _: &mut Context<Self>) -> Self::Result {
         let shared = &self.shared;
-        let entry = self.rooms.entry(msg.key.clone()).or_insert_with(|| RoomEntry {
-            addr: Room::new(msg.room, msg.docid, msg.key, shared.clone()).start(),
-            sessions: 0,
-        });
+        let entry = self
+            .rooms
+            .entry(msg.key.clone())
+            .or_insert_with(|| RoomEntry {
+                addr: Room::new(msg.room, msg.docid, msg.key, shared.clone()).start(),
+                sessions: 0,
+            });
         entry.sessions += 1;
         entry.addr.do_send(msg.join);
         MessageResult(entry.addr.clone())
@@ -89,7 +92,9 @@ impl Handler<LeaveRoom> for Hub {
     type Result = ();
 
     fn handle(&mut self, msg: LeaveRoom, _: &mut Context<Self>) {
-        let Some(entry) = self.rooms.get_mut(&msg.key) else { return };
+        let Some(entry) = self.rooms.get_mut(&msg.key) else {
+            return;
+        };
         entry.addr.do_send(Leave { conn: msg.conn });
         entry.sessions -= 1;
         if entry.sessions == 0 {

@@ -11,7 +11,9 @@ use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 
 use super::room::{CloseAll, Room, CLOSE_TRY_AGAIN_LATER};
-use crate::redis::{client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry, StreamId};
+use crate::redis::{
+    client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry, StreamId,
+};
 
 /// Entries read from one room stream, oldest first.
 #[derive(Message, Clone)]
@@ -95,8 +97,11 @@ impl RedisListener {
             return;
         };
         self.reading = Some(id);
-        let streams: Vec<(String, StreamId)> =
-            self.subscriptions.iter().map(|(k, s)| (k.clone(), s.after)).collect();
+        let streams: Vec<(String, StreamId)> = self
+            .subscriptions
+            .iter()
+            .map(|(k, s)| (k.clone(), s.after))
+            .collect();
         let block = self.block;
         let read = async move {
             let result = read_streams_blocking(&mut conn, &streams, block, READ_COUNT).await;
@@ -128,7 +133,8 @@ impl RedisListener {
         self.failures += 1;
         self.connection = None;
         self.busy = true;
-        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF);
+        let backoff =
+            Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF);
         ctx.run_later(backoff, |act, ctx| {
             act.busy = false;
             act.read_next(ctx);
@@ -139,7 +145,10 @@ impl RedisListener {
     /// empty) and sessions may have edits that never reached it: clients
     /// reconnect and run a full sync both ways, which restores both.
     fn resync_rooms(&mut self) {
-        tracing::info!(rooms = self.subscriptions.len(), "redis listener reading again; asking clients to resync");
+        tracing::info!(
+            rooms = self.subscriptions.len(),
+            "redis listener reading again; asking clients to resync"
+        );
         for sub in self.subscriptions.values() {
             sub.room.do_send(CloseAll {
                 code: CLOSE_TRY_AGAIN_LATER,
@@ -150,10 +159,13 @@ impl RedisListener {
 
     fn route(&mut self, batches: Vec<(String, Vec<StreamEntry>)>) {
         for (key, entries) in batches {
-            let Some(sub) = self.subscriptions.get_mut(&key) else { continue };
+            let Some(sub) = self.subscriptions.get_mut(&key) else {
+                continue;
+            };
             // A read started before a re-subscription may return entries the
             // new room already has.
-            let fresh: Arc<[StreamEntry]> = entries.into_iter().filter(|e| e.id > sub.after).collect();
+            let fresh: Arc<[StreamEntry]> =
+                entries.into_iter().filter(|e| e.id > sub.after).collect();
             let Some(last) = fresh.last() else { continue };
             sub.after = last.id;
             sub.room.do_send(StreamBatch { entries: fresh });

@@ -31,7 +31,11 @@ pub struct RevocationListener {
 
 impl RevocationListener {
     pub fn new(redis: RedisStore, hub: Addr<Hub>) -> Self {
-        RevocationListener { redis, hub, failures: 0 }
+        RevocationListener {
+            redis,
+            hub,
+            failures: 0,
+        }
     }
 
     fn listen(&mut self, ctx: &mut Context<Self>) {
@@ -61,7 +65,8 @@ impl RevocationListener {
                 }
             }
             act.failures += 1;
-            let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(act.failures.min(6))).min(MAX_BACKOFF);
+            let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(act.failures.min(6)))
+                .min(MAX_BACKOFF);
             ctx.run_later(backoff, |act, ctx| act.listen(ctx));
         }));
     }

@@ -3,14 +3,14 @@
 //! share it), and keeps the room's awareness states for query-awareness.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
 
 use super::listener::{RedisListener, StreamBatch, Subscribe, Unsubscribe};
-use super::session::{ConnectionKiller, ToSession};
+use super::session::{ConnectionKiller, SendQueue, ToSession};
 use crate::document::{self, AssembledDoc, LoadError};
 use crate::protocol::{classify_stream_message, AwarenessStates, StreamMessage};
 use crate::redis::{RedisStore, StreamEntry, StreamId};
@@ -26,8 +26,8 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 pub struct Join {
     pub conn: ConnId,
     pub session: Recipient<ToSession>,
-    /// Bytes handed to the session that it has not written out yet.
-    pub queued: Arc<AtomicUsize>,
+    /// Bytes handed to the session that it has not taken yet.
+    pub queue: Arc<SendQueue>,
     pub killer: Option<ConnectionKiller>,
 }
 
@@ -67,7 +67,7 @@ struct Loaded(Result<Arc<AssembledDoc>, Arc<LoadError>>);
 
 struct Member {
     session: Recipient<ToSession>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<SendQueue>,
     killer: Option<ConnectionKiller>,
     /// The stream position its initial sync covered; None while it waits for one.
     synced_through: Option<StreamId>,
@@ -117,7 +117,8 @@ impl Room {
         let (room, docid) = (self.room.clone(), self.docid.clone());
         let addr = ctx.address();
         actix::spawn(async move {
-            let result = document::load(&shared.redis, shared.storage.as_ref(), &room, &docid).await;
+            let result =
+                document::load(&shared.redis, shared.storage.as_ref(), &room, &docid).await;
             addr.do_send(Loaded(result.map(Arc::new).map_err(Arc::new)));
         });
     }
@@ -127,25 +128,44 @@ impl Room {
         let room = &self.room;
         let cap = self.shared.max_send_queue_bytes;
         self.members.retain(|&conn, member| {
-            let Some(through) = member.synced_through else { return true };
+            let Some(through) = member.synced_through else {
+                return true;
+            };
             member.synced_through = Some(through.max(last.id));
-            entries
-                .iter()
-                .filter(|e| e.id > through)
-                .all(|e| push(room, cap, conn, member, ToSession::Deliver(e.message.clone())))
+            entries.iter().filter(|e| e.id > through).all(|e| {
+                push(
+                    room,
+                    cap,
+                    conn,
+                    member,
+                    ToSession::Deliver(e.message.clone()),
+                )
+            })
         });
     }
 }
 
-/// Hands `message` to a member's session, or cuts the session off when the
-/// bytes it has not yet written out pass `cap` (its client stopped reading).
-/// Returns whether the member stays.
+/// How long a session over its send cap may go without taking anything
+/// before it counts as not reading (a slow but reading client is spared).
+const STALL_GRACE: Duration = Duration::from_secs(5);
+/// Past this multiple of the cap a session is cut off even if it still moves.
+const HARD_CAP_FACTOR: usize = 4;
+
+/// Hands `message` to a member's session, or cuts the session off when its
+/// backlog passes `cap` and it has stopped taking messages (its client stopped
+/// reading), or passes the hard cap. Returns whether the member stays.
 fn push(room: &str, cap: usize, conn: ConnId, member: &Member, message: ToSession) -> bool {
-    let size = message.queued_size();
-    let queued = member.queued.fetch_add(size, Ordering::Relaxed) + size;
-    if queued > cap {
+    let queued = member.queue.push(message.queued_size());
+    let stalled = member.queue.stalled_for();
+    if queued > cap && (stalled > STALL_GRACE || queued > cap.saturating_mul(HARD_CAP_FACTOR)) {
         crate::metrics::SLOW_CLIENTS.inc();
-        tracing::warn!(room, conn, queued, "client is not reading its socket; disconnecting it");
+        tracing::warn!(
+            room,
+            conn,
+            queued,
+            stalled_ms = stalled.as_millis() as u64,
+            "client is not reading its socket; disconnecting it"
+        );
         // The session cannot act while its socket is full; cut the socket from here.
         if let Some(killer) = &member.killer {
             killer.kill();
@@ -171,7 +191,9 @@ impl Actor for Room {
     fn stopped(&mut self, _: &mut Context<Self>) {
         crate::metrics::ROOMS.dec();
         if self.subscribed {
-            self.shared.listener.do_send(Unsubscribe { key: self.key.clone() });
+            self.shared.listener.do_send(Unsubscribe {
+                key: self.key.clone(),
+            });
         }
         tracing::debug!(room = %self.room, "room closed");
     }
@@ -185,7 +207,7 @@ impl Handler<Join> for Room {
             msg.conn,
             Member {
                 session: msg.session,
-                queued: msg.queued,
+                queue: msg.queue,
                 killer: msg.killer,
                 synced_through: None,
             },
@@ -242,9 +264,15 @@ impl Handler<Loaded> for Room {
                 awareness: awareness.clone(),
             };
             push(room, cap, conn, member, sync)
-                && newer
-                    .iter()
-                    .all(|e| push(room, cap, conn, member, ToSession::Deliver(e.message.clone())))
+                && newer.iter().all(|e| {
+                    push(
+                        room,
+                        cap,
+                        conn,
+                        member,
+                        ToSession::Deliver(e.message.clone()),
+                    )
+                })
         });
     }
 }
@@ -300,7 +328,9 @@ impl Handler<Recheck> for Room {
 
     fn handle(&mut self, msg: Recheck, _: &mut Context<Self>) {
         for member in self.members.values() {
-            member.session.do_send(ToSession::Recheck { user: msg.user.clone() });
+            member.session.do_send(ToSession::Recheck {
+                user: msg.user.clone(),
+            });
         }
     }
 }

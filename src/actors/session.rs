@@ -3,7 +3,7 @@
 //! announces its user's departure when it stops.
 
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,43 @@ impl ConnectionKiller {
     }
 }
 
+/// What a room handed to a session that the session has not taken yet, and
+/// when it last took something. A session whose socket is full is not polled,
+/// so it stops taking: the room sees the backlog grow and the progress stop.
+pub struct SendQueue {
+    bytes: AtomicUsize,
+    last_progress_ms: AtomicU64,
+}
+
+impl SendQueue {
+    fn new() -> Self {
+        SendQueue {
+            bytes: AtomicUsize::new(0),
+            last_progress_ms: AtomicU64::new(now_ms()),
+        }
+    }
+
+    /// Adds `n` bytes; answers the backlog.
+    pub fn push(&self, n: usize) -> usize {
+        self.bytes.fetch_add(n, Ordering::Relaxed) + n
+    }
+
+    fn taken(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        self.progressed();
+    }
+
+    fn progressed(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn stalled_for(&self) -> Duration {
+        Duration::from_millis(
+            now_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
 /// What a room sends to its sessions.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -89,7 +126,7 @@ pub struct WsSession {
     hub: Addr<Hub>,
     redis: RedisStore,
     room_addr: Option<Addr<Room>>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<SendQueue>,
     killer: Option<ConnectionKiller>,
     max_frame_bytes: usize,
     /// The client's SyncStep1, if it came before our initial sync went out.
@@ -128,7 +165,7 @@ impl WsSession {
             hub: p.hub,
             redis: p.redis,
             room_addr: None,
-            queued: Arc::new(AtomicUsize::new(0)),
+            queue: Arc::new(SendQueue::new()),
             killer: p.killer,
             max_frame_bytes: p.max_frame_bytes,
             client_state_vector: None,
@@ -217,34 +254,47 @@ impl WsSession {
             .wait(ctx);
     }
 
-    fn send_initial_sync(&mut self, doc: Arc<AssembledDoc>, awareness: Option<Bytes>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_initial_sync(
+        &mut self,
+        doc: Arc<AssembledDoc>,
+        awareness: Option<Bytes>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         send(ctx, protocol::encode_sync_step1(&doc.state_vector));
         // A client that already holds part of the document gets only the rest.
-        let client_sv = self.client_state_vector.take().filter(|sv| sv.as_slice() != [0]);
+        let client_sv = self
+            .client_state_vector
+            .take()
+            .filter(|sv| sv.as_slice() != [0]);
         let Some(client_sv) = client_sv else {
             send(ctx, protocol::encode_sync_step2(&doc.update_v1));
             self.finish_sync(awareness, ctx);
             return;
         };
         let full = doc.clone();
-        async move { tokio::task::spawn_blocking(move || yrs::diff_updates_v1(&doc.update_v1, &client_sv)).await }
-            .into_actor(self)
-            .map(move |diff, act, ctx| {
-                let step2 = match diff {
-                    Ok(Ok(diff)) => protocol::encode_sync_step2(&diff),
-                    _ => protocol::encode_sync_step2(&full.update_v1),
-                };
-                send(ctx, step2);
-                act.finish_sync(awareness, ctx);
-            })
-            .wait(ctx);
+        async move {
+            tokio::task::spawn_blocking(move || yrs::diff_updates_v1(&doc.update_v1, &client_sv))
+                .await
+        }
+        .into_actor(self)
+        .map(move |diff, act, ctx| {
+            let step2 = match diff {
+                Ok(Ok(diff)) => protocol::encode_sync_step2(&diff),
+                _ => protocol::encode_sync_step2(&full.update_v1),
+            };
+            send(ctx, step2);
+            act.finish_sync(awareness, ctx);
+        })
+        .wait(ctx);
     }
 
     /// Re-asks the permission callback; closes with 4403 on lost access and
     /// switches between read-write and read-only otherwise. A failing callback
     /// keeps the session as it is: a flaky backend must not kick everyone out.
     fn recheck(&mut self, user: Option<String>, ctx: &mut ws::WebsocketContext<Self>) {
-        let (Some((auth, http)), Some(own)) = (&self.auth, &self.grant.user_id) else { return };
+        let (Some((auth, http)), Some(own)) = (&self.auth, &self.grant.user_id) else {
+            return;
+        };
         if user.as_ref().is_some_and(|u| u != own) {
             return;
         }
@@ -274,6 +324,8 @@ impl WsSession {
             send(ctx, awareness);
         }
         self.synced = true;
+        // A big initial sync takes a while to write; that is progress too.
+        self.queue.progressed();
         tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
     }
 }
@@ -300,7 +352,7 @@ impl Actor for WsSession {
             join: Join {
                 conn: self.conn,
                 session: ctx.address().recipient(),
-                queued: self.queued.clone(),
+                queue: self.queue.clone(),
                 killer: self.killer.clone(),
             },
         };
@@ -357,9 +409,11 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::InitialSync { doc, awareness } => self.send_initial_sync(doc, awareness, ctx),
+            ToSession::InitialSync { doc, awareness } => {
+                self.send_initial_sync(doc, awareness, ctx)
+            }
             ToSession::Deliver(message) => {
-                self.queued.fetch_sub(message.len(), Ordering::Relaxed);
+                self.queue.taken(message.len());
                 send(ctx, message);
             }
             ToSession::Close { code, reason } => self.close(ctx, code, reason),
@@ -377,9 +431,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 metrics::BYTES_IN.add(frame.len() as u64);
                 self.handle_frame(&frame, ctx)
             }
-            Ok(ws::Message::Text(_)) => {
-                self.reject(ctx, CLOSE_BAD_MESSAGE, "text frames are not part of the y-websocket protocol")
-            }
+            Ok(ws::Message::Text(_)) => self.reject(
+                ctx,
+                CLOSE_BAD_MESSAGE,
+                "text frames are not part of the y-websocket protocol",
+            ),
             Ok(ws::Message::Continuation(item)) => self.handle_fragment(item, ctx),
             Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
             Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
@@ -404,13 +460,21 @@ impl WsSession {
                 (chunk, false)
             }
             Item::FirstText(_) => {
-                return self.reject(ctx, CLOSE_BAD_MESSAGE, "text frames are not part of the y-websocket protocol")
+                return self.reject(
+                    ctx,
+                    CLOSE_BAD_MESSAGE,
+                    "text frames are not part of the y-websocket protocol",
+                )
             }
             Item::Continue(chunk) => (chunk, false),
             Item::Last(chunk) => (chunk, true),
         };
         let Some(buffer) = self.fragments.as_mut() else {
-            return self.reject(ctx, CLOSE_BAD_MESSAGE, "continuation frame without a first frame");
+            return self.reject(
+                ctx,
+                CLOSE_BAD_MESSAGE,
+                "continuation frame without a first frame",
+            );
         };
         buffer.extend_from_slice(&chunk);
         if buffer.len() > self.max_frame_bytes {

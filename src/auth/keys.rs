@@ -34,7 +34,8 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 pub fn generate_keypair() -> Result<KeyPair, String> {
-    let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING).map_err(|_| "key generation failed")?;
+    let pair = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_FIXED_SIGNING)
+        .map_err(|_| "key generation failed")?;
     // Uncompressed point: 0x04 || x || y.
     let point = pair.public_key().as_ref();
     let (x, y) = point[1..].split_at(COORDINATE_BYTES);
@@ -65,14 +66,23 @@ pub struct Signer {
 
 impl Signer {
     pub fn from_private_jwk(jwk: &str) -> Result<Self, String> {
-        let jwk: LibZeroJwk = serde_json::from_str(jwk).map_err(|e| format!("not a private JWK: {e}"))?;
-        let decode = |field: &str, v: &str| URL_SAFE_NO_PAD.decode(v).map_err(|e| format!("field {field}: {e}"));
+        let jwk: LibZeroJwk =
+            serde_json::from_str(jwk).map_err(|e| format!("not a private JWK: {e}"))?;
+        let decode = |field: &str, v: &str| {
+            URL_SAFE_NO_PAD
+                .decode(v)
+                .map_err(|e| format!("field {field}: {e}"))
+        };
         let d = decode("d", jwk.d.as_deref().ok_or("no private scalar d")?)?;
         let mut point = vec![0x04];
         point.extend(decode("x", &jwk.x)?);
         point.extend(decode("y", &jwk.y)?);
-        let pair = EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P384_SHA384_FIXED_SIGNING, &d, &point)
-            .map_err(|e| format!("inconsistent key: {e}"))?;
+        let pair = EcdsaKeyPair::from_private_key_and_public_key(
+            &ECDSA_P384_SHA384_FIXED_SIGNING,
+            &d,
+            &point,
+        )
+        .map_err(|e| format!("inconsistent key: {e}"))?;
         let der = pair.to_pkcs8v1().map_err(|_| "cannot encode the key")?;
         Ok(Signer {
             key: EncodingKey::from_ec_der(der.as_ref()),

@@ -35,7 +35,9 @@ impl AuthError {
     /// The HTTP status a refused upgrade gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            AuthError::MissingToken | AuthError::InvalidToken(_) | AuthError::Expired => StatusCode::UNAUTHORIZED,
+            AuthError::MissingToken | AuthError::InvalidToken(_) | AuthError::Expired => {
+                StatusCode::UNAUTHORIZED
+            }
             AuthError::Forbidden => StatusCode::FORBIDDEN,
             AuthError::CallbackFailed(_) => StatusCode::BAD_GATEWAY,
             AuthError::CallbackTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,9 +74,23 @@ impl Grant {
 
 impl Authenticator {
     /// Verifies `token` and asks the permission callback about `room`.
-    pub async fn authorize(&self, http: &awc::Client, token: Option<&str>, room: &str) -> Result<Grant, AuthError> {
-        let claims = self.verifier.verify(token.ok_or(AuthError::MissingToken)?, now_ms())?;
-        let access = check_permission(http, &self.perm_callback, room, &claims.user_id, self.timeout).await?;
+    pub async fn authorize(
+        &self,
+        http: &awc::Client,
+        token: Option<&str>,
+        room: &str,
+    ) -> Result<Grant, AuthError> {
+        let claims = self
+            .verifier
+            .verify(token.ok_or(AuthError::MissingToken)?, now_ms())?;
+        let access = check_permission(
+            http,
+            &self.perm_callback,
+            room,
+            &claims.user_id,
+            self.timeout,
+        )
+        .await?;
         Ok(Grant {
             user_id: Some(claims.user_id),
             access,

@@ -38,11 +38,16 @@ pub async fn check_permission(
     let request = http.get(&url).timeout(timeout).send();
     let mut response = match request.await {
         Ok(r) => r,
-        Err(awc::error::SendRequestError::Timeout) => return Err(AuthError::CallbackTimeout(timeout)),
+        Err(awc::error::SendRequestError::Timeout) => {
+            return Err(AuthError::CallbackTimeout(timeout))
+        }
         Err(e) => return Err(AuthError::CallbackFailed(e.to_string())),
     };
     if response.status().is_server_error() {
-        return Err(AuthError::CallbackFailed(format!("HTTP {}", response.status())));
+        return Err(AuthError::CallbackFailed(format!(
+            "HTTP {}",
+            response.status()
+        )));
     }
     if !response.status().is_success() {
         return Err(AuthError::Forbidden);
@@ -69,8 +74,17 @@ mod tests {
 
     #[test]
     fn url_is_base_room_user() {
-        assert_eq!(permission_url("http://a/auth/perm", "r1", "u1"), "http://a/auth/perm/r1/u1");
-        assert_eq!(permission_url("http://a/auth/perm/", "a%20b", "u 1"), "http://a/auth/perm/a%20b/u%201");
-        assert_eq!(permission_url("http://a/p", "x/y", "50%"), "http://a/p/x%2Fy/50%25");
+        assert_eq!(
+            permission_url("http://a/auth/perm", "r1", "u1"),
+            "http://a/auth/perm/r1/u1"
+        );
+        assert_eq!(
+            permission_url("http://a/auth/perm/", "a%20b", "u 1"),
+            "http://a/auth/perm/a%20b/u%201"
+        );
+        assert_eq!(
+            permission_url("http://a/p", "x/y", "50%"),
+            "http://a/p/x%2Fy/50%25"
+        );
     }
 }

@@ -82,13 +82,20 @@ impl TokenVerifier {
             _ => return Err(AuthError::InvalidToken("claim yuserid is missing".into())),
         };
         let expires_at_ms = data.claims.exp.map(|exp| {
-            let ms = if exp > EXP_MILLIS_THRESHOLD { exp } else { exp * 1000.0 };
+            let ms = if exp > EXP_MILLIS_THRESHOLD {
+                exp
+            } else {
+                exp * 1000.0
+            };
             ms.max(0.0) as u64
         });
         if expires_at_ms.is_some_and(|exp| exp <= now_ms) {
             return Err(AuthError::Expired);
         }
-        Ok(Claims { user_id, expires_at_ms })
+        Ok(Claims {
+            user_id,
+            expires_at_ms,
+        })
     }
 }
 
@@ -98,12 +105,18 @@ mod tests {
 
     #[test]
     fn token_comes_from_subprotocol_or_query() {
-        assert_eq!(token_from_request(Some("yauth-abc.def.ghi"), ""), Some("abc.def.ghi".into()));
+        assert_eq!(
+            token_from_request(Some("yauth-abc.def.ghi"), ""),
+            Some("abc.def.ghi".into())
+        );
         assert_eq!(
             token_from_request(Some("other, yauth-abc.def"), "yauth=zzz"),
             Some("abc.def".into())
         );
-        assert_eq!(token_from_request(None, "x=1&yauth=a%2Eb.c"), Some("a.b.c".into()));
+        assert_eq!(
+            token_from_request(None, "x=1&yauth=a%2Eb.c"),
+            Some("a.b.c".into())
+        );
         assert_eq!(token_from_request(Some("other"), "yauth="), None);
         assert_eq!(token_from_request(None, ""), None);
     }

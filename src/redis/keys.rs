@@ -2,7 +2,11 @@
 
 /// Characters JavaScript's `encodeURIComponent` leaves alone.
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+        )
 }
 
 /// JavaScript's `encodeURIComponent` (UTF-8, upper-case hex).
@@ -44,7 +48,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Keys { prefix: prefix.into() }
+        Keys {
+            prefix: prefix.into(),
+        }
     }
 
     pub fn room_stream(&self, room: &str, docid: &str) -> String {
@@ -100,7 +106,10 @@ mod tests {
         let keys = Keys::new("y");
         let key = keys.room_stream("my room:1/ü", "index");
         assert_eq!(key, "y:room:my%20room%3A1%2F%C3%BC:index");
-        assert_eq!(keys.parse_room_stream(&key), Some(("my room:1/ü".into(), "index".into())));
+        assert_eq!(
+            keys.parse_room_stream(&key),
+            Some(("my room:1/ü".into(), "index".into()))
+        );
         assert_eq!(keys.parse_room_stream("other:room:a:index"), None);
         assert_eq!(keys.parse_room_stream("y:room:%E0%A4%A:index"), None);
         assert_eq!(keys.worker_stream(), "y:worker");

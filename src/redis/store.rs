@@ -6,7 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use deadpool_redis::{Manager, Pool};
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId as RawEntry, StreamRangeReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId as RawEntry, StreamRangeReply, StreamReadReply,
+};
 use redis::{AsyncConnectionConfig, Script, Value};
 use thiserror::Error;
 
@@ -19,7 +21,11 @@ pub enum RedisError {
     #[error("redis pool: {0}")]
     Pool(String),
     #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
-    MalformedEntry { key: String, id: String, reason: String },
+    MalformedEntry {
+        key: String,
+        id: String,
+        reason: String,
+    },
 }
 
 impl RedisError {
@@ -149,7 +155,10 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(None);
-        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
     }
 
     /// A fresh pub/sub connection.
@@ -160,7 +169,11 @@ impl RedisStore {
     /// Publishes on a channel; answers how many subscribers got it.
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<i64, RedisError> {
         let mut conn = self.conn().await?;
-        Ok(redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await?)
+        Ok(redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await?)
     }
 
     /// Creates the worker queue and its consumer group if missing.
@@ -189,7 +202,11 @@ impl RedisStore {
     }
 
     /// Appends one validated message to a room stream (see [`ADD_MESSAGE_LUA`]).
-    pub async fn add_message(&self, stream_key: &str, message: &[u8]) -> Result<StreamId, RedisError> {
+    pub async fn add_message(
+        &self,
+        stream_key: &str,
+        message: &[u8],
+    ) -> Result<StreamId, RedisError> {
         let _timer = CommandTimer::start();
         match self.try_add_message(stream_key, message).await {
             // Redis lost the worker group (restarted empty): recreate, retry once.
@@ -201,7 +218,11 @@ impl RedisStore {
         }
     }
 
-    async fn try_add_message(&self, stream_key: &str, message: &[u8]) -> Result<StreamId, RedisError> {
+    async fn try_add_message(
+        &self,
+        stream_key: &str,
+        message: &[u8],
+    ) -> Result<StreamId, RedisError> {
         let mut conn = self.conn().await?;
         let id: String = self
             .add_message
@@ -227,7 +248,11 @@ impl RedisStore {
             .arg("+")
             .query_async(&mut conn)
             .await?;
-        reply.ids.into_iter().map(|raw| parse_entry(stream_key, raw)).collect()
+        reply
+            .ids
+            .into_iter()
+            .map(|raw| parse_entry(stream_key, raw))
+            .collect()
     }
 
     /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed out).
@@ -245,7 +270,12 @@ impl RedisStore {
 impl RedisStore {
     /// Claims up to `count` tasks that waited at least `min_idle` (`XAUTOCLAIM`),
     /// recreating the queue if Redis lost it.
-    pub async fn claim_tasks(&self, consumer: &str, min_idle: Duration, count: usize) -> Result<Vec<Task>, RedisError> {
+    pub async fn claim_tasks(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Task>, RedisError> {
         match self.try_claim_tasks(consumer, min_idle, count).await {
             Err(e) if e.is_missing_group() => {
                 tracing::warn!("worker queue was missing (Redis restarted empty?); recreated it");
@@ -256,7 +286,12 @@ impl RedisStore {
         }
     }
 
-    async fn try_claim_tasks(&self, consumer: &str, min_idle: Duration, count: usize) -> Result<Vec<Task>, RedisError> {
+    async fn try_claim_tasks(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Task>, RedisError> {
         let mut conn = self.conn().await?;
         let queue = self.keys.worker_stream();
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -304,7 +339,12 @@ impl RedisStore {
     /// After persisting up to `last_ms`: trims entries older than
     /// `last_ms - lifetime` and replaces the task by a fresh one (claimed by
     /// `pending`, so it waits out the debounce), atomically. See [`FINISH_COMPACTION_LUA`].
-    pub async fn finish_compaction(&self, task: &Task, last_ms: u64, lifetime: Duration) -> Result<(), RedisError> {
+    pub async fn finish_compaction(
+        &self,
+        task: &Task,
+        last_ms: u64,
+        lifetime: Duration,
+    ) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
         let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
         self.finish_compaction
@@ -330,7 +370,12 @@ impl RedisStore {
 
     /// Takes the per-room compaction lock for `ttl`, so two workers never
     /// compact one room at once. False if another worker holds it.
-    pub async fn lock_room(&self, stream_key: &str, owner: &str, ttl: Duration) -> Result<bool, RedisError> {
+    pub async fn lock_room(
+        &self,
+        stream_key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let reply: Option<String> = redis::cmd("SET")
             .arg(self.keys.room_lock(stream_key))
@@ -344,7 +389,12 @@ impl RedisStore {
     }
 
     /// Extends our room lock to `ttl` from now; false if we lost it.
-    pub async fn renew_room_lock(&self, stream_key: &str, owner: &str, ttl: Duration) -> Result<bool, RedisError> {
+    pub async fn renew_room_lock(
+        &self,
+        stream_key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let renewed: i64 = self
             .renew
@@ -407,7 +457,9 @@ pub async fn read_streams_blocking(
         cmd.arg(id.to_string());
     }
     let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
-    let Some(reply) = reply else { return Ok(Vec::new()) };
+    let Some(reply) = reply else {
+        return Ok(Vec::new());
+    };
     reply
         .keys
         .into_iter()

@@ -90,14 +90,21 @@ impl Storage for FilesystemStorage {
         async move {
             match tokio::fs::metadata(&dir).await {
                 Ok(meta) if meta.is_dir() => Ok(()),
-                Ok(_) => Err(StorageError::Unavailable(format!("filesystem: {} is not a directory", dir.display()))),
+                Ok(_) => Err(StorageError::Unavailable(format!(
+                    "filesystem: {} is not a directory",
+                    dir.display()
+                ))),
                 Err(e) => Err(io_error("cannot reach", &dir, e)),
             }
         }
         .boxed()
     }
 
-    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
+    fn retrieve_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         async move {
             let dir = self.doc_dir(room, docid)?;
             let pieces = tokio::task::spawn_blocking(move || read_pieces(&dir))

@@ -17,7 +17,10 @@ pub struct MemoryStorage {
 }
 
 impl MemoryStorage {
-    fn with_docs<T>(&self, f: impl FnOnce(&mut BTreeMap<(String, String), Pieces>) -> T) -> Result<T, StorageError> {
+    fn with_docs<T>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<(String, String), Pieces>) -> T,
+    ) -> Result<T, StorageError> {
         let mut docs = self
             .docs
             .lock()
@@ -31,10 +34,18 @@ impl Storage for MemoryStorage {
         ready(self.with_docs(|_| ())).boxed()
     }
 
-    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
+    fn retrieve_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         let pieces = self.with_docs(|docs| {
             docs.get(&(room.to_owned(), docid.to_owned()))
-                .map(|p| p.iter().map(|(r, u)| (r.clone(), u.clone())).collect::<Vec<_>>())
+                .map(|p| {
+                    p.iter()
+                        .map(|(r, u)| (r.clone(), u.clone()))
+                        .collect::<Vec<_>>()
+                })
                 .unwrap_or_default()
         });
         ready(pieces.and_then(|p| merge_pieces(room, docid, p))).boxed()
@@ -48,7 +59,10 @@ impl Storage for MemoryStorage {
         _state_vector: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         // Zero-padded so references sort in the order they were written.
-        let reference = format!("{:020}", self.next_reference.fetch_add(1, Ordering::Relaxed));
+        let reference = format!(
+            "{:020}",
+            self.next_reference.fetch_add(1, Ordering::Relaxed)
+        );
         let result = self.with_docs(|docs| {
             docs.entry((room.to_owned(), docid.to_owned()))
                 .or_default()

@@ -23,7 +23,11 @@ pub enum StorageError {
     #[error("storage backend unavailable: {0}")]
     Unavailable(String),
     #[error("stored document {room}/{docid} is corrupt: {reason}")]
-    Corrupt { room: String, docid: String, reason: String },
+    Corrupt {
+        room: String,
+        docid: String,
+        reason: String,
+    },
 }
 
 /// Identifies one stored piece of a document (a Postgres `r`, an S3 key, a file name).
@@ -41,7 +45,11 @@ pub trait Storage: Send + Sync + 'static {
     fn check(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 
     /// The stored document, or None if nothing is stored.
-    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>>;
+    fn retrieve_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>>;
 
     /// Stores a whole document (update v2) and its state vector (v1) under a new reference.
     fn persist_doc<'a>(
@@ -91,7 +99,11 @@ pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageErr
 }
 
 /// Merges the pieces of one document read from a backend.
-pub fn merge_pieces(room: &str, docid: &str, pieces: Vec<(Reference, Vec<u8>)>) -> Result<Option<StoredDoc>, StorageError> {
+pub fn merge_pieces(
+    room: &str,
+    docid: &str,
+    pieces: Vec<(Reference, Vec<u8>)>,
+) -> Result<Option<StoredDoc>, StorageError> {
     if pieces.is_empty() {
         return Ok(None);
     }
@@ -105,5 +117,8 @@ pub fn merge_pieces(room: &str, docid: &str, pieces: Vec<(Reference, Vec<u8>)>) 
             reason: e.to_string(),
         })?
     };
-    Ok(Some(StoredDoc { update_v2, references }))
+    Ok(Some(StoredDoc {
+        update_v2,
+        references,
+    }))
 }

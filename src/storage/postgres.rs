@@ -60,7 +60,11 @@ impl PostgresStorage {
     /// Runs `work` with a pooled connection on the blocking pool.
     fn with_conn<'a, T: Send + 'static>(
         &'a self,
-        work: impl FnOnce(&mut PooledConnection<ConnectionManager<PgConnection>>) -> Result<T, StorageError> + Send + 'static,
+        work: impl FnOnce(
+                &mut PooledConnection<ConnectionManager<PgConnection>>,
+            ) -> Result<T, StorageError>
+            + Send
+            + 'static,
     ) -> BoxFuture<'a, Result<T, StorageError>> {
         let pool = self.pool.clone();
         async move {
@@ -77,10 +81,19 @@ impl PostgresStorage {
 
 impl Storage for PostgresStorage {
     fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.with_conn(|conn| diesel::sql_query("SELECT 1").execute(conn).map(|_| ()).map_err(unavailable))
+        self.with_conn(|conn| {
+            diesel::sql_query("SELECT 1")
+                .execute(conn)
+                .map(|_| ())
+                .map_err(unavailable)
+        })
     }
 
-    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
+    fn retrieve_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         let (room_owned, docid_owned) = (room.to_owned(), docid.to_owned());
         let rows = self.with_conn(move |conn| {
             use yredis_docs_v1::dsl;
@@ -135,12 +148,24 @@ impl Storage for PostgresStorage {
         let (room, docid) = (room.to_owned(), docid.to_owned());
         let Ok(ids) = ids else {
             let reason = format!("references {references:?} are not postgres row ids");
-            return async move { Err(StorageError::Corrupt { room, docid, reason }) }.boxed();
+            return async move {
+                Err(StorageError::Corrupt {
+                    room,
+                    docid,
+                    reason,
+                })
+            }
+            .boxed();
         };
         self.with_conn(move |conn| {
             use yredis_docs_v1::dsl;
             diesel::delete(
-                dsl::yredis_docs_v1.filter(dsl::room.eq(room).and(dsl::doc.eq(docid)).and(dsl::r.eq_any(ids))),
+                dsl::yredis_docs_v1.filter(
+                    dsl::room
+                        .eq(room)
+                        .and(dsl::doc.eq(docid))
+                        .and(dsl::r.eq_any(ids)),
+                ),
             )
             .execute(conn)
             .map(|_| ())

@@ -41,7 +41,9 @@ fn check(status: u16, what: &str, key: &str) -> Result<(), StorageError> {
     if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(unavailable(format!("{what} {key:?} answered HTTP {status}")))
+        Err(unavailable(format!(
+            "{what} {key:?} answered HTTP {status}"
+        )))
     }
 }
 
@@ -49,7 +51,11 @@ fn check(status: u16, what: &str, key: &str) -> Result<(), StorageError> {
 const RETRIEVE_ATTEMPTS: usize = 3;
 
 fn doc_prefix(room: &str, docid: &str) -> String {
-    format!("{}/{}/", encode_uri_component(room), encode_uri_component(docid))
+    format!(
+        "{}/{}/",
+        encode_uri_component(room),
+        encode_uri_component(docid)
+    )
 }
 
 impl S3Storage {
@@ -60,15 +66,26 @@ impl S3Storage {
             region: "us-east-1".into(),
             endpoint: format!("{scheme}://{}:{}", config.endpoint, config.port),
         };
-        let credentials = Credentials::new(Some(&config.access_key), Some(&config.secret_key), None, None, None)
-            .map_err(unavailable)?;
+        let credentials = Credentials::new(
+            Some(&config.access_key),
+            Some(&config.secret_key),
+            None,
+            None,
+            None,
+        )
+        .map_err(unavailable)?;
         let bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
             .map_err(unavailable)?
             .with_path_style();
         if !bucket.exists().await.map_err(unavailable)? {
-            let created = Bucket::create_with_path_style(&config.bucket, region, credentials, BucketConfiguration::default())
-                .await
-                .map_err(unavailable)?;
+            let created = Bucket::create_with_path_style(
+                &config.bucket,
+                region,
+                credentials,
+                BucketConfiguration::default(),
+            )
+            .await
+            .map_err(unavailable)?;
             // 409: someone else created it meanwhile.
             if !created.success() && created.response_code != 409 {
                 return Err(unavailable(format!(
@@ -81,12 +98,23 @@ impl S3Storage {
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        let pages = self.bucket.list(prefix.to_owned(), None).await.map_err(unavailable)?;
-        Ok(pages.into_iter().flat_map(|p| p.contents).map(|o| o.key).collect())
+        let pages = self
+            .bucket
+            .list(prefix.to_owned(), None)
+            .await
+            .map_err(unavailable)?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.contents)
+            .map(|o| o.key)
+            .collect())
     }
 
     /// Fetches every listed piece; None if one vanished (replaced meanwhile).
-    async fn fetch_all(&self, keys: Vec<String>) -> Result<Option<Vec<(Reference, Vec<u8>)>>, StorageError> {
+    async fn fetch_all(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Option<Vec<(Reference, Vec<u8>)>>, StorageError> {
         let mut pieces = Vec::with_capacity(keys.len());
         for key in keys {
             let response = match self.bucket.get_object(&key).await {
@@ -109,14 +137,21 @@ impl Storage for S3Storage {
         async move {
             match self.bucket.exists().await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(unavailable(format!("bucket {:?} is gone", self.bucket.name()))),
+                Ok(false) => Err(unavailable(format!(
+                    "bucket {:?} is gone",
+                    self.bucket.name()
+                ))),
                 Err(e) => Err(unavailable(e)),
             }
         }
         .boxed()
     }
 
-    fn retrieve_doc<'a>(&'a self, room: &'a str, docid: &'a str) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
+    fn retrieve_doc<'a>(
+        &'a self,
+        room: &'a str,
+        docid: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         async move {
             let prefix = doc_prefix(room, docid);
             for _ in 0..RETRIEVE_ATTEMPTS {
@@ -125,7 +160,9 @@ impl Storage for S3Storage {
                     return merge_pieces(room, docid, pieces);
                 }
             }
-            Err(unavailable(format!("pieces of {prefix:?} kept vanishing while being read")))
+            Err(unavailable(format!(
+                "pieces of {prefix:?} kept vanishing while being read"
+            )))
         }
         .boxed()
     }
@@ -139,7 +176,11 @@ impl Storage for S3Storage {
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
             let key = format!("{}{}", doc_prefix(room, docid), uuid::Uuid::new_v4());
-            let response = self.bucket.put_object(&key, &update_v2).await.map_err(unavailable)?;
+            let response = self
+                .bucket
+                .put_object(&key, &update_v2)
+                .await
+                .map_err(unavailable)?;
             check(response.status_code(), "PUT", &key)
         }
         .boxed()

@@ -27,21 +27,32 @@ pub fn multipart_body(boundary: &str, update_v2: &[u8]) -> Vec<u8> {
 
 /// Sends the document; failures are logged, never returned, so a broken
 /// callback can not hold up persistence.
-pub async fn send(client: &awc::Client, base: &str, room: &str, update_v2: Vec<u8>, timeout: Duration) {
+pub async fn send(
+    client: &awc::Client,
+    base: &str,
+    room: &str,
+    update_v2: Vec<u8>,
+    timeout: Duration,
+) {
     let url = callback_url(base, room);
     let boundary = format!("yredis{}", uuid::Uuid::new_v4().simple());
     let body = multipart_body(&boundary, &update_v2);
     let result = client
         .put(&url)
         .timeout(timeout)
-        .insert_header(("content-type", format!("multipart/form-data; boundary={boundary}")))
+        .insert_header((
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        ))
         .send_body(body)
         .await;
     match result {
         Ok(response) if response.status().is_success() => {
             tracing::debug!(room, status = %response.status(), "update callback delivered")
         }
-        Ok(response) => tracing::warn!(room, status = %response.status(), "update callback refused the document"),
+        Ok(response) => {
+            tracing::warn!(room, status = %response.status(), "update callback refused the document")
+        }
         Err(e) => tracing::warn!(room, error = %e, "update callback failed"),
     }
 }

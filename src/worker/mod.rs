@@ -17,7 +17,11 @@ use crate::storage::Storage;
 
 /// Starts `config.concurrency` supervised persistence actors, each on its own
 /// arbiter; a crashed one is restarted and its task reclaimed after the debounce.
-pub fn start(config: &WorkerConfig, redis: RedisStore, storage: Arc<dyn Storage>) -> Vec<Addr<PersistenceWorker>> {
+pub fn start(
+    config: &WorkerConfig,
+    redis: RedisStore,
+    storage: Arc<dyn Storage>,
+) -> Vec<Addr<PersistenceWorker>> {
     let process = format!("{}-{}", hostname(), std::process::id());
     (0..config.concurrency)
         .map(|slot| {

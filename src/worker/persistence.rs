@@ -52,7 +52,12 @@ pub struct PersistenceWorker {
 }
 
 impl PersistenceWorker {
-    pub fn new(consumer: String, config: WorkerConfig, redis: RedisStore, storage: Arc<dyn Storage>) -> Self {
+    pub fn new(
+        consumer: String,
+        config: WorkerConfig,
+        redis: RedisStore,
+        storage: Arc<dyn Storage>,
+    ) -> Self {
         PersistenceWorker {
             consumer,
             config,
@@ -135,7 +140,11 @@ impl Round {
     async fn run(&self) -> Result<RoundReport, WorkerError> {
         let tasks = self
             .redis
-            .claim_tasks(&self.consumer, self.config.task_debounce, self.config.claim_count)
+            .claim_tasks(
+                &self.consumer,
+                self.config.task_debounce,
+                self.config.claim_count,
+            )
             .await?;
         let mut report = RoundReport {
             claimed: tasks.len(),
@@ -162,7 +171,11 @@ impl Round {
             return Ok(false);
         };
         let ttl = room_lock_ttl(self.config.task_debounce);
-        if !self.redis.lock_room(&task.stream_key, &self.consumer, ttl).await? {
+        if !self
+            .redis
+            .lock_room(&task.stream_key, &self.consumer, ttl)
+            .await?
+        {
             // Another worker is on it; this task comes back after the debounce.
             tracing::debug!(room = %room, "room is being compacted by another worker");
             return Ok(false);
@@ -174,7 +187,11 @@ impl Round {
                 Ok(false)
             }
         };
-        if let Err(e) = self.redis.unlock_room(&task.stream_key, &self.consumer).await {
+        if let Err(e) = self
+            .redis
+            .unlock_room(&task.stream_key, &self.consumer)
+            .await
+        {
             tracing::warn!(room = %room, error = %e, "could not release room lock; it expires by itself");
         }
         result
@@ -184,13 +201,22 @@ impl Round {
     async fn keep_lock(&self, stream_key: &str, ttl: Duration) -> Result<(), RedisError> {
         loop {
             tokio::time::sleep(ttl / 3).await;
-            if !self.redis.renew_room_lock(stream_key, &self.consumer, ttl).await? {
+            if !self
+                .redis
+                .renew_room_lock(stream_key, &self.consumer, ttl)
+                .await?
+            {
                 return Ok(());
             }
         }
     }
 
-    async fn compact_locked(&self, task: &Task, room: &str, docid: &str) -> Result<bool, WorkerError> {
+    async fn compact_locked(
+        &self,
+        task: &Task,
+        room: &str,
+        docid: &str,
+    ) -> Result<bool, WorkerError> {
         let started = Instant::now();
         let doc = document::load(&self.redis, self.storage.as_ref(), room, docid).await?;
         // Several stored pieces are merged into one even when the stream added nothing.
@@ -205,12 +231,16 @@ impl Round {
                 .persist_doc(room, docid, update_v2.clone(), doc.state_vector.clone())
                 .await?;
             if !doc.references.is_empty() {
-                self.storage.delete_references(room, docid, &doc.references).await?;
+                self.storage
+                    .delete_references(room, docid, &doc.references)
+                    .await?;
             }
             if let (Some(url), Some(http)) = (&self.config.update_callback, &self.http) {
                 let (http, url, room) = (http.clone(), url.clone(), room.to_owned());
                 let timeout = self.config.update_callback_timeout;
-                actix::spawn(async move { callback::send(&http, &url, &room, update_v2, timeout).await });
+                actix::spawn(async move {
+                    callback::send(&http, &url, &room, update_v2, timeout).await
+                });
             }
             metrics::WORKER_PERSISTS.inc();
             metrics::WORKER_PERSIST_SECONDS.observe(started.elapsed());

@@ -8,7 +8,11 @@
 // second) and nothing closes it: it receives ~40 MB and no close within 30 s.
 // With a 2 MB cap the server shuts its socket while it is paused, so after
 // resuming it gets only what was already in the kernel socket buffers and the
-// server's write buffer (a few MB), then end-of-stream.
+// server's write buffer (about 4 MB on Linux loopback), then end-of-stream.
+//
+// The writer waits until each update has come back to it and reached the
+// reader before sending the next, so a busy test process cannot make a normal
+// client lag by more than one update and be cut off by the small cap itself.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Harness, waitFor, withTimeout, randomHex, pseudoText, grepLog } from './harness.mjs'
@@ -26,7 +30,7 @@ describe('slow client', { timeout: 120000 }, () => {
   before(async () => { await h.setup(1, { WS_MAX_SEND_QUEUE_BYTES: String(CAP) }) })
   after(async () => { await h.teardown() })
 
-  it('a client that stops reading is closed; the room and the server keep working', { timeout: 90000 }, h.wrap(async () => {
+  it('a client that stops reading is closed; the room and the server keep working', { timeout: 90000 }, h.wrap(async (t) => {
     const [s1] = h.servers
     const writer = h.client(s1, room, { name: 'writer' })
     const reader = h.client(s1, room, { name: 'reader' })
@@ -52,17 +56,28 @@ describe('slow client', { timeout: 120000 }, () => {
     ])
     const bytesSoFar = () => slow.frames.reduce((n, f) => n + f.length, 0)
 
+    // The writer's own updates come back to it (the server sends every room
+    // message to every session); count those echoes.
+    let writerEchoes = 0
+    // (y-websocket sets binaryType 'arraybuffer': data is an ArrayBuffer)
+    writer.provider.ws.on('message', (data) => { if (data.byteLength > INSERT_CHARS / 2) writerEchoes++ })
+
+    // Each insert is sent, then the writer and the reader have it before the
+    // next one: the normal clients keep up, so only the paused client can
+    // reach the (deliberately small) send-queue cap, even on a loaded machine.
     const t0 = Date.now()
     const chunks = []
     for (let i = 0; i < INSERTS; i++) {
       const chunk = pseudoText(INSERT_CHARS, i + 1)
       chunks.push(chunk)
       writer.text.insert(writer.text.length, chunk)
-      await waitFor(() => writer.provider.wsconnected && writer.provider.ws.bufferedAmount === 0, {
+      await waitFor(() => writer.provider.wsconnected && writer.provider.ws.bufferedAmount === 0 &&
+        writerEchoes > i && reader.text.length === (i + 1) * INSERT_CHARS, {
         timeout: 20000,
         interval: 5,
-        message: () => `insert ${i} to be sent (wsconnected=${writer.provider.wsconnected} ` +
-          `closeEvents=${JSON.stringify(writer.closeEvents)})`
+        message: () => `insert ${i} to be sent and received (wsconnected=${writer.provider.wsconnected} ` +
+          `echoes=${writerEchoes} reader has ${reader.text.length} chars; ` +
+          `writer closeEvents=${JSON.stringify(writer.closeEvents)} reader closeEvents=${JSON.stringify(reader.closeEvents)})`
       })
     }
     const pushMs = Date.now() - t0
@@ -86,8 +101,11 @@ describe('slow client', { timeout: 120000 }, () => {
     const resumedAt = Date.now()
     resumed = true
     slow.ws._socket.resume()
-    const closed = await withTimeout(cutOff, 30000,
-      `the paused client to be closed by the server (it received ${bytesSoFar()} bytes so far)`)
+    let timer
+    const closed = await Promise.race([cutOff, new Promise((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error('the paused client was not closed by the server within 30 s of ' +
+        `resuming; it received ${bytesSoFar()} bytes (${bytesAfterResume} after resume)`)), 30000)
+    })]).finally(() => clearTimeout(timer))
     const closeMs = Date.now() - resumedAt
     // count the frames ws still parses from what it had buffered
     await withTimeout(slow.closed, 5000, 'ws close event after the socket ended').catch(() => {})
@@ -104,6 +122,6 @@ describe('slow client', { timeout: 120000 }, () => {
     // the normal clients were not the ones cut off
     assert.deepEqual(writer.closeEvents, [], 'writer was disconnected')
     assert.deepEqual(reader.closeEvents, [], 'reader was disconnected')
-    console.log(`# ${detail}; log: ${warned[0].trim()}`)
+    t.diagnostic(`${detail}; server log: ${warned[0].trim()}`)
   }))
 })
