@@ -9,18 +9,29 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use y_redis::document::assemble;
-use y_redis::protocol::{classify_stream_message, parse_client_frame, ClientMessage, StreamMessage};
+use y_redis::protocol::{
+    classify_stream_message, parse_client_frame, ClientMessage, StreamMessage,
+};
 use y_redis::redis::{StreamEntry, StreamId};
 
 fn seeds() -> Vec<Vec<u8>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol_vectors.json");
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixtures")).expect("json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/protocol_vectors.json"
+    );
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixtures")).expect("json");
     json["vectors"]
         .as_array()
         .expect("vectors")
         .iter()
         .filter_map(|v| v["hex"].as_str())
-        .map(|h| (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex")).collect())
+        .map(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+                .collect()
+        })
         .collect()
 }
 
@@ -46,7 +57,9 @@ fn mutate(rng: &mut StdRng, seeds: &[Vec<u8>], frame: &mut Vec<u8>) {
             4 if !frame.is_empty() => {
                 // Interesting integers where lengths and counts live.
                 let i = rng.random_range(0..frame.len());
-                frame[i] = *[0x00, 0x01, 0x7f, 0x80, 0xff].get(rng.random_range(0..5)).unwrap_or(&0);
+                frame[i] = *[0x00, 0x01, 0x7f, 0x80, 0xff]
+                    .get(rng.random_range(0..5))
+                    .unwrap_or(&0);
             }
             5 => {
                 let other = &seeds[rng.random_range(0..seeds.len())];
@@ -70,12 +83,18 @@ fn check(frame: &[u8]) -> Option<&'static str> {
                 id: StreamId { ms: 1, seq: 0 },
                 message: Bytes::from(message),
             };
-            assert!(assemble(None, &[entry]).is_ok(), "accepted update {frame:02x?} does not assemble");
+            assert!(
+                assemble(None, &[entry]).is_ok(),
+                "accepted update {frame:02x?} does not assemble"
+            );
             Some("update")
         }
         Ok(ClientMessage::Awareness { message, .. }) => {
             assert!(
-                matches!(classify_stream_message(&message), StreamMessage::Awareness(_)),
+                matches!(
+                    classify_stream_message(&message),
+                    StreamMessage::Awareness(_)
+                ),
                 "accepted awareness {frame:02x?} does not decode from the stream"
             );
             Some("awareness")
@@ -87,7 +106,10 @@ fn check(frame: &[u8]) -> Option<&'static str> {
 
 #[test]
 fn mutated_frames_never_panic_and_accepted_ones_are_stream_safe() {
-    let iterations: usize = std::env::var("FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    let iterations: usize = std::env::var("FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
     let seeds = seeds();
     let mut rng = StdRng::seed_from_u64(0x79_72_65_64_69_73);
     let (mut accepted, mut rejected) = (0usize, 0usize);
@@ -104,5 +126,8 @@ fn mutated_frames_never_panic_and_accepted_ones_are_stream_safe() {
         let _ = check(&frame);
     }
     println!("fuzzed {iterations} mutated frames: {accepted} accepted, {rejected} rejected");
-    assert!(accepted > 0 && rejected > 0, "mutations should produce both outcomes");
+    assert!(
+        accepted > 0 && rejected > 0,
+        "mutations should produce both outcomes"
+    );
 }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use y_redis::document::assemble;
 use y_redis::protocol::{
-    encode_awareness_message, encode_awareness_removal, encode_sync_step1, encode_sync_step2, encode_sync_update,
-    parse_client_frame, AwarenessEntry, ClientMessage, ProtocolError,
+    encode_awareness_message, encode_awareness_removal, encode_sync_step1, encode_sync_step2,
+    encode_sync_update, parse_client_frame, AwarenessEntry, ClientMessage, ProtocolError,
 };
 use y_redis::redis::{StreamEntry, StreamId};
 use y_redis::storage::StoredDoc;
@@ -20,7 +20,10 @@ struct Vectors(HashMap<String, Value>);
 
 impl Vectors {
     fn load() -> Self {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/protocol_vectors.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/protocol_vectors.json"
+        );
         let text = std::fs::read_to_string(path).expect("fixture file is readable");
         let json: Value = serde_json::from_str(&text).expect("fixture file is JSON");
         let vectors = json["vectors"].as_array().expect("vectors array");
@@ -33,11 +36,15 @@ impl Vectors {
     }
 
     fn get(&self, name: &str) -> &Value {
-        self.0.get(name).unwrap_or_else(|| panic!("vector {name} missing"))
+        self.0
+            .get(name)
+            .unwrap_or_else(|| panic!("vector {name} missing"))
     }
 
     fn bytes(&self, name: &str, field: &str) -> Vec<u8> {
-        hex(self.get(name)[field].as_str().unwrap_or_else(|| panic!("{name}.{field} missing")))
+        hex(self.get(name)[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}.{field} missing")))
     }
 }
 
@@ -73,11 +80,16 @@ fn sync_step1_is_parsed_and_encoded_like_y_protocols() {
     let sv = v.bytes("sync_step1", "state_vector_hex");
     assert_eq!(
         parse_client_frame(&frame),
-        Ok(ClientMessage::SyncStep1 { state_vector: sv.clone() })
+        Ok(ClientMessage::SyncStep1 {
+            state_vector: sv.clone()
+        })
     );
     assert_eq!(encode_sync_step1(&sv), frame);
     let empty = v.bytes("sync_step1_empty", "hex");
-    assert!(matches!(parse_client_frame(&empty), Ok(ClientMessage::SyncStep1 { .. })));
+    assert!(matches!(
+        parse_client_frame(&empty),
+        Ok(ClientMessage::SyncStep1 { .. })
+    ));
 }
 
 #[test]
@@ -87,7 +99,10 @@ fn sync_step2_becomes_an_update_in_the_stream() {
     let update = v.bytes("sync_step2", "update_hex");
     assert_eq!(encode_sync_step2(&update), frame);
     let rewritten = v.bytes("sync_step2_rewritten_as_update", "hex");
-    assert_eq!(parse_client_frame(&frame), Ok(ClientMessage::Update { message: rewritten }));
+    assert_eq!(
+        parse_client_frame(&frame),
+        Ok(ClientMessage::Update { message: rewritten })
+    );
     assert_eq!(
         parse_client_frame(&v.bytes("sync_step2_empty", "hex")),
         Ok(ClientMessage::EmptyUpdate)
@@ -98,10 +113,15 @@ fn sync_step2_becomes_an_update_in_the_stream() {
 fn sync_update_passes_through_unchanged() {
     let v = Vectors::load();
     let frame = v.bytes("sync_update", "hex");
-    assert_eq!(encode_sync_update(&v.bytes("sync_update", "update_hex")), frame);
+    assert_eq!(
+        encode_sync_update(&v.bytes("sync_update", "update_hex")),
+        frame
+    );
     assert_eq!(
         parse_client_frame(&frame),
-        Ok(ClientMessage::Update { message: frame.clone() })
+        Ok(ClientMessage::Update {
+            message: frame.clone()
+        })
     );
 }
 
@@ -121,7 +141,11 @@ fn entries_of(v: &Vectors, name: &str) -> Vec<AwarenessEntry> {
 #[test]
 fn awareness_messages_match_y_protocols() {
     let v = Vectors::load();
-    for name in ["awareness_one_client", "awareness_two_clients", "awareness_user_left"] {
+    for name in [
+        "awareness_one_client",
+        "awareness_two_clients",
+        "awareness_user_left",
+    ] {
         let frame = v.bytes(name, "hex");
         let expected = entries_of(&v, name);
         assert_eq!(
@@ -134,7 +158,10 @@ fn awareness_messages_match_y_protocols() {
         );
         assert_eq!(encode_awareness_message(expected.iter()), frame, "{name}");
     }
-    assert_eq!(encode_awareness_removal(5005, 1), v.bytes("awareness_user_left", "hex"));
+    assert_eq!(
+        encode_awareness_removal(5005, 1),
+        v.bytes("awareness_user_left", "hex")
+    );
 }
 
 #[test]
@@ -154,27 +181,48 @@ fn query_awareness_and_auth_frames() {
 fn malformed_frames_are_rejected() {
     let cases: &[(&[u8], &str)] = &[
         (&[], "empty frame"),
-        (&[0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f], "length beyond the frame"),
+        (
+            &[0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            "length beyond the frame",
+        ),
         (&[0, 2, 3, 0xff, 0xff, 0xff], "update that does not decode"),
         (&[9, 1, 2], "unknown message type"),
         (&[0, 7, 0], "unknown sync type"),
         (&[0, 2, 2, 0, 0, 5], "trailing bytes"),
-        (&[1, 5, 1, 1, 1, 1, b'{'], "awareness state that is not JSON"),
+        (
+            &[1, 5, 1, 1, 1, 1, b'{'],
+            "awareness state that is not JSON",
+        ),
         (&[1, 4, 2, 1, 1, 0], "awareness count beyond the payload"),
         (&[0, 0, 2, 5, 1], "state vector that does not decode"),
-        (&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f], "type overflowing 53 bits"),
+        (
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            "type overflowing 53 bits",
+        ),
     ];
     for (frame, what) in cases {
         assert!(parse_client_frame(frame).is_err(), "{what} was accepted");
     }
-    assert_eq!(parse_client_frame(&[3, 0]), Err(ProtocolError::TrailingBytes(1)));
+    assert_eq!(
+        parse_client_frame(&[3, 0]),
+        Err(ProtocolError::TrailingBytes(1))
+    );
     // Found by cargo fuzz: counts that would make yrs reserve gigabytes.
     let huge_state_vector = [0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0x0f, 1];
-    assert!(matches!(parse_client_frame(&huge_state_vector), Err(ProtocolError::InvalidStateVector(_))));
+    assert!(matches!(
+        parse_client_frame(&huge_state_vector),
+        Err(ProtocolError::InvalidStateVector(_))
+    ));
     let huge_client_count = [0, 2, 6, 0xff, 0xff, 0xff, 0x7f, 0, 0];
-    assert!(matches!(parse_client_frame(&huge_client_count), Err(ProtocolError::InvalidUpdate(_))));
+    assert!(matches!(
+        parse_client_frame(&huge_client_count),
+        Err(ProtocolError::InvalidUpdate(_))
+    ));
     let huge_block_count = [0, 2, 9, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0, 0];
-    assert!(matches!(parse_client_frame(&huge_block_count), Err(ProtocolError::InvalidUpdate(_))));
+    assert!(matches!(
+        parse_client_frame(&huge_block_count),
+        Err(ProtocolError::InvalidUpdate(_))
+    ));
 }
 
 #[test]
@@ -205,7 +253,14 @@ fn stored_v2_document_is_served_as_v1() {
 
     // What we would store again (v2) holds the same document.
     let v2 = doc.update_v2().expect("re-encodes as v2");
-    let again = assemble(Some(StoredDoc { update_v2: v2, references: vec![] }), &[]).expect("assembles");
+    let again = assemble(
+        Some(StoredDoc {
+            update_v2: v2,
+            references: vec![],
+        }),
+        &[],
+    )
+    .expect("assembles");
     assert_eq!(again.state_vector, doc.state_vector);
 }
 
@@ -215,11 +270,25 @@ fn stream_updates_are_applied_on_top_of_storage() {
     let base = encode_sync_update(&v.bytes("delete_update_v1", "base_update_hex"));
     let delete = encode_sync_update(&v.bytes("delete_update_v1", "hex"));
     let awareness = v.bytes("awareness_one_client", "hex");
-    let doc = assemble(None, &[entry(1, base.clone()), entry(2, awareness), entry(3, delete)]).expect("assembles");
+    let doc = assemble(
+        None,
+        &[
+            entry(1, base.clone()),
+            entry(2, awareness),
+            entry(3, delete),
+        ],
+    )
+    .expect("assembles");
     assert_eq!(text_of(&doc.update_v1), "aef");
     assert!(doc.changed_by_stream);
     assert_eq!(doc.last_id, StreamId { ms: 3, seq: 0 });
-    assert_eq!(doc.awareness.present().map(|e| e.client_id).collect::<Vec<_>>(), vec![5005]);
+    assert_eq!(
+        doc.awareness
+            .present()
+            .map(|e| e.client_id)
+            .collect::<Vec<_>>(),
+        vec![5005]
+    );
 
     // A stream that only repeats what storage holds does not change the document.
     let stored = assemble(None, &[entry(1, base.clone())]).expect("assembles");
@@ -232,7 +301,10 @@ fn stream_updates_are_applied_on_top_of_storage() {
     // ...and the one who left is no longer present.
     let left = assemble(
         None,
-        &[entry(1, v.bytes("awareness_one_client", "hex")), entry(2, v.bytes("awareness_user_left", "hex"))],
+        &[
+            entry(1, v.bytes("awareness_one_client", "hex")),
+            entry(2, v.bytes("awareness_user_left", "hex")),
+        ],
     )
     .expect("assembles");
     assert_eq!(left.awareness.present().count(), 0);

@@ -18,7 +18,9 @@ async fn s3_storage_contract() {
         secret_key: "testsecret".into(),
         bucket: format!("ydocs-{}", support::random_suffix()),
     });
-    let storage = storage::open(&config).await.expect("open s3 storage (creates the bucket)");
+    let storage = storage::open(&config)
+        .await
+        .expect("open s3 storage (creates the bucket)");
     contract(storage).await;
     // Opening again finds the bucket.
     storage::open(&config).await.expect("reopen s3 storage");

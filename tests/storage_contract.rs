@@ -27,15 +27,21 @@ async fn filesystem_storage_contract() {
     let storage = storage::open(&StorageConfig::Filesystem { dir: dir.clone() })
         .await
         .expect("reopen");
-    assert!(storage.retrieve_doc("plain", "index").await.expect("retrieve").is_none());
+    assert!(storage
+        .retrieve_doc("plain", "index")
+        .await
+        .expect("retrieve")
+        .is_none());
     let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
 async fn postgres_storage_contract() {
     let db = TestDatabase::create();
-    let storage = storage::open(&StorageConfig::Postgres { url: db.url.clone() })
-        .await
-        .expect("open postgres storage");
+    let storage = storage::open(&StorageConfig::Postgres {
+        url: db.url.clone(),
+    })
+    .await
+    .expect("open postgres storage");
     contract(storage).await;
 }

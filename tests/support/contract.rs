@@ -9,7 +9,14 @@ pub const ROOMS: &[&str] = &["plain", "a b/ü?x", "emoji 😀/room", "a%20b", "c
 
 pub async fn contract(storage: Arc<dyn Storage>) {
     for &room in ROOMS {
-        assert!(storage.retrieve_doc(room, "index").await.expect("retrieve").is_none(), "{room}: starts empty");
+        assert!(
+            storage
+                .retrieve_doc(room, "index")
+                .await
+                .expect("retrieve")
+                .is_none(),
+            "{room}: starts empty"
+        );
 
         storage
             .persist_doc(room, "index", text_update_v2(1, "one "), vec![])
@@ -24,14 +31,41 @@ pub async fn contract(storage: Arc<dyn Storage>) {
             .await
             .expect("persist other doc");
 
-        let stored = storage.retrieve_doc(room, "index").await.expect("retrieve").expect("stored");
-        assert_eq!(stored.references.len(), 2, "{room}: one reference per persisted piece");
+        let stored = storage
+            .retrieve_doc(room, "index")
+            .await
+            .expect("retrieve")
+            .expect("stored");
+        assert_eq!(
+            stored.references.len(),
+            2,
+            "{room}: one reference per persisted piece"
+        );
         let (text, sv) = read_v2(&stored.update_v2);
-        assert!(text.contains("one ") && text.contains("two"), "{room}: merged text is {text:?}");
-        assert_eq!(text.len(), "one two".len(), "{room}: nothing from the other doc");
-        assert_eq!(sv.get(&yrs::block::ClientID::new(1)), 4, "{room}: state vector of client 1");
-        assert_eq!(sv.get(&yrs::block::ClientID::new(2)), 3, "{room}: state vector of client 2");
-        assert_eq!(sv.get(&yrs::block::ClientID::new(3)), 0, "{room}: the other doc is separate");
+        assert!(
+            text.contains("one ") && text.contains("two"),
+            "{room}: merged text is {text:?}"
+        );
+        assert_eq!(
+            text.len(),
+            "one two".len(),
+            "{room}: nothing from the other doc"
+        );
+        assert_eq!(
+            sv.get(&yrs::block::ClientID::new(1)),
+            4,
+            "{room}: state vector of client 1"
+        );
+        assert_eq!(
+            sv.get(&yrs::block::ClientID::new(2)),
+            3,
+            "{room}: state vector of client 2"
+        );
+        assert_eq!(
+            sv.get(&yrs::block::ClientID::new(3)),
+            0,
+            "{room}: the other doc is separate"
+        );
 
         // Replace both pieces by one, as a compaction does.
         storage
@@ -42,9 +76,21 @@ pub async fn contract(storage: Arc<dyn Storage>) {
             .delete_references(room, "index", &stored.references)
             .await
             .expect("delete replaced");
-        let compacted = storage.retrieve_doc(room, "index").await.expect("retrieve").expect("stored");
-        assert_eq!(compacted.references.len(), 1, "{room}: one reference after compaction");
-        assert_eq!(read_v2(&compacted.update_v2).0, text, "{room}: same content after compaction");
+        let compacted = storage
+            .retrieve_doc(room, "index")
+            .await
+            .expect("retrieve")
+            .expect("stored");
+        assert_eq!(
+            compacted.references.len(),
+            1,
+            "{room}: one reference after compaction"
+        );
+        assert_eq!(
+            read_v2(&compacted.update_v2).0,
+            text,
+            "{room}: same content after compaction"
+        );
 
         // Deleting a reference twice is harmless.
         storage
@@ -55,9 +101,19 @@ pub async fn contract(storage: Arc<dyn Storage>) {
             .delete_references(room, "index", &compacted.references)
             .await
             .expect("delete last");
-        assert!(storage.retrieve_doc(room, "index").await.expect("retrieve").is_none(), "{room}: gone");
-        let other = storage.retrieve_doc(room, "other").await.expect("retrieve").expect("other kept");
+        assert!(
+            storage
+                .retrieve_doc(room, "index")
+                .await
+                .expect("retrieve")
+                .is_none(),
+            "{room}: gone"
+        );
+        let other = storage
+            .retrieve_doc(room, "other")
+            .await
+            .expect("retrieve")
+            .expect("other kept");
         assert_eq!(read_v2(&other.update_v2).0, "elsewhere");
     }
 }
-

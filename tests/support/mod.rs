@@ -35,7 +35,8 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub fn create() -> Self {
-        let admin = std::env::var("TEST_POSTGRES_ADMIN_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.into());
+        let admin =
+            std::env::var("TEST_POSTGRES_ADMIN_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.into());
         let name = format!("yredis_test_{}", random_suffix());
         let mut conn = PgConnection::establish(&admin)
             .unwrap_or_else(|e| panic!("tests need Postgres at {admin}: {e}"));
@@ -52,9 +53,14 @@ impl TestDatabase {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let admin = std::env::var("TEST_POSTGRES_ADMIN_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.into());
+        let admin =
+            std::env::var("TEST_POSTGRES_ADMIN_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.into());
         if let Ok(mut conn) = PgConnection::establish(&admin) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut conn);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn);
         }
     }
 }
@@ -69,7 +75,14 @@ impl S3Server {
     pub fn start() -> Self {
         let port = free_port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,7 +103,10 @@ impl Drop for S3Server {
 pub fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listened on port {port} within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listened on port {port} within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
