@@ -123,7 +123,7 @@ impl Actor for PersistenceWorker {
 impl Supervised for PersistenceWorker {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.failures += 1;
-        tracing::warn!(consumer = %self.consumer, failures = self.failures, "restarting persistence actor");
+        tracing::debug!(consumer = %self.consumer, failures = self.failures, "restarting persistence actor");
     }
 }
 
