@@ -12,7 +12,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::protocol::{
-    check_update_counts, classify_stream_message, AwarenessStates, StreamMessage,
+    check_update_counts, classify_stream_message, integrates_alone, AwarenessStates, StreamMessage,
 };
 use crate::redis::{RedisError, RedisStore, StreamEntry, StreamId};
 use crate::storage::{Reference, Storage, StorageError, StoredDoc};
@@ -53,70 +53,134 @@ impl AssembledDoc {
 }
 
 const OBSERVER_KEY: &str = "y-redis-assemble";
+/// Stream entries that crash yrs one assembly skips before giving up.
+const MAX_CRASHING_ENTRIES: usize = 8;
+
+/// Why one attempt at building the document stopped.
+enum Attempt {
+    Failed(LoadError),
+    /// Entry `index` made yrs panic; the document may be inconsistent.
+    Crashed {
+        index: usize,
+    },
+}
 
 /// Builds the document. Stream entries that are not valid messages are
-/// skipped: one foreign bad entry must not make a room unloadable.
+/// skipped: one foreign bad entry must not make a room unloadable. An entry
+/// that makes yrs panic (possible for updates that decode but do not
+/// integrate) is skipped too, by starting over without it.
 pub fn assemble(
     stored: Option<StoredDoc>,
     entries: &[StreamEntry],
 ) -> Result<AssembledDoc, LoadError> {
+    let mut crashing = Vec::new();
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| {
+            build(stored.as_ref(), entries, &crashing)
+        })) {
+            Ok(Ok(doc)) => return Ok(doc),
+            Ok(Err(Attempt::Failed(e))) => return Err(e),
+            Ok(Err(Attempt::Crashed { index })) if crashing.len() < MAX_CRASHING_ENTRIES => {
+                tracing::error!(id = %entries[index].id, "skipping stream update that crashed yrs");
+                crashing.push(index);
+            }
+            Ok(Err(Attempt::Crashed { .. })) => {
+                return Err(LoadError::Task(format!(
+                    "more than {MAX_CRASHING_ENTRIES} stream entries crash yrs"
+                )))
+            }
+            // Not attributable to one entry (yrs panicked encoding the result):
+            // skip the updates that cannot even integrate on their own.
+            Err(_) if crashing.is_empty() => {
+                crashing = updates_that_crash_alone(entries);
+                tracing::error!(
+                    skipped = crashing.len(),
+                    "document did not encode; skipping updates that crash yrs alone"
+                );
+                if crashing.is_empty() {
+                    return Err(LoadError::Task(
+                        "yrs panicked while encoding the document".into(),
+                    ));
+                }
+            }
+            Err(_) => {
+                return Err(LoadError::Task(
+                    "yrs panicked while encoding the document".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn updates_that_crash_alone(entries: &[StreamEntry]) -> Vec<usize> {
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| {
+            matches!(classify_stream_message(&e.message), StreamMessage::Update(u) if !integrates_alone(u))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn build(
+    stored: Option<&StoredDoc>,
+    entries: &[StreamEntry],
+    skip: &[usize],
+) -> Result<AssembledDoc, Attempt> {
     let doc = Doc::new();
     let references = match stored {
         Some(stored) => {
-            let update = Update::decode_v2(&stored.update_v2)
-                .map_err(|e| LoadError::CorruptStored(e.to_string()))?;
+            let corrupt = |e: String| Attempt::Failed(LoadError::CorruptStored(e));
+            let update =
+                Update::decode_v2(&stored.update_v2).map_err(|e| corrupt(e.to_string()))?;
             doc.transact_mut()
                 .apply_update(update)
-                .map_err(|e| LoadError::CorruptStored(e.to_string()))?;
-            stored.references
+                .map_err(|e| corrupt(e.to_string()))?;
+            stored.references.clone()
         }
         None => Vec::new(),
     };
 
     let changed = Arc::new(AtomicBool::new(false));
     let flag = changed.clone();
+    let task_error = |e: &dyn std::fmt::Display| Attempt::Failed(LoadError::Task(e.to_string()));
     doc.observe_update_v1(OBSERVER_KEY, move |_, _| {
         flag.store(true, Ordering::Relaxed)
     })
-    .map_err(|e| LoadError::Task(e.to_string()))?;
+    .map_err(|e| task_error(&e))?;
     let mut awareness = AwarenessStates::default();
-    {
-        let mut txn = doc.transact_mut();
-        for entry in entries {
-            match classify_stream_message(&entry.message) {
-                StreamMessage::Update(bytes) => {
-                    match check_update_counts(bytes).map(|()| Update::decode_v1(bytes)) {
-                        // yrs may panic on hostile input; one such entry must not make the room unloadable.
-                        Ok(Ok(update)) => {
-                            match catch_unwind(AssertUnwindSafe(|| txn.apply_update(update))) {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => {
-                                    tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply")
-                                }
-                                Err(_) => {
-                                    tracing::error!(id = %entry.id, "skipping stream update that crashed the decoder")
-                                }
-                            }
-                        }
+    for (index, entry) in entries.iter().enumerate() {
+        match classify_stream_message(&entry.message) {
+            StreamMessage::Update(_) if skip.contains(&index) => {}
+            StreamMessage::Update(bytes) => {
+                match check_update_counts(bytes).map(|()| Update::decode_v1(bytes)) {
+                    // Its own transaction, so a panic while committing is caught here too.
+                    Ok(Ok(update)) => match catch_unwind(AssertUnwindSafe(|| {
+                        doc.transact_mut().apply_update(update)
+                    })) {
+                        Ok(Ok(())) => {}
                         Ok(Err(e)) => {
-                            tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update")
+                            tracing::warn!(id = %entry.id, error = %e, "skipping stream update that does not apply")
                         }
-                        Err(e) => {
-                            tracing::warn!(id = %entry.id, error = %e, "skipping stream update with impossible counts")
-                        }
+                        Err(_) => return Err(Attempt::Crashed { index }),
+                    },
+                    Ok(Err(e)) => {
+                        tracing::warn!(id = %entry.id, error = %e, "skipping undecodable stream update")
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %entry.id, error = %e, "skipping stream update with impossible counts")
                     }
                 }
-                StreamMessage::Awareness(states) => {
-                    states.into_iter().for_each(|s| awareness.apply(s))
-                }
-                StreamMessage::Unknown => {
-                    tracing::warn!(id = %entry.id, "skipping unknown stream message")
-                }
+            }
+            StreamMessage::Awareness(states) => states.into_iter().for_each(|s| awareness.apply(s)),
+            StreamMessage::Unknown => {
+                tracing::warn!(id = %entry.id, "skipping unknown stream message")
             }
         }
     }
     doc.unobserve_update_v1(OBSERVER_KEY)
-        .map_err(|e| LoadError::Task(e.to_string()))?;
+        .map_err(|e| task_error(&e))?;
     awareness.prune_removed();
 
     let txn = doc.transact();

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use thiserror::Error;
 use yrs::updates::decoder::Decode;
-use yrs::Update;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 pub const MESSAGE_SYNC: u64 = 0;
 pub const MESSAGE_AWARENESS: u64 = 1;
@@ -230,16 +230,37 @@ pub fn check_update_counts(update: &[u8]) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Checks that `update` decodes as a Yjs v1 update and tells whether it
-/// carries anything. yrs may panic on hostile input, so a panic counts as
-/// invalid rather than taking the thread down.
+/// Checks that `update` decodes as a Yjs v1 update and integrates into a
+/// document on its own (some updates decode fine but make yrs panic when
+/// integrated or encoded, which would make every later load of the room
+/// fail), and tells whether it carries anything. A panic counts as invalid
+/// rather than taking the thread down.
 pub fn validate_update_v1(update: &[u8]) -> Result<bool, ProtocolError> {
     check_update_counts(update)?;
-    match catch_unwind(AssertUnwindSafe(|| Update::decode_v1(update))) {
-        Ok(Ok(update)) => Ok(!update.is_empty()),
-        Ok(Err(e)) => Err(ProtocolError::InvalidUpdate(e.to_string())),
-        Err(_) => Err(ProtocolError::InvalidUpdate("decoder panicked".into())),
+    let has_content = match catch_unwind(AssertUnwindSafe(|| Update::decode_v1(update))) {
+        Ok(Ok(update)) => !update.is_empty(),
+        Ok(Err(e)) => return Err(ProtocolError::InvalidUpdate(e.to_string())),
+        Err(_) => return Err(ProtocolError::InvalidUpdate("decoder panicked".into())),
+    };
+    if has_content && !integrates_alone(update) {
+        return Err(ProtocolError::InvalidUpdate(
+            "update does not integrate".into(),
+        ));
     }
+    Ok(has_content)
+}
+
+/// Applies `update` to an empty document and encodes the result.
+pub fn integrates_alone(update: &[u8]) -> bool {
+    let trial = || -> Result<(), Box<dyn std::error::Error>> {
+        let doc = Doc::new();
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update)?)?;
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        Ok(())
+    };
+    matches!(catch_unwind(AssertUnwindSafe(trial)), Ok(Ok(())))
 }
 
 /// A state vector is `count` pairs of (client, clock); decoded here rather
