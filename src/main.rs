@@ -150,6 +150,9 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     }
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
+    // The supervisors restart their actors only while someone holds their
+    // addresses, so they are kept for the life of the process.
+    let mut workers = Vec::new();
     if matches!(command, Command::Worker | Command::All) {
         let redis = RedisStore::new(
             &config.redis_url,
@@ -159,8 +162,8 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         if let Err(e) = redis.ensure_worker_group().await {
             tracing::warn!(error = %e, "cannot create the worker queue yet; workers retry");
         }
-        y_redis::worker::start(&config.worker, redis.clone(), storage.clone());
-        tracing::info!(actors = config.worker.concurrency, prefix = %config.redis_prefix, "y-redis worker running");
+        workers = y_redis::worker::start(&config.worker, redis.clone(), storage.clone());
+        tracing::info!(actors = workers.len(), prefix = %config.redis_prefix, "y-redis worker running");
         if command == Command::Worker {
             let probes = y_redis::health::Probes { redis, storage };
             let endpoints = y_redis::health::serve(&config.host, config.worker_port, probes);
@@ -168,9 +171,11 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
                 served = endpoints => served?,
                 _ = y_redis::shutdown::wait_for_signal() => tracing::info!("y-redis worker stopped"),
             }
+            drop(workers);
             return Ok(());
         }
     }
     y_redis::server::run(config, storage).await?;
+    drop(workers);
     Ok(())
 }
