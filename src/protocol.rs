@@ -238,6 +238,10 @@ pub fn check_update_counts(update: &[u8]) -> Result<(), ProtocolError> {
 pub fn validate_update_v1(update: &[u8]) -> Result<bool, ProtocolError> {
     check_update_counts(update)?;
     let has_content = match catch_unwind(AssertUnwindSafe(|| Update::decode_v1(update))) {
+        // npm yjs throws on an empty delete range ("Unexpected case").
+        Ok(Ok(update)) if has_empty_delete_range(&update) => {
+            return Err(ProtocolError::InvalidUpdate("empty delete range".into()))
+        }
         Ok(Ok(update)) => !update.is_empty(),
         Ok(Err(e)) => return Err(ProtocolError::InvalidUpdate(e.to_string())),
         Err(_) => return Err(ProtocolError::InvalidUpdate("decoder panicked".into())),
@@ -248,6 +252,13 @@ pub fn validate_update_v1(update: &[u8]) -> Result<bool, ProtocolError> {
         ));
     }
     Ok(has_content)
+}
+
+fn has_empty_delete_range(update: &Update) -> bool {
+    update
+        .delete_set()
+        .iter()
+        .any(|(_, ranges)| ranges.iter().any(|r| r.start >= r.end))
 }
 
 /// Applies `update` to an empty document and encodes the result.

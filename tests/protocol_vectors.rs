@@ -207,6 +207,16 @@ fn malformed_frames_are_rejected() {
         parse_client_frame(&[3, 0]),
         Err(ProtocolError::TrailingBytes(1))
     );
+    // Found by the socket fuzz test: npm yjs cannot apply an empty delete range.
+    let empty_delete_range = [0, 2, 8, 0, 1, 0x9e, 0x98, 0x06, 1, 0x27, 0];
+    assert!(
+        matches!(
+            parse_client_frame(&empty_delete_range),
+            Err(ProtocolError::InvalidUpdate(_))
+        ),
+        "{:?}",
+        parse_client_frame(&empty_delete_range)
+    );
     // Found by cargo fuzz: counts that would make yrs reserve gigabytes.
     let huge_state_vector = [0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0x0f, 1];
     assert!(matches!(
