@@ -39,7 +39,8 @@ impl PostgresStorage {
         tokio::task::spawn_blocking(move || {
             let pool = Pool::builder()
                 .max_size(8)
-                .connection_timeout(std::time::Duration::from_secs(10))
+                // A client waiting for an initial sync should hear "try again" soon.
+                .connection_timeout(std::time::Duration::from_secs(3))
                 .build(ConnectionManager::<PgConnection>::new(url))
                 .map_err(unavailable)?;
             let storage = PostgresStorage { pool };
