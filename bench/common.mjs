@@ -145,9 +145,9 @@ export function percentile (sorted, p) {
 }
 
 // ---------------------------------------------------------------------------
-// Minimal Redis client (RESP2 over TCP) for SCAN/DEL cleanup.
+// Minimal pipelining Redis client (RESP2 over TCP, text replies).
 
-class MiniRedis {
+export class MiniRedis {
   constructor (sock) {
     this.sock = sock
     this.buf = Buffer.alloc(0)

@@ -30,7 +30,6 @@
 // BENCH_KEEP=1 keeps the scratch dir with the server/worker logs.
 
 import fs from 'node:fs'
-import net from 'node:net'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { performance } from 'node:perf_hooks'
@@ -39,7 +38,7 @@ import WebSocket from 'ws'
 import * as encoding from 'lib0/encoding'
 import pg from 'pg'
 import {
-  startServer, freePort, sleep, randomHex, scratchDir, deletePrefix, removeDir, binaryPath, REDIS_URL
+  startServer, freePort, sleep, randomHex, scratchDir, deletePrefix, removeDir, binaryPath, MiniRedis, REDIS_URL
 } from './common.mjs'
 
 const num = (k, d) => (process.env[k] === undefined || process.env[k] === '' ? d : Number(process.env[k]))
@@ -65,78 +64,6 @@ const streamKey = (room) => `${prefix}:room:${encodeURIComponent(room)}:index`
 const ms = (x) => `${x.toFixed(0)} ms`
 const kib = (b) => `${(b / 1024).toFixed(1)} KiB`
 const mibB = (b) => `${(b / 1048576).toFixed(2)} MiB`
-
-// ---------------------------------------------------------------------------
-// Tiny pipelining RESP2 client (text replies are enough here).
-
-class Redis {
-  static async connect (url = REDIS_URL) {
-    const u = new URL(url)
-    const sock = net.connect({ host: u.hostname || '127.0.0.1', port: Number(u.port || 6379) })
-    await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject) })
-    const r = new Redis()
-    r.sock = sock
-    r.buf = Buffer.alloc(0)
-    r.waiting = []
-    sock.on('data', (d) => { r.buf = Buffer.concat([r.buf, d]); r.drain() })
-    sock.on('error', (e) => { for (const w of r.waiting.splice(0)) w.reject(e) })
-    if (u.password) await r.cmd(u.username ? ['AUTH', decodeURIComponent(u.username), decodeURIComponent(u.password)] : ['AUTH', decodeURIComponent(u.password)])
-    const db = u.pathname.replace('/', '')
-    if (db) await r.cmd(['SELECT', db])
-    return r
-  }
-
-  cmd (args) {
-    let s = `*${args.length}\r\n`
-    for (const a of args) { const v = String(a); s += `$${Buffer.byteLength(v)}\r\n${v}\r\n` }
-    return new Promise((resolve, reject) => { this.waiting.push({ resolve, reject }); this.sock.write(s) })
-  }
-
-  drain () {
-    while (this.waiting.length > 0) {
-      const r = parseResp(this.buf, 0)
-      if (!r) return
-      this.buf = this.buf.subarray(r.end)
-      const w = this.waiting.shift()
-      if (r.value instanceof Error) w.reject(r.value); else w.resolve(r.value)
-    }
-  }
-
-  close () { this.sock.end() }
-}
-
-function parseResp (buf, pos) {
-  const nl = buf.indexOf('\r\n', pos)
-  if (nl < 0) return null
-  const type = String.fromCharCode(buf[pos])
-  const line = buf.toString('utf8', pos + 1, nl)
-  const after = nl + 2
-  switch (type) {
-    case '+': return { value: line, end: after }
-    case '-': return { value: new Error(line), end: after }
-    case ':': return { value: Number(line), end: after }
-    case '$': {
-      const n = Number(line)
-      if (n < 0) return { value: null, end: after }
-      if (buf.length < after + n + 2) return null
-      return { value: buf.toString('utf8', after, after + n), end: after + n + 2 }
-    }
-    case '*': {
-      const n = Number(line)
-      if (n < 0) return { value: null, end: after }
-      const out = []
-      let p = after
-      for (let i = 0; i < n; i++) {
-        const r = parseResp(buf, p)
-        if (!r) return null
-        out.push(r.value)
-        p = r.end
-      }
-      return { value: out, end: p }
-    }
-    default: throw new Error(`unexpected RESP type ${JSON.stringify(type)}`)
-  }
-}
 
 async function usedMemory (redis) {
   const info = await redis.cmd(['INFO', 'memory'])
@@ -318,7 +245,7 @@ async function main () {
   await admin.query(`CREATE DATABASE ${dbName}`)
   db = new pg.Client({ connectionString: POSTGRES })
   await db.connect()
-  redis = await Redis.connect()
+  redis = await MiniRedis.connect()
 
   server = await startServer({ prefix, dir, env: { POSTGRES } }) // migrates the table
   console.log(`worker throughput (release ${path.relative(process.cwd(), binaryPath()) || binaryPath()}; ${(await import('node:os')).cpus().length} CPUs)`)
