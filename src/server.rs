@@ -53,9 +53,10 @@ struct ServerState {
 }
 
 /// The room is the raw path segment, not percent-decoded, as @y/redis has it.
+/// `.` and `..` are refused: they would name directories in file storage.
 fn room_from_path(path: &str) -> Option<&str> {
     let room = path.strip_prefix('/')?;
-    (!room.is_empty() && !room.contains('/')).then_some(room)
+    (!room.is_empty() && !room.contains('/') && room != "." && room != "..").then_some(room)
 }
 
 async fn websocket(
@@ -192,7 +193,12 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
             None
         }
     };
-    let listener = RedisListener::new(redis.clone(), config.redis_block).start();
+    let listener = RedisListener::new(
+        redis.clone(),
+        config.redis_block,
+        config.redis_command_timeout,
+    )
+    .start();
     let storage_for_probes = storage.clone();
     let hub = Hub::new(RoomContext {
         redis: redis.clone(),
@@ -276,5 +282,8 @@ mod tests {
         assert_eq!(room_from_path("/my-room"), Some("my-room"));
         assert_eq!(room_from_path("/"), None);
         assert_eq!(room_from_path("/a/b"), None);
+        assert_eq!(room_from_path("/.."), None);
+        assert_eq!(room_from_path("/."), None);
+        assert_eq!(room_from_path("/..."), Some("..."));
     }
 }

@@ -35,6 +35,9 @@ pub struct Subscribe {
 #[rtype(result = "()")]
 pub struct Unsubscribe {
     pub key: String,
+    /// Only this room's subscription ends: a new room for the same key may
+    /// already have subscribed.
+    pub room: Addr<Room>,
 }
 
 struct Subscription {
@@ -49,6 +52,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct RedisListener {
     store: RedisStore,
     block: Duration,
+    read_margin: Duration,
     subscriptions: HashMap<String, Subscription>,
     /// The connection and its `CLIENT ID` while idle; it travels with the read future.
     connection: Option<(MultiplexedConnection, i64)>,
@@ -60,10 +64,12 @@ pub struct RedisListener {
 }
 
 impl RedisListener {
-    pub fn new(store: RedisStore, block: Duration) -> Self {
+    /// `read_margin`: how much longer than `block` a read may take.
+    pub fn new(store: RedisStore, block: Duration, read_margin: Duration) -> Self {
         RedisListener {
             store,
             block,
+            read_margin,
             subscriptions: HashMap::new(),
             connection: None,
             busy: false,
@@ -103,8 +109,15 @@ impl RedisListener {
             .map(|(k, s)| (k.clone(), s.after))
             .collect();
         let block = self.block;
+        // A connection whose peer vanished without a reset never answers;
+        // past this the read counts as failed and the connection is replaced.
+        let deadline = block + self.read_margin;
         let read = async move {
-            let result = read_streams_blocking(&mut conn, &streams, block, READ_COUNT).await;
+            let reading = read_streams_blocking(&mut conn, &streams, block, READ_COUNT);
+            let result = match tokio::time::timeout(deadline, reading).await {
+                Ok(result) => result,
+                Err(_) => Err(RedisError::ReadTimeout(deadline)),
+            };
             (conn, result)
         };
         ctx.spawn(read.into_actor(self).map(move |(conn, result), act, ctx| {
@@ -208,6 +221,12 @@ impl Handler<Unsubscribe> for RedisListener {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        self.subscriptions.remove(&msg.key);
+        if self
+            .subscriptions
+            .get(&msg.key)
+            .is_some_and(|sub| sub.room == msg.room)
+        {
+            self.subscriptions.remove(&msg.key);
+        }
     }
 }

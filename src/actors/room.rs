@@ -132,15 +132,18 @@ impl Room {
                 return true;
             };
             member.synced_through = Some(through.max(last.id));
-            entries.iter().filter(|e| e.id > through).all(|e| {
-                push(
-                    room,
-                    cap,
-                    conn,
-                    member,
-                    ToSession::Deliver(e.message.clone()),
-                )
-            })
+            entries
+                .iter()
+                .filter(|e| e.id > through && !e.message.is_empty())
+                .all(|e| {
+                    push(
+                        room,
+                        cap,
+                        conn,
+                        member,
+                        ToSession::Deliver(e.message.clone()),
+                    )
+                })
         });
     }
 }
@@ -188,11 +191,12 @@ impl Actor for Room {
         tracing::debug!(room = %self.room, "room opened");
     }
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
         crate::metrics::ROOMS.dec();
         if self.subscribed {
             self.shared.listener.do_send(Unsubscribe {
                 key: self.key.clone(),
+                room: ctx.address(),
             });
         }
         tracing::debug!(room = %self.room, "room closed");
@@ -249,7 +253,10 @@ impl Handler<Loaded> for Room {
             });
         }
         // Entries the load did not cover but that arrived while it ran.
-        let newer: Vec<&StreamEntry> = held_back.iter().filter(|e| e.id > doc.last_id).collect();
+        let newer: Vec<&StreamEntry> = held_back
+            .iter()
+            .filter(|e| e.id > doc.last_id && !e.message.is_empty())
+            .collect();
         let through = newer.last().map_or(doc.last_id, |e| e.id);
         let awareness = self.awareness.encode_present().map(Bytes::from);
         let room = &self.room;

@@ -20,6 +20,8 @@ pub enum RedisError {
     Command(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
+    #[error("redis did not answer a blocking read within {0:?}")]
+    ReadTimeout(Duration),
     #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
     MalformedEntry {
         key: String,
@@ -306,18 +308,20 @@ impl RedisStore {
             .await?;
         let mut tasks = Vec::with_capacity(reply.claimed.len());
         for raw in reply.claimed {
-            let malformed = |reason: &str| RedisError::MalformedEntry {
-                key: queue.clone(),
-                id: raw.id.clone(),
-                reason: reason.to_owned(),
-            };
-            let id = raw.id.parse().map_err(|e: String| malformed(&e))?;
-            match raw.map.get("compact") {
-                Some(Value::BulkString(key)) => tasks.push(Task {
+            match (raw.id.parse::<StreamId>(), raw.map.get("compact")) {
+                (Ok(id), Some(Value::BulkString(key))) => tasks.push(Task {
                     id,
                     stream_key: String::from_utf8_lossy(key).into_owned(),
                 }),
-                _ => return Err(malformed("no field compact")),
+                // Not a task of ours: drop it rather than claim it forever.
+                _ => {
+                    tracing::warn!(id = %raw.id, "dropping worker queue entry without a compact field");
+                    redis::cmd("XDEL")
+                        .arg(&queue)
+                        .arg(&raw.id)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
             }
         }
         Ok(tasks)
@@ -483,8 +487,12 @@ fn parse_entry(key: &str, raw: RawEntry) -> Result<StreamEntry, RedisError> {
     let id = raw.id.parse().map_err(|e: String| malformed(&e))?;
     let message = match raw.map.get("m") {
         Some(Value::BulkString(bytes)) => Bytes::copy_from_slice(bytes),
-        Some(_) => return Err(malformed("field m is not a string")),
-        None => return Err(malformed("no field m")),
+        // Written by some other tool. Kept as an empty message (which every
+        // reader skips) so readers still move past its id.
+        _ => {
+            tracing::warn!(key, id = %raw.id, "stream entry without a message field m; skipping it");
+            Bytes::new()
+        }
     };
     Ok(StreamEntry { id, message })
 }

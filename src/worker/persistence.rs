@@ -152,8 +152,17 @@ impl Round {
         };
         for task in &tasks {
             metrics::WORKER_TASKS.inc();
-            if self.compact(task).await? {
-                report.persisted += 1;
+            match self.compact(task).await {
+                Ok(persisted) => report.persisted += usize::from(persisted),
+                // Redis trouble affects every task: let the supervisor restart us.
+                Err(e @ WorkerError::Redis(_)) => return Err(e),
+                // A room that cannot be compacted (storage down, a corrupt
+                // document) must not hold up the other rooms of the batch; its
+                // task stays pending and comes back after the debounce.
+                Err(e) => {
+                    metrics::ERRORS.inc();
+                    tracing::error!(stream = %task.stream_key, error = %e, "compaction failed; will retry");
+                }
             }
         }
         Ok(report)
