@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use y_redis::config::{Config, Source};
-use y_redis::redis::{Keys, RedisStore};
+use y_redis::redis::RedisStore;
 use y_redis::storage::{self, StorageConfig};
 
 const USAGE: &str = "\
@@ -154,14 +154,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     // addresses, so they are kept for the life of the process.
     let mut workers = Vec::new();
     if matches!(command, Command::Worker | Command::All) {
-        let redis = RedisStore::new(
-            &config.redis_url,
-            Keys::new(&config.redis_prefix),
-            config.redis_command_timeout,
-        )?;
-        if let Err(e) = redis.ensure_worker_group().await {
-            tracing::warn!(error = %e, "cannot create the worker queue yet; workers retry");
-        }
+        let redis = RedisStore::for_config(&config).await?;
         workers = y_redis::worker::start(&config.worker, redis.clone(), storage.clone());
         tracing::info!(actors = workers.len(), prefix = %config.redis_prefix, "y-redis worker running");
         if command == Command::Worker {

@@ -19,7 +19,7 @@ use crate::actors::session::{ConnectionKiller, SessionParams, WsSession};
 use crate::auth::{token_from_request, Authenticator, Grant, TokenVerifier};
 use crate::config::Config;
 use crate::config::Secret;
-use crate::redis::{Keys, RedisError, RedisStore};
+use crate::redis::{RedisError, RedisStore};
 use crate::storage::Storage;
 
 /// The document every websocket connection edits (y-redis serves `index` only).
@@ -169,15 +169,7 @@ fn attach_killer(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions
 
 /// Runs the server until SIGTERM or SIGINT, then closes sessions with 1012.
 pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), ServerError> {
-    let redis = RedisStore::new(
-        &config.redis_url,
-        Keys::new(&config.redis_prefix),
-        config.redis_command_timeout,
-    )?;
-    if let Err(e) = redis.ensure_worker_group().await {
-        // Not fatal: publishing recreates the group once Redis answers.
-        tracing::warn!(error = %e, "cannot create the worker queue yet");
-    }
+    let redis = RedisStore::for_config(&config).await?;
     let auth = match (
         &config.auth.disabled,
         &config.auth.public_key,

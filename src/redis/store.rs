@@ -144,6 +144,21 @@ impl RedisStore {
         })
     }
 
+    /// The store a process runs with: the pool for `config`, and the worker
+    /// queue created if Redis answers (not fatal otherwise: publishing and
+    /// claiming recreate it once Redis is back).
+    pub async fn for_config(config: &crate::config::Config) -> Result<Self, RedisError> {
+        let store = RedisStore::new(
+            &config.redis_url,
+            Keys::new(&config.redis_prefix),
+            config.redis_command_timeout,
+        )?;
+        if let Err(e) = store.ensure_worker_group().await {
+            tracing::warn!(error = %e, "cannot create the worker queue yet; will retry");
+        }
+        Ok(store)
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
