@@ -117,10 +117,22 @@ fn updates_that_crash_alone(entries: &[StreamEntry]) -> Vec<usize> {
         .iter()
         .enumerate()
         .filter(|(_, e)| {
-            matches!(classify_stream_message(&e.message), StreamMessage::Update(u) if !integrates_alone(u))
+            matches!(
+                classify_stream_message(&e.message),
+                StreamMessage::Update(u) if !decode_guarded(u).is_some_and(integrates_alone)
+            )
         })
         .map(|(i, _)| i)
         .collect()
+}
+
+/// Decodes a stream update the way validation does: counts checked first,
+/// a decoder panic counted as undecodable.
+fn decode_guarded(update: &[u8]) -> Option<Update> {
+    check_update_counts(update).ok()?;
+    catch_unwind(AssertUnwindSafe(|| Update::decode_v1(update)))
+        .ok()?
+        .ok()
 }
 
 fn build(
