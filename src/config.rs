@@ -9,6 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::auth::TokenVerifier;
+use crate::limits::{IpNet, Limits};
 use crate::storage::{S3Config, StorageConfig};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -23,7 +24,8 @@ pub struct ConfigError {
 pub struct Config {
     pub host: String,
     pub port: u16,
-    pub redis_url: String,
+    /// May carry a password.
+    pub redis_url: Secret,
     pub redis_prefix: String,
     pub log: String,
     /// `LOG_FORMAT=json`: one JSON object per line instead of text.
@@ -34,6 +36,24 @@ pub struct Config {
     pub max_send_queue_bytes: usize,
     /// How long one `XREAD BLOCK` waits before the listener loops.
     pub redis_block: Duration,
+    /// Pause after a stream read that found entries (batches reads under load).
+    pub redis_read_interval: Duration,
+    /// Longest room name (raw path segment) in bytes.
+    pub max_room_name_bytes: usize,
+    /// Connection, message and byte limits.
+    pub limits: Limits,
+    /// Entries one client awareness message may carry.
+    pub awareness_max_entries: usize,
+    /// Bytes of one awareness state.
+    pub awareness_max_state_bytes: usize,
+    /// Awareness states one room tracks.
+    pub awareness_max_clients: usize,
+    /// Document engine helper processes (they run yrs).
+    pub doc_helpers: usize,
+    /// Address space of one helper process.
+    pub doc_helper_memory_mb: u64,
+    /// How long one helper request may take.
+    pub doc_helper_timeout: Duration,
     /// Timeout of a single Redis command (other than the blocking read).
     pub redis_command_timeout: Duration,
     /// How long SIGTERM waits for sessions to close before exiting.
@@ -160,9 +180,22 @@ pub const VARIABLES: &[&str] = &[
     "AUTH_PERM_CALLBACK_TIMEOUT_MS",
     "AUTH_PRIVATE_KEY",
     "AUTH_PUBLIC_KEY",
+    "AWARENESS_MAX_CLIENTS",
+    "AWARENESS_MAX_ENTRIES",
+    "AWARENESS_MAX_STATE_BYTES",
+    "AWARENESS_MAX_UPDATES_PER_SECOND",
+    "DOC_HELPERS",
+    "DOC_HELPER_MEMORY_MB",
+    "DOC_HELPER_TIMEOUT_MS",
     "HOST",
     "LOG",
     "LOG_FORMAT",
+    "MAX_BYTES_PER_SECOND",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
+    "MAX_MESSAGES_PER_SECOND",
+    "MAX_ROOM_NAME_BYTES",
+    "MAX_UPGRADES_PER_IP_PER_SECOND",
     "PORT",
     "POSTGRES",
     "REDIS",
@@ -170,6 +203,7 @@ pub const VARIABLES: &[&str] = &[
     "REDIS_COMMAND_TIMEOUT_MS",
     "REDIS_MIN_MESSAGE_LIFETIME",
     "REDIS_PREFIX",
+    "REDIS_READ_INTERVAL_MS",
     "REDIS_TASK_DEBOUNCE",
     "S3_ACCESS_KEY",
     "S3_BUCKET",
@@ -179,6 +213,7 @@ pub const VARIABLES: &[&str] = &[
     "S3_SSL",
     "SHUTDOWN_GRACE_MS",
     "STORAGE_DIR",
+    "TRUSTED_PROXIES",
     "WORKER_CLAIM_COUNT",
     "WORKER_CONCURRENCY",
     "WORKER_IDLE_MS",
@@ -256,6 +291,17 @@ impl Source {
         }
     }
 
+    /// A count that must be at least 1.
+    pub fn positive(&self, var: &'static str, default: usize) -> Result<usize, ConfigError> {
+        match self.number(var, default, "a positive number")? {
+            0 => Err(ConfigError {
+                var,
+                reason: "must be at least 1".into(),
+            }),
+            n => Ok(n),
+        }
+    }
+
     pub fn millis(&self, var: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
         self.number(var, default_ms, "a duration in milliseconds")
             .map(Duration::from_millis)
@@ -303,10 +349,43 @@ impl Config {
         }
         let max_send_queue_bytes: usize =
             src.number("WS_MAX_SEND_QUEUE_BYTES", 64 << 20, "a size in bytes")?;
+        let positive = |var, default| src.positive(var, default);
+        let rate = |var: &'static str, default: f64| -> Result<f64, ConfigError> {
+            let value: f64 = src.number(var, default, "a number per second")?;
+            if value.is_finite() && value > 0.0 {
+                Ok(value)
+            } else {
+                Err(ConfigError {
+                    var,
+                    reason: format!("must be above 0, got {value}"),
+                })
+            }
+        };
+        let trusted_proxies = match src.get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.parse::<IpNet>())
+                .collect::<Result<_, _>>()
+                .map_err(|reason| ConfigError {
+                    var: "TRUSTED_PROXIES",
+                    reason,
+                })?,
+        };
+        let limits = Limits {
+            max_connections: positive("MAX_CONNECTIONS", 10_000)?,
+            max_connections_per_ip: positive("MAX_CONNECTIONS_PER_IP", 1_000)?,
+            upgrades_per_ip_per_second: rate("MAX_UPGRADES_PER_IP_PER_SECOND", 50.0)?,
+            messages_per_second: rate("MAX_MESSAGES_PER_SECOND", 500.0)?,
+            bytes_per_second: rate("MAX_BYTES_PER_SECOND", f64::from(8u32 << 20))?,
+            awareness_per_second: rate("AWARENESS_MAX_UPDATES_PER_SECOND", 10.0)?,
+            trusted_proxies,
+        };
         Ok(Config {
             host: src.string("HOST", "0.0.0.0"),
             port,
-            redis_url,
+            redis_url: Secret(redis_url),
             redis_prefix,
             log: src.string("LOG", "info"),
             log_json: match src.string("LOG_FORMAT", "text").as_str() {
@@ -322,6 +401,18 @@ impl Config {
             max_frame_bytes,
             max_send_queue_bytes,
             redis_block: src.millis("REDIS_BLOCK_MS", 1000)?,
+            redis_read_interval: src.millis("REDIS_READ_INTERVAL_MS", 0)?,
+            max_room_name_bytes: positive("MAX_ROOM_NAME_BYTES", 512)?,
+            limits,
+            awareness_max_entries: positive("AWARENESS_MAX_ENTRIES", 4)?,
+            awareness_max_state_bytes: positive("AWARENESS_MAX_STATE_BYTES", 64 << 10)?,
+            awareness_max_clients: positive("AWARENESS_MAX_CLIENTS", 1_000)?,
+            doc_helpers: positive(
+                "DOC_HELPERS",
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )?,
+            doc_helper_memory_mb: src.number("DOC_HELPER_MEMORY_MB", 4096, "a size in MiB")?,
+            doc_helper_timeout: src.millis("DOC_HELPER_TIMEOUT_MS", 60_000)?,
             redis_command_timeout: src.millis("REDIS_COMMAND_TIMEOUT_MS", 10_000)?,
             shutdown_grace: src.millis("SHUTDOWN_GRACE_MS", 2_000)?,
             storage: storage_config(src)?,
@@ -359,7 +450,7 @@ fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
             });
         }
         return Ok(StorageConfig::Postgres {
-            url: url.to_owned(),
+            url: Secret(url.to_owned()),
         });
     }
     Ok(StorageConfig::Filesystem {
@@ -368,15 +459,7 @@ fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
 }
 
 fn worker_config(src: &Source) -> Result<WorkerConfig, ConfigError> {
-    let positive = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
-        match src.number(var, default, "a positive number")? {
-            0 => Err(ConfigError {
-                var,
-                reason: "must be at least 1".into(),
-            }),
-            n => Ok(n),
-        }
-    };
+    let positive = |var, default| src.positive(var, default);
     let update_callback = http_url(src, "YDOC_UPDATE_CALLBACK")?;
     Ok(WorkerConfig {
         task_debounce: src.millis("REDIS_TASK_DEBOUNCE", 10_000)?,
@@ -397,7 +480,7 @@ mod tests {
     fn defaults_match_y_redis() {
         let cfg = Config::load(&Source::from_pairs([])).expect("defaults are valid");
         assert_eq!(cfg.port, 3002);
-        assert_eq!(cfg.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(cfg.redis_url.0, "redis://127.0.0.1:6379");
         assert_eq!(cfg.redis_prefix, "y");
     }
 

@@ -52,8 +52,15 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
     );
     let (redis, storage) = (outcome(redis), outcome(storage));
     let ready = redis.is_ok() && storage.is_ok();
-    let show = |r: &Result<(), String>| r.as_ref().err().map_or("ok".to_owned(), Clone::clone);
-    let body = json!({ "ready": ready, "redis": show(&redis), "storage": show(&storage) });
+    // Anyone may ask: the answer names what is down, the reason goes to the log.
+    let show = |what: &str, r: &Result<(), String>| match r {
+        Ok(()) => "ok",
+        Err(reason) => {
+            tracing::warn!(dependency = what, reason = %reason, "not ready");
+            "down"
+        }
+    };
+    let body = json!({ "ready": ready, "redis": show("redis", &redis), "storage": show("storage", &storage) });
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -1,25 +1,26 @@
 //! y-redis: a horizontally scalable y-websocket backend on Redis streams,
-//! a drop-in replacement for @y/redis (see DESIGN.md).
+//! a drop-in replacement for @y/redis (ARCHITECTURE.md).
 //!
-//! - [`protocol`]: the y-websocket wire protocol, pure.
-//! - [`redis`]: key layout and Redis commands.
-//! - [`document`]: assembling a document from storage and its stream.
+//! - [`y_redis_protocol`] (its own crate): the wire protocol, update checks,
+//!   awareness rules, key names; pure.
+//! - [`redis`]: Redis commands.
+//! - [`document`]: assembling documents, with yrs contained in helper processes.
 //! - [`storage`]: persistence backends behind one trait.
-//! - [`actors`]: sessions, rooms, the hub and the Redis listener.
+//! - [`actors`]: sessions, rooms and the Redis listener.
 //! - [`server`]: the HTTP/websocket shell; [`worker`]: the persistence worker;
-//!   [`config`]: settings.
+//!   [`config`]: settings; [`limits`]: what one client may cost.
 
 pub mod actors;
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod document;
 pub mod example_auth;
 pub mod health;
+pub mod limits;
 pub mod metrics;
-pub mod protocol;
 pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
-pub mod url;
 pub mod worker;

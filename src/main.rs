@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use y_redis::config::{Config, Source};
+use y_redis::document::engine;
+use y_redis::document::helper::{EngineCommand, EnginePool};
+use y_redis::document::Documents;
 use y_redis::redis::RedisStore;
 use y_redis::storage::{self, StorageConfig};
 
@@ -36,8 +39,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    storage::skip_s3_location_constraint();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The document engine's helper process: started by servers and workers,
+    // not by hand (no configuration, no logging set-up, nothing secret).
+    if args.first().map(String::as_str) == Some("doc-helper") {
+        return doc_helper(&args[1..]);
+    }
+    storage::skip_s3_location_constraint();
     let command = match args.first().map(String::as_str) {
         Some("server") => Command::Server,
         Some("worker") => Command::Worker,
@@ -131,6 +139,40 @@ fn main() -> ExitCode {
     }
 }
 
+fn doc_helper(args: &[String]) -> ExitCode {
+    if let [flag, mb] = args {
+        match (flag.as_str(), mb.parse::<u64>()) {
+            ("--memory-mb", Ok(mb)) => engine::limit_memory(mb << 20),
+            _ => {
+                eprintln!("y-redis doc-helper: expected --memory-mb <MiB>");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match engine::serve_stdio() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("y-redis doc-helper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The engine helpers of this process (one pool for server and worker).
+fn documents(config: &Config) -> Result<std::sync::Arc<Documents>, Box<dyn std::error::Error>> {
+    let command = EngineCommand::current_exe(config.doc_helper_memory_mb)?;
+    let pool = EnginePool::new(command, config.doc_helpers, config.doc_helper_timeout);
+    let reaper = pool.clone();
+    actix::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            reaper.reap_idle();
+        }
+    });
+    Ok(Documents::new(pool))
+}
+
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if command == Command::Migrate {
         let StorageConfig::Postgres { .. } = &config.storage else {
@@ -150,12 +192,18 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     }
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
+    let documents = documents(&config)?;
     // The supervisors restart their actors only while someone holds their
     // addresses, so they are kept for the life of the process.
     let mut workers = Vec::new();
     if matches!(command, Command::Worker | Command::All) {
         let redis = RedisStore::for_config(&config).await?;
-        workers = y_redis::worker::start(&config.worker, redis.clone(), storage.clone());
+        workers = y_redis::worker::start(
+            &config.worker,
+            redis.clone(),
+            storage.clone(),
+            documents.clone(),
+        );
         tracing::info!(actors = workers.len(), prefix = %config.redis_prefix, "y-redis worker running");
         if command == Command::Worker {
             let probes = y_redis::health::Probes { redis, storage };
@@ -168,7 +216,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             return Ok(());
         }
     }
-    y_redis::server::run(config, storage).await?;
+    y_redis::server::run(config, storage, documents).await?;
     drop(workers);
     Ok(())
 }

@@ -134,6 +134,42 @@ pub static ERRORS: Counter = Counter::new(
     "yredis_errors_total",
     "Failures of Redis, storage or loads.",
 );
+pub static LIMITED_UPGRADES: Counter = Counter::new(
+    "yredis_limited_upgrades_total",
+    "Upgrades refused by connection limits (503 process full, 429 address busy).",
+);
+pub static RATE_LIMITED: Counter = Counter::new(
+    "yredis_rate_limited_total",
+    "Connections closed with 4429 for exceeding the message or byte rate.",
+);
+pub static READ_ONLY_DROPPED: Counter = Counter::new(
+    "yredis_read_only_updates_dropped_total",
+    "Updates from read-only users dropped unread.",
+);
+pub static REDUNDANT_UPDATES: Counter = Counter::new(
+    "yredis_redundant_updates_total",
+    "Client updates holding nothing the room lacked (not stored).",
+);
+pub static AWARENESS_REFUSED: Counter = Counter::new(
+    "yredis_awareness_refused_total",
+    "Awareness updates dropped: another client's id, or an id in use.",
+);
+pub static AWARENESS_COALESCED: Counter = Counter::new(
+    "yredis_awareness_coalesced_total",
+    "Awareness updates held back by the rate limit (the newest is sent later).",
+);
+pub static ENGINE_CRASHES: Counter = Counter::new(
+    "yredis_engine_crashes_total",
+    "Document engine helper processes that crashed or hung on a request.",
+);
+pub static QUARANTINED_UPDATES: Counter = Counter::new(
+    "yredis_quarantined_updates_total",
+    "Stream updates found to crash the document engine and skipped.",
+);
+pub static WORKER_PERMANENT_FAILURES: Counter = Counter::new(
+    "yredis_worker_permanent_failures_total",
+    "Compaction tasks given up for good (the stream is kept for an operator).",
+);
 pub static REDIS_COMMAND_SECONDS: Histogram = Histogram::new(
     "yredis_redis_command_seconds",
     "Latency of Redis commands (not the blocking read).",
@@ -162,6 +198,15 @@ pub fn render() -> String {
         &ERRORS,
         &WORKER_TASKS,
         &WORKER_PERSISTS,
+        &LIMITED_UPGRADES,
+        &RATE_LIMITED,
+        &READ_ONLY_DROPPED,
+        &REDUNDANT_UPDATES,
+        &AWARENESS_REFUSED,
+        &AWARENESS_COALESCED,
+        &ENGINE_CRASHES,
+        &QUARANTINED_UPDATES,
+        &WORKER_PERMANENT_FAILURES,
     ] {
         let _ = write!(
             out,

@@ -1,31 +1,36 @@
 //! The HTTP shell of `y-redis server`: the websocket endpoint
-//! `ws://HOST:PORT/{room}`, the actors behind it, and graceful shutdown.
+//! `ws://HOST:PORT/{room}` and what an upgrade passes before a session
+//! starts (room name, connection limits, auth), the admin endpoint, the
+//! actors behind them, and graceful shutdown.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
+use futures_util::StreamExt;
 use thiserror::Error;
+use y_redis_protocol::awareness::AwarenessLimits;
+use y_redis_protocol::names::{check_room_name, NameError};
 
-use crate::actors::hub::{CloseAllRooms, Hub, SessionCount};
+use crate::actors::backlog::ConnectionKiller;
 use crate::actors::listener::RedisListener;
-use crate::actors::revocation::{RecheckRequest, RevocationListener};
+use crate::actors::messages::{Broadcast, CLOSE_SERVICE_RESTART};
+use crate::actors::revocation::{RecheckLog, RecheckRequest, RevocationListener, DEFAULT_DOCID};
 use crate::actors::room::RoomContext;
-use crate::actors::session::{ConnectionKiller, SessionParams, WsSession};
+use crate::actors::rooms::ThreadRooms;
+use crate::actors::session::{SessionContext, SessionParams, WsSession};
 use crate::auth::{token_from_request, Authenticator, Grant, TokenVerifier};
-use crate::config::Config;
-use crate::config::Secret;
+use crate::config::{Config, Secret};
+use crate::document::Documents;
+use crate::limits::{client_address, ConnectionLimiter, Refusal};
+use crate::metrics;
 use crate::redis::{RedisError, RedisStore};
 use crate::storage::Storage;
-
-/// The document every websocket connection edits (y-redis serves `index` only).
-pub const DEFAULT_DOCID: &str = "index";
-/// Close code telling clients the server is restarting: they reconnect elsewhere.
-pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -42,21 +47,23 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// What every request handler of the process shares.
 struct ServerState {
-    hub: Addr<Hub>,
-    redis: RedisStore,
-    max_frame_bytes: usize,
+    sessions: Arc<SessionContext>,
+    limiter: Arc<ConnectionLimiter>,
+    max_room_name_bytes: usize,
     next_conn: AtomicU64,
-    /// None when `AUTH_DISABLED=true`.
-    auth: Option<Arc<Authenticator>>,
     admin_secret: Option<Secret>,
 }
 
-/// The room is the raw path segment, not percent-decoded, as @y/redis has it.
-/// `.` and `..` are refused: they would name directories in file storage.
+/// The raw path segment after `/`, not percent-decoded, as @y/redis has it.
 fn room_from_path(path: &str) -> Option<&str> {
-    let room = path.strip_prefix('/')?;
-    (!room.is_empty() && !room.contains('/') && room != "." && room != "..").then_some(room)
+    path.strip_prefix('/').filter(|room| !room.contains('/'))
+}
+
+fn refuse(status: StatusCode, reason: &str) -> HttpResponse {
+    metrics::REFUSED_UPGRADES.inc();
+    HttpResponse::build(status).body(reason.to_owned())
 }
 
 async fn websocket(
@@ -67,22 +74,59 @@ async fn websocket(
     let Some(room) = room_from_path(req.uri().path()) else {
         return Ok(HttpResponse::NotFound().body("expected /{room}"));
     };
+    // Names first: nothing else happens for a room that cannot exist.
+    if let Err(e) = check_room_name(room, state.max_room_name_bytes) {
+        let status = match e {
+            NameError::TooLong { .. } => StatusCode::URI_TOO_LONG,
+            NameError::Empty => StatusCode::NOT_FOUND,
+            NameError::DotSegment => StatusCode::BAD_REQUEST,
+        };
+        tracing::info!(status = status.as_u16(), reason = %e, "refused connection: room name");
+        return Ok(refuse(status, &format!("room name refused: {e}")));
+    }
+    let peer = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = client_address(peer, forwarded, &state.limiter.limits().trusted_proxies);
+    let admission = match state.limiter.admit(client) {
+        Ok(admission) => admission,
+        Err(refusal) => {
+            metrics::LIMITED_UPGRADES.inc();
+            let (status, reason) = match refusal {
+                Refusal::ProcessFull => (StatusCode::SERVICE_UNAVAILABLE, "server full"),
+                Refusal::AddressBusy => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                ),
+            };
+            tracing::debug!(room, %client, status = status.as_u16(), "refused connection: limit");
+            return Ok(refuse(status, reason));
+        }
+    };
     let offered = req
         .headers()
         .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     let token = token_from_request(offered, req.query_string());
     let http = req.app_data::<awc::Client>().cloned().unwrap_or_default();
-    let grant = match &state.auth {
+    let authorized_at = Instant::now();
+    let grant = match &state.sessions.auth {
         None => Grant::open(),
         Some(auth) => match auth.authorize(&http, token.as_deref(), room).await {
             Ok(grant) => grant,
             Err(e) => {
-                crate::metrics::REFUSED_UPGRADES.inc();
                 tracing::info!(room, status = e.status().as_u16(), reason = %e, "refused connection");
-                return Ok(HttpResponse::build(e.status()).body(e.to_string()));
+                return Ok(refuse(e.status(), &e.to_string()));
             }
         },
+    };
+    let Some(rooms) = req.app_data::<ThreadRooms>().cloned() else {
+        return Ok(HttpResponse::InternalServerError().finish());
     };
     // A client that sent its token as a subprotocol must get it back, or it drops the socket.
     let accepted_protocol = offered.and_then(|header| {
@@ -96,26 +140,32 @@ async fn websocket(
         conn: state.next_conn.fetch_add(1, Ordering::Relaxed),
         room: room.to_owned(),
         docid: DEFAULT_DOCID.to_owned(),
-        hub: state.hub.clone(),
-        redis: state.redis.clone(),
+        rooms,
+        context: state.sessions.clone(),
         killer: req.conn_data::<ConnectionKiller>().cloned(),
-        max_frame_bytes: state.max_frame_bytes,
         grant,
-        auth: state.auth.clone().map(|auth| (auth, http)),
+        authorized_at,
+        http,
+        admission,
     });
     let protocols: Vec<&str> = accepted_protocol.iter().map(String::as_str).collect();
     ws::WsResponseBuilder::new(session, &req, payload)
-        .frame_size(state.max_frame_bytes)
+        .frame_size(state.sessions.max_frame_bytes)
         .protocols(&protocols)
         .start()
 }
 
+/// The largest recheck request body.
+const MAX_RECHECK_BODY: usize = 4096;
+
 /// `POST /admin/recheck` with `Authorization: Bearer <ADMIN_SECRET>` and
 /// `{"room": "...", "user": "..."}`: every server re-checks those sessions.
+/// The secret is checked before a byte of the body is read.
 async fn admin_recheck(
     req: HttpRequest,
-    body: web::Json<RecheckRequest>,
+    mut body: web::Payload,
     state: web::Data<ServerState>,
+    redis: web::Data<RedisStore>,
 ) -> HttpResponse {
     let Some(secret) = &state.admin_secret else {
         return HttpResponse::NotFound().body("admin endpoint disabled (set ADMIN_SECRET)");
@@ -128,14 +178,29 @@ async fn admin_recheck(
     if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), secret.0.as_bytes())) {
         return HttpResponse::Unauthorized().body("wrong or missing admin secret");
     }
-    let request = body.into_inner();
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return HttpResponse::BadRequest().body("unreadable body");
+        };
+        if bytes.len() + chunk.len() > MAX_RECHECK_BODY {
+            return HttpResponse::PayloadTooLarge()
+                .body(format!("body larger than {MAX_RECHECK_BODY} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let request: RecheckRequest = match serde_json::from_slice(&bytes) {
+        Ok(request) => request,
+        Err(e) => {
+            return HttpResponse::BadRequest().body(format!("expected {{\"room\", \"user\"}}: {e}"))
+        }
+    };
     let payload = match serde_json::to_vec(&request) {
         Ok(p) => p,
         Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
     };
-    match state
-        .redis
-        .publish(&state.redis.keys().recheck_channel(), &payload)
+    match redis
+        .publish(&redis.keys().recheck_channel(), &payload)
         .await
     {
         Ok(servers) => {
@@ -167,59 +232,84 @@ fn attach_killer(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT, then closes sessions with 1012.
-pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), ServerError> {
-    let redis = RedisStore::for_config(&config).await?;
-    let auth = match (
+fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, ServerError> {
+    match (
         &config.auth.disabled,
         &config.auth.public_key,
         &config.auth.perm_callback,
     ) {
-        (false, Some(jwk), Some(perm_callback)) => Some(Arc::new(Authenticator {
+        (false, Some(jwk), Some(perm_callback)) => Ok(Some(Arc::new(Authenticator {
             verifier: TokenVerifier::from_jwk(jwk).map_err(ServerError::Auth)?,
             perm_callback: perm_callback.clone(),
             timeout: config.auth.perm_timeout,
-        })),
+        }))),
         _ => {
             tracing::warn!("AUTH IS DISABLED: every client may read and write every document");
-            None
+            Ok(None)
         }
-    };
+    }
+}
+
+/// Runs the server until SIGTERM or SIGINT, then closes sessions with 1012.
+pub async fn run(
+    config: Config,
+    storage: Arc<dyn Storage>,
+    documents: Arc<Documents>,
+) -> Result<(), ServerError> {
+    let redis = RedisStore::for_config(&config).await?;
     let listener = RedisListener::new(
         redis.clone(),
         config.redis_block,
         config.redis_command_timeout,
+        config.redis_read_interval,
     )
     .start();
-    let storage_for_probes = storage.clone();
-    let hub = Hub::new(RoomContext {
+    let rechecks = Arc::new(RecheckLog::default());
+    RevocationListener::new(redis.clone(), listener.clone(), rechecks.clone()).start();
+    let open_sessions = Arc::new(AtomicUsize::new(0));
+    let room_context = Arc::new(RoomContext {
         redis: redis.clone(),
-        storage,
-        listener,
+        storage: storage.clone(),
+        documents,
+        listener: listener.clone(),
         max_send_queue_bytes: config.max_send_queue_bytes,
-    })
-    .start();
-    RevocationListener::new(redis.clone(), hub.clone()).start();
-    let probes = web::Data::new(crate::health::Probes {
-        redis: redis.clone(),
-        storage: storage_for_probes,
+        awareness_max_clients: config.awareness_max_clients,
+        next_room_id: AtomicU64::new(1),
     });
     let state = web::Data::new(ServerState {
-        hub: hub.clone(),
-        redis,
-        max_frame_bytes: config.max_frame_bytes,
+        sessions: Arc::new(SessionContext {
+            redis: redis.clone(),
+            max_frame_bytes: config.max_frame_bytes,
+            awareness: AwarenessLimits {
+                max_entries: config.awareness_max_entries,
+                max_state_bytes: config.awareness_max_state_bytes,
+            },
+            limits: config.limits.clone(),
+            auth: authenticator(&config)?,
+            rechecks,
+            open: open_sessions.clone(),
+        }),
+        limiter: Arc::new(ConnectionLimiter::new(config.limits.clone())),
+        max_room_name_bytes: config.max_room_name_bytes,
         next_conn: AtomicU64::new(1),
-        auth,
         admin_secret: config.auth.admin_secret.clone(),
     });
+    let probes = web::Data::new(crate::health::Probes {
+        redis: redis.clone(),
+        storage,
+    });
+    let redis_data = web::Data::new(redis);
     let addr = format!("{}:{}", config.host, config.port);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(probes.clone())
-            .configure(crate::health::routes)
-            // One HTTP client per worker thread, for permission callbacks.
+            .app_data(redis_data.clone())
+            // Per worker thread: its room subscriptions and an HTTP client
+            // for permission callbacks.
+            .app_data(ThreadRooms::new(room_context.clone()))
             .app_data(awc::Client::default())
+            .configure(crate::health::routes)
             .route("/admin/recheck", web::post().to(admin_recheck))
             .default_service(web::get().to(websocket))
     })
@@ -237,7 +327,7 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
     let grace = config.shutdown_grace;
     actix::spawn(async move {
         crate::shutdown::wait_for_signal().await;
-        close_sessions(&hub, grace).await;
+        close_sessions(&listener, &open_sessions, grace).await;
         handle.stop(true).await;
     });
     server.await?;
@@ -246,20 +336,14 @@ pub async fn run(config: Config, storage: Arc<dyn Storage>) -> Result<(), Server
 }
 
 /// Asks every session to close with 1012 and waits (at most `grace`) until they have.
-async fn close_sessions(hub: &Addr<Hub>, grace: Duration) {
-    let open = hub
-        .send(CloseAllRooms {
-            code: CLOSE_SERVICE_RESTART,
-            reason: "server restarting",
-        })
-        .await
-        .unwrap_or(0);
-    tracing::info!(sessions = open, "closing sessions");
+async fn close_sessions(listener: &Addr<RedisListener>, open: &AtomicUsize, grace: Duration) {
+    tracing::info!(sessions = open.load(Ordering::Relaxed), "closing sessions");
+    listener.do_send(Broadcast::CloseAll {
+        code: CLOSE_SERVICE_RESTART,
+        reason: "server restarting",
+    });
     let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if hub.send(SessionCount).await.unwrap_or(0) == 0 {
-            break;
-        }
+    while Instant::now() < deadline && open.load(Ordering::Relaxed) > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -272,10 +356,7 @@ mod tests {
     fn room_is_the_raw_path_segment() {
         assert_eq!(room_from_path("/a%20b"), Some("a%20b"));
         assert_eq!(room_from_path("/my-room"), Some("my-room"));
-        assert_eq!(room_from_path("/"), None);
+        assert_eq!(room_from_path("/"), Some(""));
         assert_eq!(room_from_path("/a/b"), None);
-        assert_eq!(room_from_path("/.."), None);
-        assert_eq!(room_from_path("/."), None);
-        assert_eq!(room_from_path("/..."), Some("..."));
     }
 }

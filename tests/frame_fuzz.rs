@@ -1,18 +1,24 @@
-//! A bounded, deterministic fuzz run of frame decoding and validation, part of
-//! the normal test command (the libFuzzer targets in `fuzz/` go deeper). Seeds
-//! are real y-websocket frames from npm; mutations flip, insert, delete,
-//! truncate and splice bytes. Nothing may panic, and every accepted frame
-//! must become a stream entry that readers can decode.
+//! A bounded, deterministic fuzz run of the door, part of the normal test
+//! command (the libFuzzer targets in `fuzz/` go deeper). Seeds are real
+//! y-websocket frames from npm; mutations flip, insert, delete, truncate and
+//! splice bytes. Each frame goes through what a session does: parse, check
+//! against the room, accept, hold or refuse. Every accepted update is
+//! applied, in order, to one yrs document in this very process (the room's
+//! stream as the engine will see it): yrs must accept each one and must not
+//! crash. Nothing may panic.
 
-use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use y_redis::document::assemble;
-use y_redis::protocol::{
-    classify_stream_message, parse_client_frame, ClientMessage, StreamMessage,
+use y_redis_protocol::awareness::AwarenessLimits;
+use y_redis_protocol::doc_state::DocState;
+use y_redis_protocol::message::{
+    classify_stream_message, encode_awareness_payload, encode_sync_update, parse_client_frame,
+    ClientMessage, StreamMessage,
 };
-use y_redis::redis::{StreamEntry, StreamId};
+use y_redis_protocol::update::{analyze, Verdict};
+use yrs::updates::decoder::Decode;
+use yrs::Transact;
 
 fn seeds() -> Vec<Vec<u8>> {
     let path = concat!(
@@ -72,62 +78,89 @@ fn mutate(rng: &mut StdRng, seeds: &[Vec<u8>], frame: &mut Vec<u8>) {
     }
 }
 
-fn check(frame: &[u8]) -> Option<&'static str> {
-    match parse_client_frame(frame) {
-        Ok(ClientMessage::Update { message }) => {
-            assert!(
-                matches!(classify_stream_message(&message), StreamMessage::Update(_)),
-                "accepted update {frame:02x?} is not a stream update"
-            );
-            let entry = StreamEntry {
-                id: StreamId { ms: 1, seq: 0 },
-                message: Bytes::from(message),
-            };
-            assert!(
-                assemble(None, &[entry]).is_ok(),
-                "accepted update {frame:02x?} does not assemble"
-            );
-            Some("update")
+const LIMITS: AwarenessLimits = AwarenessLimits {
+    max_entries: 4,
+    max_state_bytes: 64 << 10,
+};
+
+#[derive(Default)]
+struct Outcome {
+    accepted: usize,
+    held: usize,
+    refused: usize,
+    other: usize,
+}
+
+/// One frame through the door; accepted updates go into `room` and `doc`.
+fn check(frame: &[u8], room: &mut DocState, doc: &yrs::Doc, outcome: &mut Outcome) {
+    match parse_client_frame(frame, &LIMITS) {
+        Ok(ClientMessage::Update { update, .. }) => match analyze(update, room) {
+            Ok(analysis) => match analysis.verdict(room) {
+                Verdict::Accept(effects) => {
+                    room.apply(&effects);
+                    let message = encode_sync_update(update);
+                    assert!(matches!(
+                        classify_stream_message(&message),
+                        StreamMessage::Update(_)
+                    ));
+                    let decoded = yrs::Update::decode_v1(update).unwrap_or_else(|e| {
+                        panic!("accepted update {frame:02x?} does not decode in yrs: {e}")
+                    });
+                    doc.transact_mut()
+                        .apply_update(decoded)
+                        .unwrap_or_else(|e| {
+                            panic!("accepted update {frame:02x?} does not apply in yrs: {e}")
+                        });
+                    outcome.accepted += 1;
+                }
+                Verdict::Hold { .. } => outcome.held += 1,
+                Verdict::Redundant => outcome.other += 1,
+            },
+            Err(_) => outcome.refused += 1,
+        },
+        Ok(ClientMessage::Awareness { payload, .. }) => {
+            let message = encode_awareness_payload(payload);
+            assert!(matches!(
+                classify_stream_message(&message),
+                StreamMessage::Awareness(_)
+            ));
+            outcome.other += 1;
         }
-        Ok(ClientMessage::Awareness { message, .. }) => {
-            assert!(
-                matches!(
-                    classify_stream_message(&message),
-                    StreamMessage::Awareness(_)
-                ),
-                "accepted awareness {frame:02x?} does not decode from the stream"
-            );
-            Some("awareness")
-        }
-        Ok(_) => Some("other"),
-        Err(_) => None,
+        Ok(_) => outcome.other += 1,
+        Err(_) => outcome.refused += 1,
     }
 }
 
 #[test]
-fn mutated_frames_never_panic_and_accepted_ones_are_stream_safe() {
+fn mutated_frames_never_panic_and_accepted_ones_apply_in_yrs() {
     let iterations: usize = std::env::var("FUZZ_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30_000);
     let seeds = seeds();
     let mut rng = StdRng::seed_from_u64(0x79_72_65_64_69_73);
-    let (mut accepted, mut rejected) = (0usize, 0usize);
+    let mut room = DocState::default();
+    let doc = yrs::Doc::new();
+    let mut outcome = Outcome::default();
+    // The unmutated seeds first: the room then holds the structs mutations refer to.
+    for seed in &seeds {
+        check(seed, &mut room, &doc, &mut outcome);
+    }
     for _ in 0..iterations {
         let mut frame = seeds[rng.random_range(0..seeds.len())].clone();
         mutate(&mut rng, &seeds, &mut frame);
-        match check(&frame) {
-            Some(_) => accepted += 1,
-            None => rejected += 1,
-        }
+        check(&frame, &mut room, &doc, &mut outcome);
     }
     for _ in 0..iterations / 10 {
         let frame: Vec<u8> = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();
-        let _ = check(&frame);
+        check(&frame, &mut room, &doc, &mut outcome);
     }
-    println!("fuzzed {iterations} mutated frames: {accepted} accepted, {rejected} rejected");
+    println!(
+        "fuzzed {iterations} mutated frames: {} accepted, {} held, {} refused, {} other",
+        outcome.accepted, outcome.held, outcome.refused, outcome.other
+    );
     assert!(
-        accepted > 0 && rejected > 0,
-        "mutations should produce both outcomes"
+        outcome.accepted > 0 && outcome.refused > 0 && outcome.held > 0,
+        "mutations should produce every outcome"
     );
 }

@@ -4,15 +4,17 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use serde_json::Value;
-use y_redis::document::assemble;
-use y_redis::protocol::{
-    encode_awareness_message, encode_awareness_removal, encode_sync_step1, encode_sync_step2,
-    encode_sync_update, parse_client_frame, AwarenessEntry, ClientMessage, ProtocolError,
+use y_redis::document::engine::{assemble, AssembleRequest, Assembled};
+use y_redis_protocol::awareness::{
+    encode_awareness_message, encode_awareness_removal, AwarenessEntry, AwarenessLimits,
 };
-use y_redis::redis::{StreamEntry, StreamId};
-use y_redis::storage::StoredDoc;
+use y_redis_protocol::doc_state::DocState;
+use y_redis_protocol::lib0::DecodeError;
+use y_redis_protocol::message::{
+    encode_sync_step1, encode_sync_step2, encode_sync_update, ClientMessage, ProtocolError,
+};
+use y_redis_protocol::update::{analyze, Verdict};
 use yrs::types::ToJson;
 use yrs::{GetString, Transact};
 
@@ -55,11 +57,35 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-fn entry(ms: u64, message: Vec<u8>) -> StreamEntry {
-    StreamEntry {
-        id: StreamId { ms, seq: 0 },
-        message: Bytes::from(message),
+const LIMITS: AwarenessLimits = AwarenessLimits {
+    max_entries: 4,
+    max_state_bytes: 64 << 10,
+};
+
+fn parse_client_frame(frame: &[u8]) -> Result<ClientMessage<'_>, ProtocolError> {
+    y_redis_protocol::message::parse_client_frame(frame, &LIMITS)
+}
+
+/// The engine's assembly, in this test process.
+fn build(pieces: &[&[u8]], updates: &[&[u8]], want_v2: bool) -> Assembled {
+    assemble(&AssembleRequest {
+        pieces: pieces.to_vec(),
+        updates: updates.to_vec(),
+        want_v2,
+        state_vectors: Vec::new(),
+    })
+    .expect("assembles")
+}
+
+/// Checks `update` against `doc` and applies it if accepted.
+fn verdict(doc: &mut DocState, update: &[u8]) -> Verdict {
+    let verdict = analyze(update, doc)
+        .unwrap_or_else(|e| panic!("npm update refused: {e}"))
+        .verdict(doc);
+    if let Verdict::Accept(effects) = &verdict {
+        doc.apply(effects);
     }
+    verdict
 }
 
 fn text_of(update_v1: &[u8]) -> String {
@@ -80,9 +106,7 @@ fn sync_step1_is_parsed_and_encoded_like_y_protocols() {
     let sv = v.bytes("sync_step1", "state_vector_hex");
     assert_eq!(
         parse_client_frame(&frame),
-        Ok(ClientMessage::SyncStep1 {
-            state_vector: sv.clone()
-        })
+        Ok(ClientMessage::SyncStep1 { state_vector: &sv })
     );
     assert_eq!(encode_sync_step1(&sv), frame);
     let empty = v.bytes("sync_step1_empty", "hex");
@@ -93,36 +117,84 @@ fn sync_step1_is_parsed_and_encoded_like_y_protocols() {
 }
 
 #[test]
-fn sync_step2_becomes_an_update_in_the_stream() {
+fn sync_step2_and_updates_are_parsed_and_stored_as_updates() {
     let v = Vectors::load();
     let frame = v.bytes("sync_step2", "hex");
     let update = v.bytes("sync_step2", "update_hex");
     assert_eq!(encode_sync_step2(&update), frame);
-    let rewritten = v.bytes("sync_step2_rewritten_as_update", "hex");
     assert_eq!(
         parse_client_frame(&frame),
-        Ok(ClientMessage::Update { message: rewritten })
+        Ok(ClientMessage::Update {
+            update: &update,
+            step2: true
+        })
     );
+    // The stream stores a SyncStep2 as an Update, byte for byte as @y/redis does.
     assert_eq!(
-        parse_client_frame(&v.bytes("sync_step2_empty", "hex")),
-        Ok(ClientMessage::EmptyUpdate)
+        encode_sync_update(&update),
+        v.bytes("sync_step2_rewritten_as_update", "hex")
+    );
+    let frame = v.bytes("sync_update", "hex");
+    let update = v.bytes("sync_update", "update_hex");
+    assert_eq!(encode_sync_update(&update), frame);
+    assert_eq!(
+        parse_client_frame(&frame),
+        Ok(ClientMessage::Update {
+            update: &update,
+            step2: false
+        })
     );
 }
 
 #[test]
-fn sync_update_passes_through_unchanged() {
+fn every_npm_update_is_accepted_where_yjs_integrates_it() {
     let v = Vectors::load();
-    let frame = v.bytes("sync_update", "hex");
+    let mut doc = DocState::default();
+    assert!(matches!(
+        verdict(&mut doc, &v.bytes("doc_update_v1", "hex")),
+        Verdict::Accept(_)
+    ));
+    let mut doc = DocState::default();
+    assert!(matches!(
+        verdict(&mut doc, &v.bytes("sync_step2", "update_hex")),
+        Verdict::Accept(_)
+    ));
     assert_eq!(
-        encode_sync_update(&v.bytes("sync_update", "update_hex")),
-        frame
+        verdict(&mut doc, &v.bytes("sync_step2", "update_hex")),
+        Verdict::Redundant
     );
+    // An empty SyncStep2 (a client with an empty document) adds nothing.
     assert_eq!(
-        parse_client_frame(&frame),
-        Ok(ClientMessage::Update {
-            message: frame.clone()
-        })
+        verdict(
+            &mut DocState::default(),
+            &v.bytes("sync_step2_empty", "update_hex")
+        ),
+        Verdict::Redundant
     );
+    for (base, next) in [("sync_update", "update_hex"), ("delete_update_v1", "hex")] {
+        let mut doc = DocState::default();
+        let update = v.bytes(base, next);
+        assert!(
+            matches!(verdict(&mut doc, &update), Verdict::Hold { .. }),
+            "{base} waits for its base"
+        );
+        assert!(matches!(
+            verdict(&mut doc, &v.bytes(base, "base_update_hex")),
+            Verdict::Accept(_)
+        ));
+        assert!(
+            matches!(verdict(&mut doc, &update), Verdict::Accept(_)),
+            "{base}"
+        );
+    }
+    let mut doc = DocState::default();
+    for input in v.get("merge_updates")["inputs_hex"]
+        .as_array()
+        .expect("inputs")
+    {
+        let update = hex(input.as_str().expect("hex"));
+        assert!(matches!(verdict(&mut doc, &update), Verdict::Accept(_)));
+    }
 }
 
 fn entries_of(v: &Vectors, name: &str) -> Vec<AwarenessEntry> {
@@ -148,10 +220,11 @@ fn awareness_messages_match_y_protocols() {
     ] {
         let frame = v.bytes(name, "hex");
         let expected = entries_of(&v, name);
+        let payload = v.bytes(name, "awareness_update_hex");
         assert_eq!(
             parse_client_frame(&frame),
             Ok(ClientMessage::Awareness {
-                message: frame.clone(),
+                payload: &payload,
                 entries: expected.clone()
             }),
             "{name}"
@@ -173,7 +246,7 @@ fn query_awareness_and_auth_frames() {
     );
     assert_eq!(
         parse_client_frame(&v.bytes("auth_permission_denied", "hex")),
-        Ok(ClientMessage::Ignored)
+        Ok(ClientMessage::Auth)
     );
 }
 
@@ -185,7 +258,6 @@ fn malformed_frames_are_rejected() {
             &[0, 2, 0xff, 0xff, 0xff, 0xff, 0x0f],
             "length beyond the frame",
         ),
-        (&[0, 2, 3, 0xff, 0xff, 0xff], "update that does not decode"),
         (&[9, 1, 2], "unknown message type"),
         (&[0, 7, 0], "unknown sync type"),
         (&[0, 2, 2, 0, 0, 5], "trailing bytes"),
@@ -205,17 +277,17 @@ fn malformed_frames_are_rejected() {
     }
     assert_eq!(
         parse_client_frame(&[3, 0]),
-        Err(ProtocolError::TrailingBytes(1))
+        Err(ProtocolError::Decode(DecodeError::TrailingBytes(1)))
+    );
+    let refused = |update: &[u8]| analyze(update, &DocState::default()).is_err();
+    assert!(
+        refused(&[3, 0xff, 0xff, 0xff]),
+        "update that does not decode"
     );
     // Found by the socket fuzz test: npm yjs cannot apply an empty delete range.
-    let empty_delete_range = [0, 2, 8, 0, 1, 0x9e, 0x98, 0x06, 1, 0x27, 0];
     assert!(
-        matches!(
-            parse_client_frame(&empty_delete_range),
-            Err(ProtocolError::InvalidUpdate(_))
-        ),
-        "{:?}",
-        parse_client_frame(&empty_delete_range)
+        refused(&[0, 1, 0x9e, 0x98, 0x06, 1, 0x27, 0]),
+        "empty delete range"
     );
     // Found by cargo fuzz: counts that would make yrs reserve gigabytes.
     let huge_state_vector = [0, 0, 6, 0xff, 0xff, 0xff, 0xff, 0x0f, 1];
@@ -223,30 +295,24 @@ fn malformed_frames_are_rejected() {
         parse_client_frame(&huge_state_vector),
         Err(ProtocolError::InvalidStateVector(_))
     ));
-    let huge_client_count = [0, 2, 6, 0xff, 0xff, 0xff, 0x7f, 0, 0];
-    assert!(matches!(
-        parse_client_frame(&huge_client_count),
-        Err(ProtocolError::InvalidUpdate(_))
-    ));
-    let huge_block_count = [0, 2, 9, 1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0, 0];
-    assert!(matches!(
-        parse_client_frame(&huge_block_count),
-        Err(ProtocolError::InvalidUpdate(_))
-    ));
+    assert!(
+        refused(&[0xff, 0xff, 0xff, 0x7f, 0, 0]),
+        "huge client count"
+    );
+    assert!(
+        refused(&[1, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 0, 0]),
+        "huge struct count"
+    );
 }
 
 #[test]
 fn stored_v2_document_is_served_as_v1() {
     let v = Vectors::load();
-    let stored = StoredDoc {
-        update_v2: v.bytes("doc_update_v2", "hex"),
-        references: vec!["1".into()],
-    };
-    let doc = assemble(Some(stored), &[]).expect("assembles");
+    let stored = v.bytes("doc_update_v2", "hex");
+    let doc = build(&[&stored], &[], true);
     assert_eq!(doc.state_vector, v.bytes("doc_state_vector", "hex"));
     assert_eq!(text_of(&doc.update_v1), "hello");
-    assert!(!doc.changed_by_stream);
-    assert_eq!(doc.last_id, StreamId::ZERO);
+    assert!(!doc.changed);
 
     let ydoc = yrs::Doc::new();
     let map = ydoc.get_or_insert_map("map");
@@ -262,62 +328,32 @@ fn stored_v2_document_is_served_as_v1() {
     drop(txn);
 
     // What we would store again (v2) holds the same document.
-    let v2 = doc.update_v2().expect("re-encodes as v2");
-    let again = assemble(
-        Some(StoredDoc {
-            update_v2: v2,
-            references: vec![],
-        }),
-        &[],
-    )
-    .expect("assembles");
-    assert_eq!(again.state_vector, doc.state_vector);
+    let v2 = doc.update_v2.expect("asked for v2");
+    assert_eq!(build(&[&v2], &[], false).state_vector, doc.state_vector);
 }
 
 #[test]
 fn stream_updates_are_applied_on_top_of_storage() {
     let v = Vectors::load();
-    let base = encode_sync_update(&v.bytes("delete_update_v1", "base_update_hex"));
-    let delete = encode_sync_update(&v.bytes("delete_update_v1", "hex"));
-    let awareness = v.bytes("awareness_one_client", "hex");
-    let doc = assemble(
-        None,
-        &[
-            entry(1, base.clone()),
-            entry(2, awareness),
-            entry(3, delete),
-        ],
-    )
-    .expect("assembles");
+    let base = v.bytes("delete_update_v1", "base_update_hex");
+    let delete = v.bytes("delete_update_v1", "hex");
+    let doc = build(&[], &[&base, &delete], true);
     assert_eq!(text_of(&doc.update_v1), "aef");
-    assert!(doc.changed_by_stream);
-    assert_eq!(doc.last_id, StreamId { ms: 3, seq: 0 });
-    assert_eq!(
-        doc.awareness
-            .present()
-            .map(|e| e.client_id)
-            .collect::<Vec<_>>(),
-        vec![5005]
-    );
-
+    assert!(doc.changed);
     // A stream that only repeats what storage holds does not change the document.
-    let stored = assemble(None, &[entry(1, base.clone())]).expect("assembles");
-    let stored = StoredDoc {
-        update_v2: stored.update_v2().expect("v2"),
-        references: vec![],
-    };
-    let again = assemble(Some(stored), &[entry(4, base)]).expect("assembles");
-    assert!(!again.changed_by_stream);
-    // ...and the one who left is no longer present.
-    let left = assemble(
-        None,
-        &[
-            entry(1, v.bytes("awareness_one_client", "hex")),
-            entry(2, v.bytes("awareness_user_left", "hex")),
-        ],
-    )
-    .expect("assembles");
-    assert_eq!(left.awareness.present().count(), 0);
+    let stored = build(&[], &[&base], true).update_v2.expect("v2");
+    assert!(!build(&[&stored], &[&base], false).changed);
+    // Two stored pieces are merged.
+    let other = build(&[], &[&v.bytes("sync_step2", "update_hex")], true)
+        .update_v2
+        .expect("v2");
+    let merged = build(&[&stored, &other], &[], false);
+    assert!(!merged.changed);
+    let text = text_of(&merged.update_v1);
+    assert!(
+        text.contains("abcdef") && text.contains("hello") && text.len() == 11,
+        "{text}"
+    );
 }
 
 #[test]
@@ -329,12 +365,8 @@ fn merged_updates_match_yjs_merge() {
         .iter()
         .map(|h| hex(h.as_str().expect("hex")))
         .collect();
-    let entries: Vec<StreamEntry> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, u)| entry(i as u64 + 1, encode_sync_update(u)))
-        .collect();
-    let doc = assemble(None, &entries).expect("assembles");
+    let updates: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+    let doc = build(&[], &updates, false);
     assert_eq!(text_of(&doc.update_v1), "hello world");
     let expected_sv = v.bytes("merge_updates", "state_vector_hex");
     let sv_of = |bytes: &[u8]| {

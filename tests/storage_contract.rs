@@ -39,7 +39,7 @@ async fn filesystem_storage_contract() {
 async fn postgres_storage_contract() {
     let db = TestDatabase::create();
     let storage = storage::open(&StorageConfig::Postgres {
-        url: db.url.clone(),
+        url: y_redis::config::Secret(db.url.clone()),
     })
     .await
     .expect("open postgres storage");

@@ -1,7 +1,10 @@
-//! `RedisListener`: one dedicated connection looping `XREAD BLOCK` over every
-//! subscribed room stream of this process, routing each batch to its `Room`.
-//! A new subscription interrupts the blocked read (`CLIENT UNBLOCK`) so it
-//! never waits for the block timeout.
+//! `RedisListener`: one dedicated connection looping `XREAD BLOCK` over
+//! every room stream this process serves, handing each batch once to each
+//! room subscription of that stream (one per thread with sessions of the
+//! room). A new subscription interrupts the blocked read (`CLIENT UNBLOCK`),
+//! so it never waits for the block timeout. It also knows every room
+//! subscription of the process, so process-wide requests (close everything,
+//! recheck permissions) go through it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,49 +13,30 @@ use std::time::Duration;
 use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 
-use super::room::{CloseAll, Room, CLOSE_TRY_AGAIN_LATER};
+use super::messages::{
+    Broadcast, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
+};
+use crate::backoff::Backoff;
 use crate::redis::{
     client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry, StreamId,
 };
 
-/// Entries read from one room stream, oldest first.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct StreamBatch {
-    pub entries: Arc<[StreamEntry]>,
-}
-
-/// Start delivering entries of `key` newer than `after` to `room`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Subscribe {
-    pub key: String,
-    pub after: StreamId,
-    pub room: Addr<Room>,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unsubscribe {
-    pub key: String,
-    /// Only this room's subscription ends: a new room for the same key may
-    /// already have subscribed.
-    pub room: Addr<Room>,
-}
-
 struct Subscription {
-    after: StreamId,
-    room: Addr<Room>,
+    /// Entries up to here were handed out; None while no room reads yet.
+    after: Option<StreamId>,
+    rooms: Vec<(u64, Recipient<RoomEvent>)>,
 }
 
 /// Entries per stream per read; a busy room catches up over several reads.
 const READ_COUNT: usize = 1000;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct RedisListener {
     store: RedisStore,
     block: Duration,
     read_margin: Duration,
+    /// Pause after a read that found entries, so that under load one read
+    /// collects the entries of many publishes.
+    read_interval: Duration,
     subscriptions: HashMap<String, Subscription>,
     /// The connection and its `CLIENT ID` while idle; it travels with the read future.
     connection: Option<(MultiplexedConnection, i64)>,
@@ -60,21 +44,27 @@ pub struct RedisListener {
     busy: bool,
     /// `CLIENT ID` of the connection inside the running read, if one runs.
     reading: Option<i64>,
-    failures: u32,
+    backoff: Backoff,
 }
 
 impl RedisListener {
     /// `read_margin`: how much longer than `block` a read may take.
-    pub fn new(store: RedisStore, block: Duration, read_margin: Duration) -> Self {
+    pub fn new(
+        store: RedisStore,
+        block: Duration,
+        read_margin: Duration,
+        read_interval: Duration,
+    ) -> Self {
         RedisListener {
             store,
             block,
             read_margin,
+            read_interval,
             subscriptions: HashMap::new(),
             connection: None,
             busy: false,
             reading: None,
-            failures: 0,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
 
@@ -106,8 +96,13 @@ impl RedisListener {
         let streams: Vec<(String, StreamId)> = self
             .subscriptions
             .iter()
-            .map(|(k, s)| (k.clone(), s.after))
+            .filter_map(|(k, s)| Some((k.clone(), s.after?)))
             .collect();
+        if streams.is_empty() {
+            self.busy = false;
+            self.connection = Some((conn, id));
+            return;
+        }
         let block = self.block;
         // A connection whose peer vanished without a reset never answers;
         // past this the read counts as failed and the connection is replaced.
@@ -118,37 +113,46 @@ impl RedisListener {
                 Ok(result) => result,
                 Err(_) => Err(RedisError::ReadTimeout(deadline)),
             };
-            (conn, result)
+            (conn, streams, result)
         };
-        ctx.spawn(read.into_actor(self).map(move |(conn, result), act, ctx| {
-            act.busy = false;
-            act.reading = None;
-            match result {
-                Ok(batches) => {
-                    if act.failures > 0 {
-                        act.failures = 0;
-                        act.resync_rooms();
+        ctx.spawn(
+            read.into_actor(self)
+                .map(move |(conn, asked, result), act, ctx| {
+                    act.busy = false;
+                    act.reading = None;
+                    match result {
+                        Ok(batches) => {
+                            if act.backoff.failures() > 0 {
+                                act.backoff.reset();
+                                act.resync_rooms();
+                            }
+                            act.connection = Some((conn, id));
+                            let found = !batches.is_empty();
+                            act.route(&asked, batches);
+                            if found && !act.read_interval.is_zero() {
+                                act.busy = true;
+                                ctx.run_later(act.read_interval, |act, ctx| {
+                                    act.busy = false;
+                                    act.read_next(ctx);
+                                });
+                            } else {
+                                act.read_next(ctx);
+                            }
+                        }
+                        Err(e) => act.retry_later(e, ctx),
                     }
-                    act.connection = Some((conn, id));
-                    act.route(batches);
-                    act.read_next(ctx);
-                }
-                Err(e) => act.retry_later(e, ctx),
-            }
-        }));
+                }),
+        );
     }
 
     /// Drops the connection and tries again with backoff; logs once per outage.
     fn retry_later(&mut self, error: RedisError, ctx: &mut Context<Self>) {
-        if self.failures == 0 {
+        if self.backoff.failures() == 0 {
             tracing::error!(error = %error, "redis listener cannot read; retrying with backoff");
         }
-        self.failures += 1;
         self.connection = None;
         self.busy = true;
-        let backoff =
-            Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(6))).min(MAX_BACKOFF);
-        ctx.run_later(backoff, |act, ctx| {
+        ctx.run_later(self.backoff.next_delay(), |act, ctx| {
             act.busy = false;
             act.read_next(ctx);
         });
@@ -162,47 +166,46 @@ impl RedisListener {
             rooms = self.subscriptions.len(),
             "redis listener reading again; asking clients to resync"
         );
+        self.broadcast(RoomEvent::CloseAll {
+            code: CLOSE_TRY_AGAIN_LATER,
+            reason: "redis connection restored, resyncing",
+        });
+    }
+
+    fn broadcast(&self, event: RoomEvent) {
         for sub in self.subscriptions.values() {
-            sub.room.do_send(CloseAll {
-                code: CLOSE_TRY_AGAIN_LATER,
-                reason: "redis connection restored, resyncing",
-            });
+            for (_, room) in &sub.rooms {
+                room.do_send(event.clone());
+            }
         }
     }
 
-    fn route(&mut self, batches: Vec<(String, Vec<StreamEntry>)>) {
+    fn route(&mut self, asked: &[(String, StreamId)], batches: Vec<(String, Vec<StreamEntry>)>) {
+        let asked: HashMap<&str, StreamId> =
+            asked.iter().map(|(k, id)| (k.as_str(), *id)).collect();
         for (key, entries) in batches {
             let Some(sub) = self.subscriptions.get_mut(&key) else {
                 continue;
             };
-            // A read started before a re-subscription may return entries the
-            // new room already has.
-            let fresh: Arc<[StreamEntry]> =
-                entries.into_iter().filter(|e| e.id > sub.after).collect();
-            let Some(last) = fresh.last() else { continue };
-            sub.after = last.id;
-            sub.room.do_send(StreamBatch { entries: fresh });
+            // A subscription rewound while this read ran: the next read
+            // fetches these entries again, from the earlier position.
+            if asked.get(key.as_str()) != sub.after.as_ref() {
+                continue;
+            }
+            let Some(last) = entries.last() else { continue };
+            sub.after = Some(last.id);
+            let batch = StreamBatch {
+                entries: Arc::from(entries),
+            };
+            for (_, room) in &sub.rooms {
+                room.do_send(RoomEvent::Batch(batch.clone()));
+            }
         }
     }
-}
 
-impl Actor for RedisListener {
-    type Context = Context<Self>;
-}
-
-impl Handler<Subscribe> for RedisListener {
-    type Result = ();
-
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        self.subscriptions.insert(
-            msg.key,
-            Subscription {
-                after: msg.after,
-                room: msg.room,
-            },
-        );
+    /// Interrupts the running read so the next one sees new subscriptions.
+    fn interrupt_read(&mut self, ctx: &mut Context<Self>) {
         match self.reading {
-            // The running read does not include the new stream: wake it.
             Some(client_id) => {
                 let store = self.store.clone();
                 actix::spawn(async move {
@@ -217,16 +220,64 @@ impl Handler<Subscribe> for RedisListener {
     }
 }
 
+impl Actor for RedisListener {
+    type Context = Context<Self>;
+}
+
+impl Handler<Subscribe> for RedisListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let sub = self
+            .subscriptions
+            .entry(msg.key)
+            .or_insert_with(|| Subscription {
+                after: None,
+                rooms: Vec::new(),
+            });
+        if !sub.rooms.iter().any(|(id, _)| *id == msg.room_id) {
+            sub.rooms.push((msg.room_id, msg.room));
+        }
+        let Some(after) = msg.after else { return };
+        // A room that loaded an older state needs the entries since then,
+        // which the others already had: read them again for everyone (each
+        // room skips what it has).
+        let rewind = sub.after.is_none_or(|current| after < current);
+        if rewind {
+            sub.after = Some(after);
+            self.interrupt_read(ctx);
+        }
+    }
+}
+
 impl Handler<Unsubscribe> for RedisListener {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        if self
-            .subscriptions
-            .get(&msg.key)
-            .is_some_and(|sub| sub.room == msg.room)
-        {
-            self.subscriptions.remove(&msg.key);
+        if let Some(sub) = self.subscriptions.get_mut(&msg.key) {
+            sub.rooms.retain(|(id, _)| *id != msg.room_id);
+            if sub.rooms.is_empty() {
+                self.subscriptions.remove(&msg.key);
+            }
+        }
+    }
+}
+
+impl Handler<Broadcast> for RedisListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+        match msg {
+            Broadcast::CloseAll { code, reason } => {
+                self.broadcast(RoomEvent::CloseAll { code, reason })
+            }
+            Broadcast::Recheck { key, user } => {
+                if let Some(sub) = self.subscriptions.get(&key) {
+                    for (_, room) in &sub.rooms {
+                        room.do_send(RoomEvent::Recheck { user: user.clone() });
+                    }
+                }
+            }
         }
     }
 }

@@ -1,9 +1,13 @@
-//! The server's actors (DESIGN §2). A frame enters in [`session`], goes to
-//! Redis through [`crate::redis::RedisStore::add_message`], and comes back
-//! through [`listener`] → [`room`] → [`session`]. [`hub`] maps rooms to actors.
+//! The server's actors (ARCHITECTURE.md, "Actors"). A frame enters in
+//! [`session`], goes to Redis through [`crate::redis::RedisStore::add_messages`],
+//! and comes back through [`listener`] → [`room`] → [`session`]. [`rooms`]
+//! is each thread's registry of rooms; [`messages`] holds every message
+//! they exchange, so no actor module depends on another's.
 
-pub mod hub;
+pub mod backlog;
 pub mod listener;
+pub mod messages;
 pub mod revocation;
 pub mod room;
+pub mod rooms;
 pub mod session;

@@ -1,17 +1,25 @@
 //! `RevocationListener`: subscribes to the Redis channel `PREFIX:recheck`,
 //! where the admin endpoint of any server (or the application backend
 //! directly) publishes `{"room": "...", "user": "..."}`; every process then
-//! re-checks the affected sessions.
+//! re-checks the affected sessions. Rechecks are also remembered for a
+//! while, so a session whose upgrade was authorized before a recheck but
+//! joined after it rechecks itself.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::hub::{Hub, RecheckRoom};
+use super::listener::RedisListener;
+use super::messages::Broadcast;
+use crate::backoff::Backoff;
 use crate::redis::{RedisError, RedisStore};
-use crate::server::DEFAULT_DOCID;
+
+/// The document every websocket connection edits (y-redis serves `index` only).
+pub const DEFAULT_DOCID: &str = "index";
 
 /// A recheck request: a room (as in the URL path) and optionally one user.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,54 +29,112 @@ pub struct RecheckRequest {
     pub user: Option<String>,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long rechecks are remembered: longer than any upgrade's permission call.
+const REMEMBER: Duration = Duration::from_secs(60);
+const REMEMBER_AT_MOST: usize = 10_000;
+
+/// Rechecks of the last minute: (when, room stream key, user or everyone).
+#[derive(Default)]
+pub struct RecheckLog {
+    recent: Mutex<VecDeque<(Instant, String, Option<String>)>>,
+}
+
+impl RecheckLog {
+    pub fn record(&self, key: String, user: Option<String>) {
+        if let Ok(mut recent) = self.recent.lock() {
+            let now = Instant::now();
+            while recent
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) > REMEMBER)
+                || recent.len() >= REMEMBER_AT_MOST
+            {
+                recent.pop_front();
+            }
+            recent.push_back((now, key, user));
+        }
+    }
+
+    /// Whether a recheck for `key` that concerns `user` came after `since`.
+    pub fn since(&self, since: Instant, key: &str, user: &str) -> bool {
+        self.recent.lock().is_ok_and(|recent| {
+            recent.iter().any(|(at, k, u)| {
+                *at >= since && k == key && u.as_deref().is_none_or(|u| u == user)
+            })
+        })
+    }
+}
 
 pub struct RevocationListener {
     redis: RedisStore,
-    hub: Addr<Hub>,
-    failures: u32,
+    rooms: Addr<RedisListener>,
+    log: std::sync::Arc<RecheckLog>,
+    backoff: Backoff,
 }
 
 impl RevocationListener {
-    pub fn new(redis: RedisStore, hub: Addr<Hub>) -> Self {
+    pub fn new(
+        redis: RedisStore,
+        rooms: Addr<RedisListener>,
+        log: std::sync::Arc<RecheckLog>,
+    ) -> Self {
         RevocationListener {
             redis,
-            hub,
-            failures: 0,
+            rooms,
+            log,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
 
     fn listen(&mut self, ctx: &mut Context<Self>) {
-        let (redis, hub) = (self.redis.clone(), self.hub.clone());
+        let (redis, rooms, log) = (self.redis.clone(), self.rooms.clone(), self.log.clone());
+        let addr = ctx.address();
         let listening = async move {
             let mut pubsub = redis.pubsub().await?;
             pubsub.subscribe(redis.keys().recheck_channel()).await?;
-            tracing::debug!("listening for permission rechecks");
+            addr.do_send(Subscribed);
             let mut messages = pubsub.on_message();
             while let Some(message) = messages.next().await {
                 let payload: Vec<u8> = message.get_payload().unwrap_or_default();
                 match serde_json::from_slice::<RecheckRequest>(&payload) {
-                    Ok(request) => hub.do_send(RecheckRoom {
-                        key: redis.keys().room_stream(&request.room, DEFAULT_DOCID),
-                        user: request.user,
-                    }),
+                    Ok(request) => {
+                        let key = redis.keys().room_stream(&request.room, DEFAULT_DOCID);
+                        log.record(key.clone(), request.user.clone());
+                        rooms.do_send(Broadcast::Recheck {
+                            key,
+                            user: request.user,
+                        });
+                    }
                     Err(e) => tracing::warn!(error = %e, "ignoring malformed recheck message"),
                 }
             }
             Ok::<(), RedisError>(())
         };
         ctx.spawn(listening.into_actor(self).map(|result, act, ctx| {
-            if act.failures == 0 {
-                match result {
-                    Ok(()) => tracing::warn!("recheck subscription ended; resubscribing"),
-                    Err(e) => tracing::error!(error = %e, "recheck subscription failed; retrying"),
+            match result {
+                Ok(()) => tracing::warn!("recheck subscription ended; resubscribing"),
+                Err(e) if act.backoff.failures() == 0 => {
+                    tracing::error!(error = %e, "recheck subscription failed; retrying")
                 }
+                Err(_) => {}
             }
-            act.failures += 1;
-            let backoff = (Duration::from_millis(100) * 2u32.saturating_pow(act.failures.min(6)))
-                .min(MAX_BACKOFF);
-            ctx.run_later(backoff, |act, ctx| act.listen(ctx));
+            ctx.run_later(act.backoff.next_delay(), |act, ctx| act.listen(ctx));
         }));
+    }
+}
+
+/// The subscription is in place: the connection works again.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Subscribed;
+
+impl Handler<Subscribed> for RevocationListener {
+    type Result = ();
+
+    fn handle(&mut self, _: Subscribed, _: &mut Context<Self>) {
+        if self.backoff.failures() > 0 {
+            tracing::info!("recheck subscription restored");
+        }
+        self.backoff.reset();
     }
 }
 

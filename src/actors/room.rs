@@ -1,69 +1,74 @@
-//! `Room`: one per (room, docid) with sessions on this process. Fans stream
-//! entries out to its sessions, serves initial syncs (joins during a load
-//! share it), and keeps the room's awareness states for query-awareness.
+//! `Room`: one subscription per (room, docid) and thread with sessions of
+//! that room (ARCHITECTURE.md, "Fan-out"). It lives on the thread of its
+//! sessions, so fanning a batch out never crosses threads: the listener
+//! hands it each batch once, it encodes the frames once and hands every
+//! session the same shared buffers. It serves initial syncs (joins during a
+//! load share it) and keeps the room's view: what the document holds (to
+//! check the sessions' updates) and who is present.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use y_redis_protocol::awareness::AwarenessStates;
+use y_redis_protocol::doc_state::DocState;
+use y_redis_protocol::message::{
+    classify_stream_message, encode_sync_step1, encode_sync_step2, StreamMessage,
+};
+use y_redis_protocol::update::{analyze, index_document, Verdict};
 
-use super::listener::{RedisListener, StreamBatch, Subscribe, Unsubscribe};
-use super::session::{ConnectionKiller, SendQueue, ToSession};
-use crate::document::{self, AssembledDoc, LoadError};
-use crate::protocol::{classify_stream_message, AwarenessStates, StreamMessage};
+use super::backlog::{ConnectionKiller, SendQueue};
+use super::listener::RedisListener;
+use super::messages::{
+    ConnId, Delivery, FromSession, RoomEvent, StreamBatch, Subscribe, ToSession, Unsubscribe,
+    CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN_LATER,
+};
+use crate::auth::now_ms;
+use crate::document::{AssembledDoc, Documents, LoadError};
+use crate::metrics;
 use crate::redis::{RedisStore, StreamEntry, StreamId};
 use crate::storage::Storage;
 
-pub type ConnId = u64;
-
-/// Close code for "try again later": the client reconnects.
-pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Join {
-    pub conn: ConnId,
-    pub session: Recipient<ToSession>,
-    /// Bytes handed to the session that it has not taken yet.
-    pub queue: Arc<SendQueue>,
-    pub killer: Option<ConnectionKiller>,
+/// What every room subscription of the process shares.
+pub struct RoomContext {
+    pub redis: RedisStore,
+    pub storage: Arc<dyn Storage>,
+    pub documents: Arc<Documents>,
+    pub listener: Addr<RedisListener>,
+    /// Backlog of a session that stopped reading before it is cut off.
+    pub max_send_queue_bytes: usize,
+    /// Awareness states one room tracks at most.
+    pub awareness_max_clients: usize,
+    pub next_room_id: AtomicU64,
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leave {
-    pub conn: ConnId,
+/// The room as its sessions (on the same thread) see it.
+pub struct RoomView {
+    /// What the document holds; None until the first load finished.
+    pub doc: Option<DocState>,
+    pub awareness: AwarenessStates,
 }
 
-/// Asks for the awareness message of everyone present (None if nobody is).
-#[derive(Message)]
-#[rtype(result = "Option<Bytes>")]
-pub struct QueryAwareness;
+/// Shared by a room and its sessions; they run on one thread.
+pub type SharedView = Rc<RefCell<RoomView>>;
 
-/// Closes every session of the room (server shutdown).
+/// Stops a room whose last session left (the thread's registry decides).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CloseAll {
-    pub code: u16,
-    pub reason: &'static str,
+pub(crate) struct StopRoom;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Loaded {
+    result: Result<(AssembledDoc, Vec<StreamEntry>, Option<DocState>), LoadError>,
+    /// Whose state vector the load's diffs answer, in order.
+    diffs_for: Vec<ConnId>,
 }
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StopRoom;
-
-/// Re-check permissions of the room's sessions (of `user`, or all).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Recheck {
-    pub user: Option<String>,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Loaded(Result<Arc<AssembledDoc>, Arc<LoadError>>);
 
 struct Member {
     session: Recipient<ToSession>,
@@ -73,39 +78,58 @@ struct Member {
     synced_through: Option<StreamId>,
 }
 
-pub struct RoomContext {
-    pub redis: RedisStore,
-    pub storage: Arc<dyn Storage>,
-    pub listener: Addr<RedisListener>,
-    pub max_send_queue_bytes: usize,
-}
+/// State vectors of members still waiting for their initial sync.
+type StateVectors = Rc<RefCell<HashMap<ConnId, Vec<u8>>>>;
 
 pub struct Room {
     room: String,
     docid: String,
     key: String,
-    shared: Arc<RoomContext>,
+    id: u64,
+    context: Arc<RoomContext>,
+    view: SharedView,
+    /// The last stream entry the view includes.
+    position: StreamId,
     members: HashMap<ConnId, Member>,
+    state_vectors: StateVectors,
     subscribed: bool,
     loading: bool,
     /// Entries that arrived while a load was running, for its waiting members.
     held_back: Vec<StreamEntry>,
-    awareness: AwarenessStates,
 }
 
+/// How often presence states are checked for expiry.
+const AWARENESS_SWEEP: Duration = Duration::from_secs(5);
+/// How long a session over its send cap may go without taking anything
+/// before it counts as not reading (a slow but reading client is spared).
+const STALL_GRACE: Duration = Duration::from_secs(5);
+/// Past this multiple of the cap a session is cut off even if it still moves.
+const HARD_CAP_FACTOR: usize = 4;
+
 impl Room {
-    pub fn new(room: String, docid: String, key: String, shared: Arc<RoomContext>) -> Self {
+    pub fn new(room: String, docid: String, key: String, context: Arc<RoomContext>) -> Self {
+        let view = Rc::new(RefCell::new(RoomView {
+            doc: None,
+            awareness: AwarenessStates::new(context.awareness_max_clients),
+        }));
         Room {
             room,
             docid,
             key,
-            shared,
+            id: context.next_room_id.fetch_add(1, Ordering::Relaxed),
+            context,
+            view,
+            position: StreamId::ZERO,
             members: HashMap::new(),
+            state_vectors: Rc::default(),
             subscribed: false,
             loading: false,
             held_back: Vec::new(),
-            awareness: AwarenessStates::default(),
         }
+    }
+
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
     }
 
     fn start_load(&mut self, ctx: &mut Context<Self>) {
@@ -113,55 +137,139 @@ impl Room {
             return;
         }
         self.loading = true;
-        let shared = self.shared.clone();
+        let context = self.context.clone();
         let (room, docid) = (self.room.clone(), self.docid.clone());
+        let first = self.view.borrow().doc.is_none();
+        let state_vectors = self.state_vectors.clone();
         let addr = ctx.address();
         actix::spawn(async move {
-            let result =
-                document::load(&shared.redis, shared.storage.as_ref(), &room, &docid).await;
-            addr.do_send(Loaded(result.map(Arc::new).map_err(Arc::new)));
+            // Collected once the reads are done, so a client whose SyncStep1
+            // came meanwhile gets only what it lacks.
+            let mut diffs_for = Vec::new();
+            let collect = || {
+                let (conns, vectors) = state_vectors
+                    .borrow()
+                    .iter()
+                    .map(|(conn, sv)| (*conn, sv.clone()))
+                    .unzip();
+                diffs_for = conns;
+                vectors
+            };
+            let loaded = context
+                .documents
+                .load(
+                    &context.redis,
+                    context.storage.as_ref(),
+                    &room,
+                    &docid,
+                    false,
+                    collect,
+                )
+                .await;
+            let result = match loaded {
+                // The first load also tells what the document holds.
+                Ok((doc, entries)) if first => {
+                    let state = index_off_thread(doc.update_v1.clone()).await;
+                    Ok((doc, entries, Some(state)))
+                }
+                Ok((doc, entries)) => Ok((doc, entries, None)),
+                Err(e) => Err(e),
+            };
+            addr.do_send(Loaded { result, diffs_for });
         });
     }
 
+    /// Moves the view on by `entries` (those past its position) and answers them.
+    fn advance(&mut self, entries: &[StreamEntry]) -> usize {
+        let fresh = entries.partition_point(|e| e.id <= self.position);
+        let mut view = self.view.borrow_mut();
+        let view = &mut *view;
+        let now = now_ms();
+        for entry in &entries[fresh..] {
+            match classify_stream_message(&entry.message) {
+                StreamMessage::Update(update) => {
+                    let Some(doc) = view.doc.as_mut() else {
+                        continue;
+                    };
+                    // Only what yjs integrates at once moves the view on; anything
+                    // else (from a foreign writer) leaves it behind, on the safe side.
+                    if let Ok(Verdict::Accept(effects)) =
+                        analyze(update, doc).map(|a| a.verdict(doc))
+                    {
+                        doc.apply(&effects);
+                    }
+                }
+                StreamMessage::Awareness(payload) => view.awareness.apply_message(payload, now),
+                StreamMessage::Unknown => {}
+            }
+        }
+        if let Some(last) = entries.last() {
+            self.position = self.position.max(last.id);
+        }
+        fresh
+    }
+
+    /// Hands `entries` to every synced member past its own position.
     fn deliver(&mut self, entries: &[StreamEntry]) {
-        let Some(last) = entries.last() else { return };
-        let room = &self.room;
-        let cap = self.shared.max_send_queue_bytes;
+        let (ids, frames): (Vec<StreamId>, Vec<Bytes>) = entries
+            .iter()
+            .filter(|e| !e.message.is_empty())
+            .map(|e| (e.id, e.message.clone()))
+            .unzip();
+        let Some(&last) = ids.last() else { return };
+        let delivery = Arc::new(Delivery { ids, frames });
+        let (room, cap) = (&self.room, self.context.max_send_queue_bytes);
         self.members.retain(|&conn, member| {
             let Some(through) = member.synced_through else {
                 return true;
             };
-            member.synced_through = Some(through.max(last.id));
-            entries
-                .iter()
-                .filter(|e| e.id > through && !e.message.is_empty())
-                .all(|e| {
-                    push(
-                        room,
-                        cap,
-                        conn,
-                        member,
-                        ToSession::Deliver(e.message.clone()),
-                    )
-                })
+            let start = delivery.ids.partition_point(|id| *id <= through);
+            if start == delivery.ids.len() {
+                return true;
+            }
+            member.synced_through = Some(last);
+            let message = ToSession::Deliver {
+                delivery: delivery.clone(),
+                start,
+            };
+            push(room, cap, conn, member, message)
+        });
+    }
+
+    fn close_members(&mut self, code: u16, reason: &str, waiting_only: bool) {
+        self.members.retain(|_, member| {
+            if waiting_only && member.synced_through.is_some() {
+                return true;
+            }
+            member.session.do_send(ToSession::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+            false
         });
     }
 }
 
-/// How long a session over its send cap may go without taking anything
-/// before it counts as not reading (a slow but reading client is spared).
-const STALL_GRACE: Duration = Duration::from_secs(5);
-/// Past this multiple of the cap a session is cut off even if it still moves.
-const HARD_CAP_FACTOR: usize = 4;
+async fn index_off_thread(update_v1: Vec<u8>) -> DocState {
+    let indexed = tokio::task::spawn_blocking(move || index_document(&update_v1)).await;
+    let mut state = DocState::default();
+    match indexed {
+        Ok(Ok(effects)) => state.apply(&effects),
+        // Legacy content this reader does not know: every parent then looks
+        // unknown and such updates are refused, but nothing is let through.
+        _ => tracing::warn!("cannot index the stored document; update checks run without it"),
+    }
+    state
+}
 
 /// Hands `message` to a member's session, or cuts the session off when its
-/// backlog passes `cap` and it has stopped taking messages (its client stopped
-/// reading), or passes the hard cap. Returns whether the member stays.
+/// backlog passes `cap` and it has stopped taking messages (its client
+/// stopped reading), or passes the hard cap. Returns whether the member stays.
 fn push(room: &str, cap: usize, conn: ConnId, member: &Member, message: ToSession) -> bool {
     let queued = member.queue.push(message.queued_size());
     let stalled = member.queue.stalled_for();
     if queued > cap && (stalled > STALL_GRACE || queued > cap.saturating_mul(HARD_CAP_FACTOR)) {
-        crate::metrics::SLOW_CLIENTS.inc();
+        metrics::SLOW_CLIENTS.inc();
         tracing::warn!(
             room,
             conn,
@@ -175,7 +283,7 @@ fn push(room: &str, cap: usize, conn: ConnId, member: &Member, message: ToSessio
         }
         member.session.do_send(ToSession::Close {
             code: CLOSE_TRY_AGAIN_LATER,
-            reason: "send queue full",
+            reason: "send queue full".into(),
         });
         return false;
     }
@@ -186,37 +294,66 @@ fn push(room: &str, cap: usize, conn: ConnId, member: &Member, message: ToSessio
 impl Actor for Room {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
-        crate::metrics::ROOMS.inc();
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        metrics::ROOMS.inc();
         tracing::debug!(room = %self.room, "room opened");
+        self.context.listener.do_send(Subscribe {
+            key: self.key.clone(),
+            after: None,
+            room_id: self.id,
+            room: ctx.address().recipient(),
+        });
+        ctx.run_interval(AWARENESS_SWEEP, |act, _| {
+            act.view.borrow_mut().awareness.expire(now_ms());
+        });
     }
 
-    fn stopped(&mut self, ctx: &mut Context<Self>) {
-        crate::metrics::ROOMS.dec();
-        if self.subscribed {
-            self.shared.listener.do_send(Unsubscribe {
-                key: self.key.clone(),
-                room: ctx.address(),
-            });
-        }
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::ROOMS.dec();
+        self.context.listener.do_send(Unsubscribe {
+            key: self.key.clone(),
+            room_id: self.id,
+        });
         tracing::debug!(room = %self.room, "room closed");
     }
 }
 
-impl Handler<Join> for Room {
+impl Handler<FromSession> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
-        self.members.insert(
-            msg.conn,
-            Member {
-                session: msg.session,
-                queue: msg.queue,
-                killer: msg.killer,
-                synced_through: None,
-            },
-        );
-        self.start_load(ctx);
+    fn handle(&mut self, msg: FromSession, ctx: &mut Context<Self>) {
+        match msg {
+            FromSession::Join {
+                conn,
+                session,
+                queue,
+                killer,
+            } => {
+                self.members.insert(
+                    conn,
+                    Member {
+                        session,
+                        queue,
+                        killer,
+                        synced_through: None,
+                    },
+                );
+                self.start_load(ctx);
+            }
+            FromSession::StateVector { conn, state_vector } => {
+                if self
+                    .members
+                    .get(&conn)
+                    .is_some_and(|m| m.synced_through.is_none())
+                {
+                    self.state_vectors.borrow_mut().insert(conn, state_vector);
+                }
+            }
+            FromSession::Leave { conn } => {
+                self.members.remove(&conn);
+                self.state_vectors.borrow_mut().remove(&conn);
+            }
+        }
     }
 }
 
@@ -226,118 +363,118 @@ impl Handler<Loaded> for Room {
     fn handle(&mut self, msg: Loaded, ctx: &mut Context<Self>) {
         self.loading = false;
         let held_back = std::mem::take(&mut self.held_back);
-        let doc = match msg.0 {
-            Ok(doc) => doc,
+        let (doc, entries, indexed) = match msg.result {
+            Ok(loaded) => loaded,
             Err(e) => {
-                crate::metrics::ERRORS.inc();
-                tracing::error!(room = %self.room, error = %e, "initial sync failed; asking waiting clients to retry");
-                for member in self.members.values().filter(|m| m.synced_through.is_none()) {
-                    member.session.do_send(ToSession::Close {
-                        code: CLOSE_TRY_AGAIN_LATER,
-                        reason: "document temporarily unavailable",
-                    });
+                metrics::ERRORS.inc();
+                if e.is_permanent() {
+                    tracing::error!(room = %self.room, error = %e, "room cannot be served; refusing its clients");
+                    self.close_members(CLOSE_ROOM_UNAVAILABLE, &e.to_string(), true);
+                } else {
+                    tracing::error!(room = %self.room, error = %e, "initial sync failed; asking waiting clients to retry");
+                    self.close_members(
+                        CLOSE_TRY_AGAIN_LATER,
+                        "document temporarily unavailable",
+                        true,
+                    );
                 }
-                self.members.retain(|_, m| m.synced_through.is_some());
+                self.state_vectors.borrow_mut().clear();
                 return;
             }
         };
-        for state in doc.awareness.present() {
-            self.awareness.apply(state.clone());
+        if let Some(state) = indexed {
+            let mut view = self.view.borrow_mut();
+            view.doc = Some(state);
+            let now = now_ms();
+            for entry in &entries {
+                if let StreamMessage::Awareness(payload) = classify_stream_message(&entry.message) {
+                    view.awareness.apply_message(payload, now);
+                }
+            }
+            self.position = doc.last_id;
         }
         if !self.subscribed {
             self.subscribed = true;
-            self.shared.listener.do_send(Subscribe {
+            self.context.listener.do_send(Subscribe {
                 key: self.key.clone(),
-                after: doc.last_id,
-                room: ctx.address(),
+                after: Some(self.position),
+                room_id: self.id,
+                room: ctx.address().recipient(),
             });
         }
         // Entries the load did not cover but that arrived while it ran.
-        let newer: Vec<&StreamEntry> = held_back
-            .iter()
-            .filter(|e| e.id > doc.last_id && !e.message.is_empty())
+        let newer: Vec<StreamEntry> = held_back
+            .into_iter()
+            .filter(|e| e.id > doc.last_id)
             .collect();
-        let through = newer.last().map_or(doc.last_id, |e| e.id);
-        let awareness = self.awareness.encode_present().map(Bytes::from);
-        let room = &self.room;
-        let cap = self.shared.max_send_queue_bytes;
+        let step1 = Bytes::from(encode_sync_step1(&doc.state_vector));
+        let full = Bytes::from(encode_sync_step2(&doc.update_v1));
+        let diffs: HashMap<ConnId, Bytes> = msg
+            .diffs_for
+            .iter()
+            .zip(&doc.diffs)
+            .filter_map(|(conn, diff)| {
+                diff.as_ref()
+                    .map(|d| (*conn, Bytes::from(encode_sync_step2(d))))
+            })
+            .collect();
+        let awareness = self
+            .view
+            .borrow()
+            .awareness
+            .encode_present()
+            .map(Bytes::from);
+        let (room, cap) = (&self.room, self.context.max_send_queue_bytes);
+        let mut synced = Vec::new();
         self.members.retain(|&conn, member| {
             if member.synced_through.is_some() {
                 return true;
             }
-            member.synced_through = Some(through);
+            member.synced_through = Some(doc.last_id);
+            synced.push(conn);
             let sync = ToSession::InitialSync {
-                doc: doc.clone(),
+                step1: step1.clone(),
+                step2: diffs.get(&conn).cloned().unwrap_or_else(|| full.clone()),
                 awareness: awareness.clone(),
             };
             push(room, cap, conn, member, sync)
-                && newer.iter().all(|e| {
-                    push(
-                        room,
-                        cap,
-                        conn,
-                        member,
-                        ToSession::Deliver(e.message.clone()),
-                    )
-                })
         });
-    }
-}
-
-impl Handler<StreamBatch> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: StreamBatch, _: &mut Context<Self>) {
-        for entry in msg.entries.iter() {
-            if let StreamMessage::Awareness(states) = classify_stream_message(&entry.message) {
-                states.into_iter().for_each(|s| self.awareness.apply(s));
+        {
+            let mut vectors = self.state_vectors.borrow_mut();
+            for conn in &synced {
+                vectors.remove(conn);
             }
         }
-        self.awareness.prune_removed();
-        if self.loading {
-            self.held_back.extend(msg.entries.iter().cloned());
+        if !newer.is_empty() {
+            self.deliver(&newer);
         }
-        self.deliver(&msg.entries);
-    }
-}
-
-impl Handler<Leave> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
-        self.members.remove(&msg.conn);
-    }
-}
-
-impl Handler<QueryAwareness> for Room {
-    type Result = Option<Bytes>;
-
-    fn handle(&mut self, _: QueryAwareness, _: &mut Context<Self>) -> Option<Bytes> {
-        self.awareness.encode_present().map(Bytes::from)
-    }
-}
-
-impl Handler<CloseAll> for Room {
-    type Result = ();
-
-    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) {
-        for member in self.members.values() {
-            member.session.do_send(ToSession::Close {
-                code: msg.code,
-                reason: msg.reason,
-            });
+        // Members that joined while this load ran need one of their own.
+        if self.members.values().any(|m| m.synced_through.is_none()) {
+            self.start_load(ctx);
         }
     }
 }
 
-impl Handler<Recheck> for Room {
+impl Handler<RoomEvent> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Recheck, _: &mut Context<Self>) {
-        for member in self.members.values() {
-            member.session.do_send(ToSession::Recheck {
-                user: msg.user.clone(),
-            });
+    fn handle(&mut self, msg: RoomEvent, _: &mut Context<Self>) {
+        match msg {
+            RoomEvent::Batch(StreamBatch { entries }) => {
+                let fresh = self.advance(&entries);
+                if self.loading {
+                    self.held_back.extend(entries[fresh..].iter().cloned());
+                }
+                self.deliver(&entries[fresh..]);
+            }
+            RoomEvent::CloseAll { code, reason } => self.close_members(code, reason, false),
+            RoomEvent::Recheck { user } => {
+                for member in self.members.values() {
+                    member
+                        .session
+                        .do_send(ToSession::Recheck { user: user.clone() });
+                }
+            }
         }
     }
 }

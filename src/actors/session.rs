@@ -1,9 +1,12 @@
-//! `WsSession`: one per websocket connection. Validates every frame before it
-//! goes to Redis, sends the initial sync and the room's deliveries, and
-//! announces its user's departure when it stops.
+//! `WsSession`: one per websocket connection (ARCHITECTURE.md, "The path
+//! of a frame"). A frame enters in [`WsSession::handle_frame`]: it is
+//! rate-limited, dropped unread if it is an update from a read-only user,
+//! parsed, and checked against what the room holds; what passes goes to
+//! Redis through the session's outbox, in order, without ever pausing
+//! deliveries. Deliveries come from the room as shared frames and leave in
+//! one socket write per batch.
 
-use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,111 +14,89 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
+use y_redis_protocol::awareness::{encode_awareness_removal, AwarenessEntry, AwarenessLimits};
+use y_redis_protocol::doc_state::{DocState, Layered};
+use y_redis_protocol::message::{
+    encode_awareness_payload, encode_sync_update, is_update_frame, parse_client_frame,
+    ClientMessage, ProtocolError,
+};
+use y_redis_protocol::update::{analyze, InvalidUpdate, Verdict};
 
-use super::hub::{Hub, JoinRoom, LeaveRoom};
-use super::room::{ConnId, Join, QueryAwareness, Room, CLOSE_TRY_AGAIN_LATER};
+use super::backlog::{ConnectionKiller, SendQueue};
+use super::messages::{
+    ConnId, FromSession, ToSession, CLOSE_BAD_MESSAGE, CLOSE_PERMISSION_REVOKED,
+    CLOSE_TOKEN_EXPIRED, CLOSE_TOO_LARGE, CLOSE_TOO_MANY_MESSAGES, CLOSE_TRY_AGAIN_LATER,
+};
+use super::revocation::RecheckLog;
+use super::room::{Room, SharedView};
+use super::rooms::ThreadRooms;
 use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Grant};
-use crate::document::AssembledDoc;
+use crate::limits::{Admission, Limits, TokenBucket};
 use crate::metrics;
-use crate::protocol::{self, parse_client_frame, ClientMessage};
 use crate::redis::RedisStore;
-
-/// Close code for a frame that breaks the protocol; y-websocket does not reconnect.
-pub const CLOSE_BAD_MESSAGE: u16 = 4400;
-/// Close code for a frame over the size limit; y-websocket does not reconnect.
-pub const CLOSE_TOO_LARGE: u16 = 4413;
-/// Close code for an expired token; y-websocket does not reconnect.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
-/// Close code for lost permission; y-websocket does not reconnect.
-pub const CLOSE_PERMISSION_REVOKED: u16 = 4403;
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
 /// Close reasons travel in a control frame, which holds at most 125 bytes.
 const MAX_REASON_BYTES: usize = 120;
+/// Updates up to this size are checked on the socket's thread; larger ones
+/// on the blocking pool, a few at a time process-wide.
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+static LARGE_CHECKS: Semaphore = Semaphore::const_new(2);
+/// Updates a session may hold while their dependencies have not reached the
+/// room (an honest client's wait for its own SyncStep2 is one or two).
+const MAX_HELD_UPDATES: usize = 256;
+const MAX_HELD_BYTES: usize = 8 << 20;
 
-/// Shuts a connection's socket from outside its session: the only way to drop
-/// a client that stopped reading, because its session is not polled while the
-/// socket's send buffer is full. Holds its own duplicate of the socket, so it
-/// can never hit a reused descriptor.
-#[derive(Clone)]
-pub struct ConnectionKiller(Arc<TcpStream>);
-
-impl ConnectionKiller {
-    pub fn new(socket: TcpStream) -> Self {
-        ConnectionKiller(Arc::new(socket))
-    }
-
-    pub fn kill(&self) {
-        // Fails only if the socket is already gone, which is what we wanted.
-        let _ = self.0.shutdown(Shutdown::Both);
-    }
+/// What every session of the process shares.
+pub struct SessionContext {
+    pub redis: RedisStore,
+    pub max_frame_bytes: usize,
+    pub awareness: AwarenessLimits,
+    pub limits: Limits,
+    /// None when auth is disabled.
+    pub auth: Option<Arc<Authenticator>>,
+    pub rechecks: Arc<RecheckLog>,
+    /// Sessions open now (shutdown waits for them to close).
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// What a room handed to a session that the session has not taken yet, and
-/// when it last took something. A session whose socket is full is not polled,
-/// so it stops taking: the room sees the backlog grow and the progress stop.
-pub struct SendQueue {
-    bytes: AtomicUsize,
-    last_progress_ms: AtomicU64,
+pub struct SessionParams {
+    pub conn: ConnId,
+    pub room: String,
+    pub docid: String,
+    pub rooms: ThreadRooms,
+    pub context: Arc<SessionContext>,
+    pub killer: Option<ConnectionKiller>,
+    pub grant: Grant,
+    /// When the permission callback was asked (rechecks since then apply).
+    pub authorized_at: Instant,
+    pub http: awc::Client,
+    pub admission: Admission,
 }
 
-impl SendQueue {
-    fn new() -> Self {
-        SendQueue {
-            bytes: AtomicUsize::new(0),
-            last_progress_ms: AtomicU64::new(now_ms()),
-        }
-    }
-
-    /// Adds `n` bytes; answers the backlog.
-    pub fn push(&self, n: usize) -> usize {
-        self.bytes.fetch_add(n, Ordering::Relaxed) + n
-    }
-
-    fn taken(&self, n: usize) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-        self.progressed();
-    }
-
-    fn progressed(&self) {
-        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
-    }
-
-    pub fn stalled_for(&self) -> Duration {
-        Duration::from_millis(
-            now_ms().saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)),
-        )
-    }
+/// Updates on their way from the client to the outbox.
+#[derive(Default)]
+struct Updates {
+    /// Waiting for dependencies that have not reached the room.
+    held: VecDeque<Vec<u8>>,
+    held_bytes: usize,
+    /// Arrived while a large update was being checked; checked after it.
+    queued: VecDeque<Vec<u8>>,
+    checking: bool,
+    /// Updates accepted so far (held ones are retried when it moves).
+    accepted: u64,
 }
 
-/// What a room sends to its sessions.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum ToSession {
-    InitialSync {
-        doc: Arc<AssembledDoc>,
-        awareness: Option<Bytes>,
-    },
-    Deliver(Bytes),
-    Close {
-        code: u16,
-        reason: &'static str,
-    },
-    /// Ask the permission callback again (for `user`, or everyone when None).
-    Recheck {
-        user: Option<String>,
-    },
-}
-
-impl ToSession {
-    /// Bytes this message adds to the session's outgoing queue accounting.
-    pub fn queued_size(&self) -> usize {
-        match self {
-            ToSession::Deliver(bytes) => bytes.len(),
-            _ => 0,
-        }
-    }
+/// This connection's presence: the client id it speaks for, and a rate
+/// limit that coalesces (only the newest state waits; none is lost).
+struct Presence {
+    owned: Option<(u64, u64)>,
+    rate: TokenBucket,
+    /// The newest awareness payload not sent yet (rate, or the room not loaded).
+    pending: Option<(Vec<u8>, Vec<AwarenessEntry>)>,
+    flush_scheduled: bool,
 }
 
 pub struct WsSession {
@@ -123,58 +104,76 @@ pub struct WsSession {
     room: String,
     docid: String,
     key: String,
-    hub: Addr<Hub>,
-    redis: RedisStore,
+    rooms: ThreadRooms,
+    context: Arc<SessionContext>,
     room_addr: Option<Addr<Room>>,
+    view: Option<SharedView>,
     queue: Arc<SendQueue>,
     killer: Option<ConnectionKiller>,
-    max_frame_bytes: usize,
-    /// The client's SyncStep1, if it came before our initial sync went out.
-    client_state_vector: Option<Vec<u8>>,
     synced: bool,
-    /// The awareness client id this connection speaks for, and its last clock.
-    awareness: Option<(u64, u64)>,
+    /// What this session published that the room may not have read back yet.
+    own: DocState,
+    updates: Updates,
+    outbox: VecDeque<Bytes>,
+    outbox_bytes: usize,
+    publishing: bool,
+    presence: Presence,
+    messages: TokenBucket,
+    bytes: TokenBucket,
     /// A fragmented binary message being reassembled.
     fragments: Option<BytesMut>,
     last_heard: Instant,
     grant: Grant,
-    /// For rechecks; None when auth is disabled.
-    auth: Option<(Arc<Authenticator>, awc::Client)>,
-}
-
-pub struct SessionParams {
-    pub conn: ConnId,
-    pub room: String,
-    pub docid: String,
-    pub hub: Addr<Hub>,
-    pub redis: RedisStore,
-    pub killer: Option<ConnectionKiller>,
-    pub max_frame_bytes: usize,
-    pub grant: Grant,
-    pub auth: Option<(Arc<Authenticator>, awc::Client)>,
+    authorized_at: Instant,
+    http: awc::Client,
+    /// Rechecks started; only the newest one's answer counts.
+    recheck_seq: u64,
+    _admission: Admission,
 }
 
 impl WsSession {
     pub fn new(p: SessionParams) -> Self {
-        let key = p.redis.keys().room_stream(&p.room, &p.docid);
+        let key = p.context.redis.keys().room_stream(&p.room, &p.docid);
+        let limits = &p.context.limits;
+        let awareness_rate = limits.awareness_per_second;
         WsSession {
             conn: p.conn,
             room: p.room,
             docid: p.docid,
             key,
-            hub: p.hub,
-            redis: p.redis,
+            rooms: p.rooms,
             room_addr: None,
-            queue: Arc::new(SendQueue::new()),
+            view: None,
+            queue: Arc::new(SendQueue::default()),
             killer: p.killer,
-            max_frame_bytes: p.max_frame_bytes,
-            client_state_vector: None,
             synced: false,
-            awareness: None,
+            own: DocState::default(),
+            updates: Updates::default(),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            publishing: false,
+            presence: Presence {
+                owned: None,
+                rate: TokenBucket::new(awareness_rate, awareness_rate.max(1.0) * 0.5 + 1.0),
+                pending: None,
+                flush_scheduled: false,
+            },
+            messages: TokenBucket::new(
+                limits.messages_per_second,
+                limits.messages_per_second * 2.0,
+            ),
+            bytes: TokenBucket::new(
+                limits.bytes_per_second,
+                (limits.bytes_per_second * 2.0).max(p.context.max_frame_bytes as f64),
+            ),
+            context: p.context,
             fragments: None,
             last_heard: Instant::now(),
             grant: p.grant,
-            auth: p.auth,
+            authorized_at: p.authorized_at,
+            http: p.http,
+            recheck_seq: 0,
+            _admission: p.admission,
         }
     }
 
@@ -197,136 +196,319 @@ impl WsSession {
     }
 
     fn handle_frame(&mut self, frame: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
-        match parse_client_frame(frame) {
-            Err(e) => self.reject(ctx, CLOSE_BAD_MESSAGE, &e.to_string()),
+        if !self.messages.try_take(1.0) || !self.bytes.try_take(frame.len() as f64) {
+            metrics::RATE_LIMITED.inc();
+            tracing::warn!(room = %self.room, conn = self.conn, "closing connection: message rate limit");
+            return self.close(ctx, CLOSE_TOO_MANY_MESSAGES, "too many messages");
+        }
+        // Read-only users still sync; their edits go nowhere, unread.
+        if self.grant.access == Access::ReadOnly && is_update_frame(frame) {
+            metrics::READ_ONLY_DROPPED.inc();
+            return;
+        }
+        match parse_client_frame(frame, &self.context.awareness) {
+            Err(e) => {
+                let code = if e.is_too_large() {
+                    CLOSE_TOO_LARGE
+                } else {
+                    CLOSE_BAD_MESSAGE
+                };
+                self.reject(ctx, code, &e.to_string())
+            }
             Ok(ClientMessage::SyncStep1 { state_vector }) => {
                 // After our initial sync the client has everything; y-redis ignores it too.
-                if !self.synced {
-                    self.client_state_vector = Some(state_vector);
+                if let (false, Some(room)) = (self.synced, &self.room_addr) {
+                    room.do_send(FromSession::StateVector {
+                        conn: self.conn,
+                        state_vector: state_vector.to_vec(),
+                    });
                 }
             }
-            // Read-only users still sync; their edits just go nowhere.
-            Ok(ClientMessage::Update { .. }) if self.grant.access == Access::ReadOnly => {
-                tracing::debug!(room = %self.room, conn = self.conn, "dropped an update from a read-only user");
+            Ok(ClientMessage::Update { update, .. }) => {
+                self.receive_update(update.to_vec(), ctx);
+                self.retry_held(ctx);
             }
-            Ok(ClientMessage::Update { message }) => self.publish(message, ctx),
-            Ok(ClientMessage::Awareness { message, entries }) => {
-                // Like y-redis: a single-client update names the connection's user.
-                if let [entry] = entries.as_slice() {
-                    match self.awareness {
-                        Some((id, _)) if id != entry.client_id => {}
-                        _ => self.awareness = Some((entry.client_id, entry.clock)),
-                    }
-                }
-                self.publish(message, ctx);
+            Ok(ClientMessage::Awareness { payload, entries }) => {
+                self.presence.pending = Some((payload.to_vec(), entries));
+                self.flush_presence(ctx);
             }
             Ok(ClientMessage::QueryAwareness) => {
-                if let Some(room) = &self.room_addr {
-                    room.send(QueryAwareness)
-                        .into_actor(self)
-                        .map(|reply, _, ctx| {
-                            if let Ok(Some(message)) = reply {
-                                send(ctx, message);
-                            }
-                        })
-                        .wait(ctx);
+                let present = self
+                    .view
+                    .as_ref()
+                    .and_then(|view| view.borrow().awareness.encode_present());
+                if let Some(message) = present {
+                    send(ctx, message);
                 }
             }
-            Ok(ClientMessage::EmptyUpdate | ClientMessage::Ignored) => {}
+            Ok(ClientMessage::Auth) => {}
         }
     }
 
-    /// Appends to the room stream, holding further frames of this connection
-    /// until Redis answered, so its messages keep their order.
-    fn publish(&mut self, message: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
-        let redis = self.redis.clone();
-        let key = self.key.clone();
-        async move { redis.add_message(&key, &message).await }
-            .into_actor(self)
-            .map(|result, act, ctx| {
-                if let Err(e) = result {
-                    // The client keeps the edit and resends it after reconnecting.
-                    metrics::ERRORS.inc();
-                    tracing::error!(room = %act.room, conn = act.conn, error = %e, "could not publish a message");
-                    act.close(ctx, CLOSE_TRY_AGAIN_LATER, "could not store the message, please reconnect");
-                }
-            })
-            .wait(ctx);
+    fn receive_update(&mut self, update: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.updates.checking {
+            self.updates.queued.push_back(update);
+        } else {
+            self.check_update(update, ctx);
+        }
     }
 
-    fn send_initial_sync(
+    /// Checks an update against the room and what this session published.
+    fn check_update(&mut self, update: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
+            // The room does not know its document yet: judged once it does.
+            return self.hold(update, ctx);
+        };
+        if update.len() <= INLINE_CHECK_BYTES {
+            let verdict = {
+                let view = view.borrow();
+                let Some(doc) = view.doc.as_ref() else { return };
+                let known = Layered {
+                    base: doc,
+                    top: &self.own,
+                };
+                analyze(&update, &known).map(|analysis| analysis.verdict(&known))
+            };
+            return self.apply_verdict(update, verdict, ctx);
+        }
+        // What is accepted against a snapshot stays acceptable: the room only grows.
+        let base = view.borrow().doc.clone().unwrap_or_default();
+        let top = self.own.clone();
+        self.updates.checking = true;
+        let check = async move {
+            let _permit = LARGE_CHECKS.acquire().await;
+            tokio::task::spawn_blocking(move || {
+                let known = Layered {
+                    base: &base,
+                    top: &top,
+                };
+                let verdict = analyze(&update, &known).map(|analysis| analysis.verdict(&known));
+                (update, verdict)
+            })
+            .await
+        };
+        ctx.spawn(check.into_actor(self).map(|checked, act, ctx| {
+            act.updates.checking = false;
+            match checked {
+                Ok((update, verdict)) => act.apply_verdict(update, verdict, ctx),
+                Err(_) => return act.close(ctx, CLOSE_TRY_AGAIN_LATER, "server error"),
+            }
+            while !act.updates.checking {
+                let Some(next) = act.updates.queued.pop_front() else {
+                    break;
+                };
+                act.check_update(next, ctx);
+            }
+            act.retry_held(ctx);
+        }));
+    }
+
+    fn apply_verdict(
         &mut self,
-        doc: Arc<AssembledDoc>,
+        update: Vec<u8>,
+        verdict: Result<Verdict, InvalidUpdate>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        match verdict {
+            Err(e) => self.reject(ctx, CLOSE_BAD_MESSAGE, &ProtocolError::from(e).to_string()),
+            Ok(Verdict::Accept(effects)) => {
+                self.own.apply(&effects);
+                self.updates.accepted += 1;
+                self.publish(Bytes::from(encode_sync_update(&update)), ctx);
+            }
+            Ok(Verdict::Redundant) => metrics::REDUNDANT_UPDATES.inc(),
+            Ok(Verdict::Hold { missing }) => {
+                tracing::debug!(room = %self.room, conn = self.conn, client = missing.client, clock = missing.clock, "holding an update until its dependencies reach the room");
+                self.hold(update, ctx);
+            }
+        }
+    }
+
+    fn hold(&mut self, update: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
+        let held = &mut self.updates;
+        if held.held.len() >= MAX_HELD_UPDATES || held.held_bytes + update.len() > MAX_HELD_BYTES {
+            return self.reject(
+                ctx,
+                CLOSE_BAD_MESSAGE,
+                "too many updates whose dependencies never reached the room",
+            );
+        }
+        held.held_bytes += update.len();
+        held.held.push_back(update);
+    }
+
+    /// Judges held updates again after the room or this session moved on,
+    /// until no more of them pass.
+    fn retry_held(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        loop {
+            if self.updates.held.is_empty() || self.updates.checking {
+                return;
+            }
+            let accepted = self.updates.accepted;
+            let held = std::mem::take(&mut self.updates.held);
+            self.updates.held_bytes = 0;
+            for update in held {
+                self.receive_update(update, ctx);
+            }
+            if self.updates.accepted == accepted {
+                return;
+            }
+        }
+    }
+
+    /// Applies the presence rules to the newest awareness message, then
+    /// sends it if the rate allows (else it waits, replaced by newer ones).
+    fn flush_presence(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
+            return; // judged once the room is loaded (the initial sync)
+        };
+        let Some((payload, entries)) = self.presence.pending.take() else {
+            return;
+        };
+        let Some(claimed) = entries.first().map(|e| e.client_id) else {
+            return;
+        };
+        let refused = if entries.iter().any(|e| e.client_id != claimed) {
+            Some("entries for several clients")
+        } else {
+            match self.presence.owned {
+                Some((own, _)) if own != claimed => Some("another client's id"),
+                Some(_) => None,
+                // A connection speaks for the id of its first entry, unless
+                // someone else's state under that id is live in the room.
+                None if view.borrow().awareness.is_live(claimed, now_ms()) => {
+                    Some("an id another connection uses")
+                }
+                None => None,
+            }
+        };
+        if let Some(reason) = refused {
+            metrics::AWARENESS_REFUSED.inc();
+            tracing::debug!(room = %self.room, conn = self.conn, client = claimed, reason, "dropping an awareness update");
+            return;
+        }
+        let clock = entries.iter().map(|e| e.clock).max().unwrap_or(0);
+        let last = self.presence.owned.map_or(0, |(_, c)| c);
+        self.presence.owned = Some((claimed, last.max(clock)));
+        if self.presence.rate.try_take(1.0) {
+            self.publish(Bytes::from(encode_awareness_payload(&payload)), ctx);
+            return;
+        }
+        metrics::AWARENESS_COALESCED.inc();
+        self.presence.pending = Some((payload, entries));
+        if !self.presence.flush_scheduled {
+            self.presence.flush_scheduled = true;
+            let wait = self.presence.rate.wait_for(1.0);
+            ctx.run_later(wait, |act, ctx| {
+                act.presence.flush_scheduled = false;
+                act.flush_presence(ctx);
+            });
+        }
+    }
+
+    /// Queues a message for Redis; messages leave in order, several per
+    /// round trip, while deliveries go on.
+    fn publish(&mut self, message: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        self.outbox_bytes += message.len();
+        self.outbox.push_back(message);
+        // The rate limits keep this small; past it Redis is not keeping up.
+        let limit = (64 << 20).max(self.context.max_frame_bytes * 2);
+        if self.outbox_bytes > limit {
+            metrics::ERRORS.inc();
+            tracing::error!(room = %self.room, conn = self.conn, queued = self.outbox_bytes, "redis is not keeping up with this connection");
+            return self.close(ctx, CLOSE_TRY_AGAIN_LATER, "server busy, please reconnect");
+        }
+        self.send_outbox(ctx);
+    }
+
+    fn send_outbox(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.publishing || self.outbox.is_empty() {
+            return;
+        }
+        self.publishing = true;
+        let batch: Vec<Bytes> = self.outbox.drain(..).collect();
+        let sent: usize = batch.iter().map(Bytes::len).sum();
+        let (redis, key) = (self.context.redis.clone(), self.key.clone());
+        let publishing = async move { redis.add_messages(&key, &batch).await };
+        ctx.spawn(publishing.into_actor(self).map(move |result, act, ctx| {
+            act.publishing = false;
+            act.outbox_bytes = act.outbox_bytes.saturating_sub(sent);
+            match result {
+                Ok(()) => act.send_outbox(ctx),
+                Err(e) => {
+                    // The client keeps its edits and sends them again after reconnecting.
+                    metrics::ERRORS.inc();
+                    tracing::error!(room = %act.room, conn = act.conn, error = %e, "could not publish messages");
+                    act.outbox.clear();
+                    act.close(ctx, CLOSE_TRY_AGAIN_LATER, "could not store the message, please reconnect");
+                }
+            }
+        }));
+    }
+
+    fn initial_sync(
+        &mut self,
+        step1: Bytes,
+        step2: Bytes,
         awareness: Option<Bytes>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        send(ctx, protocol::encode_sync_step1(&doc.state_vector));
-        // A client that already holds part of the document gets only the rest.
-        let client_sv = self
-            .client_state_vector
-            .take()
-            .filter(|sv| sv.as_slice() != [0]);
-        let Some(client_sv) = client_sv else {
-            send(ctx, protocol::encode_sync_step2(&doc.update_v1));
-            self.finish_sync(awareness, ctx);
-            return;
-        };
-        let full = doc.clone();
-        async move {
-            tokio::task::spawn_blocking(move || yrs::diff_updates_v1(&doc.update_v1, &client_sv))
-                .await
+        let size = step1.len() + step2.len();
+        send(ctx, step1);
+        send(ctx, step2);
+        if let Some(awareness) = awareness {
+            send(ctx, awareness);
         }
-        .into_actor(self)
-        .map(move |diff, act, ctx| {
-            let step2 = match diff {
-                Ok(Ok(diff)) => protocol::encode_sync_step2(&diff),
-                _ => protocol::encode_sync_step2(&full.update_v1),
-            };
-            send(ctx, step2);
-            act.finish_sync(awareness, ctx);
-        })
-        .wait(ctx);
+        self.synced = true;
+        self.queue.taken(size);
+        tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
+        // The room knows its document now: judge what waited for that.
+        self.retry_held(ctx);
+        self.flush_presence(ctx);
     }
 
-    /// Re-asks the permission callback; closes with 4403 on lost access and
-    /// switches between read-write and read-only otherwise. A failing callback
-    /// keeps the session as it is: a flaky backend must not kick everyone out.
+    /// Asks the permission callback again; closes with 4403 on lost access
+    /// and switches between read-write and read-only otherwise. A failing
+    /// callback keeps the session as it is: a flaky backend must not kick
+    /// everyone out. Only the newest recheck's answer counts.
     fn recheck(&mut self, user: Option<String>, ctx: &mut ws::WebsocketContext<Self>) {
-        let (Some((auth, http)), Some(own)) = (&self.auth, &self.grant.user_id) else {
+        let (Some(auth), Some(own)) = (&self.context.auth, &self.grant.user_id) else {
             return;
         };
         if user.as_ref().is_some_and(|u| u != own) {
             return;
         }
-        let (auth, http, room, own) = (auth.clone(), http.clone(), self.room.clone(), own.clone());
+        self.recheck_seq += 1;
+        let seq = self.recheck_seq;
+        let (auth, http, room, own) = (
+            auth.clone(),
+            self.http.clone(),
+            self.room.clone(),
+            own.clone(),
+        );
         async move { check_permission(&http, &auth.perm_callback, &room, &own, auth.timeout).await }
             .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok(access) => {
-                    if access != act.grant.access {
-                        tracing::info!(room = %act.room, conn = act.conn, ?access, "permission changed");
-                        act.grant.access = access;
+            .map(move |result, act, ctx| {
+                if seq != act.recheck_seq {
+                    return; // a newer recheck decides
+                }
+                match result {
+                    Ok(access) => {
+                        if access != act.grant.access {
+                            tracing::info!(room = %act.room, conn = act.conn, ?access, "permission changed");
+                            act.grant.access = access;
+                        }
                     }
-                }
-                Err(AuthError::Forbidden) => {
-                    tracing::info!(room = %act.room, conn = act.conn, "permission revoked; closing");
-                    act.close(ctx, CLOSE_PERMISSION_REVOKED, "permission revoked");
-                }
-                Err(e) => {
-                    tracing::warn!(room = %act.room, conn = act.conn, error = %e, "permission recheck failed; keeping session")
+                    Err(AuthError::Forbidden) => {
+                        tracing::info!(room = %act.room, conn = act.conn, "permission revoked; closing");
+                        act.close(ctx, CLOSE_PERMISSION_REVOKED, "permission revoked");
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %act.room, conn = act.conn, error = %e, "permission recheck failed; keeping session")
+                    }
                 }
             })
             .spawn(ctx);
-    }
-
-    fn finish_sync(&mut self, awareness: Option<Bytes>, ctx: &mut ws::WebsocketContext<Self>) {
-        if let Some(awareness) = awareness {
-            send(ctx, awareness);
-        }
-        self.synced = true;
-        // A big initial sync takes a while to write; that is progress too.
-        self.queue.progressed();
-        tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
     }
 }
 
@@ -343,27 +525,30 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::CONNECTIONS.inc();
+        self.context
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::CONNECTIONS_TOTAL.inc();
         tracing::info!(room = %self.room, conn = self.conn, "connection opened");
-        let join = JoinRoom {
-            room: self.room.clone(),
-            docid: self.docid.clone(),
-            key: self.key.clone(),
-            join: Join {
-                conn: self.conn,
-                session: ctx.address().recipient(),
-                queue: self.queue.clone(),
-                killer: self.killer.clone(),
-            },
-        };
-        self.hub
-            .send(join)
-            .into_actor(self)
-            .map(|room, act, ctx| match room {
-                Ok(room) => act.room_addr = Some(room),
-                Err(_) => act.close(ctx, CLOSE_TRY_AGAIN_LATER, "server is shutting down"),
-            })
-            .wait(ctx);
+        let (room, view) = self.rooms.join(&self.room, &self.docid, &self.key);
+        room.do_send(FromSession::Join {
+            conn: self.conn,
+            session: ctx.address().recipient(),
+            queue: self.queue.clone(),
+            killer: self.killer.clone(),
+        });
+        self.room_addr = Some(room);
+        self.view = Some(view);
+        // A recheck of this user that ran while the upgrade was being authorized.
+        if let Some(user) = self.grant.user_id.clone() {
+            if self
+                .context
+                .rechecks
+                .since(self.authorized_at, &self.key, &user)
+            {
+                self.recheck(Some(user), ctx);
+            }
+        }
         if let Some(expires_at) = self.grant.expires_at_ms {
             let remaining = Duration::from_millis(expires_at.saturating_sub(now_ms()));
             ctx.run_later(remaining, |act, ctx| {
@@ -383,22 +568,23 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         metrics::CONNECTIONS.dec();
-        if let Some((client_id, clock)) = self.awareness {
-            let redis = self.redis.clone();
+        self.context
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((client_id, clock)) = self.presence.owned {
+            let redis = self.context.redis.clone();
             let key = self.key.clone();
             let (room, conn) = (self.room.clone(), self.conn);
             actix::spawn(async move {
-                let removal = protocol::encode_awareness_removal(client_id, clock);
-                if let Err(e) = redis.add_message(&key, &removal).await {
+                let removal = Bytes::from(encode_awareness_removal(client_id, clock));
+                if let Err(e) = redis.add_messages(&key, &[removal]).await {
                     tracing::warn!(room = %room, conn, error = %e, "could not announce that the user left");
                 }
             });
         }
-        if self.room_addr.is_some() {
-            self.hub.do_send(LeaveRoom {
-                key: self.key.clone(),
-                conn: self.conn,
-            });
+        if let Some(room) = &self.room_addr {
+            room.do_send(FromSession::Leave { conn: self.conn });
+            self.rooms.leave(&self.key);
         }
         tracing::info!(room = %self.room, conn = self.conn, "connection closed");
     }
@@ -409,14 +595,26 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::InitialSync { doc, awareness } => {
-                self.send_initial_sync(doc, awareness, ctx)
+            ToSession::InitialSync {
+                step1,
+                step2,
+                awareness,
+            } => self.initial_sync(step1, step2, awareness, ctx),
+            ToSession::Deliver { delivery, start } => {
+                let mut size = 0;
+                for frame in &delivery.frames[start..] {
+                    size += frame.len();
+                    send(ctx, frame.clone());
+                }
+                self.queue.taken(size);
+                if let (false, Some(view)) = (self.own.is_empty(), &self.view) {
+                    if let Some(doc) = &view.borrow().doc {
+                        self.own.forget_known(doc);
+                    }
+                }
+                self.retry_held(ctx);
             }
-            ToSession::Deliver(message) => {
-                self.queue.taken(message.len());
-                send(ctx, message);
-            }
-            ToSession::Close { code, reason } => self.close(ctx, code, reason),
+            ToSession::Close { code, reason } => self.close(ctx, code, &reason),
             ToSession::Recheck { user } => self.recheck(user, ctx),
         }
     }
@@ -444,7 +642,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => {
-                let reason = format!("message larger than {} bytes", self.max_frame_bytes);
+                let reason = format!("message larger than {} bytes", self.context.max_frame_bytes);
                 self.reject(ctx, CLOSE_TOO_LARGE, &reason);
             }
             Err(e) => self.reject(ctx, CLOSE_BAD_MESSAGE, &e.to_string()),
@@ -477,8 +675,8 @@ impl WsSession {
             );
         };
         buffer.extend_from_slice(&chunk);
-        if buffer.len() > self.max_frame_bytes {
-            let reason = format!("message larger than {} bytes", self.max_frame_bytes);
+        if buffer.len() > self.context.max_frame_bytes {
+            let reason = format!("message larger than {} bytes", self.context.max_frame_bytes);
             return self.reject(ctx, CLOSE_TOO_LARGE, &reason);
         }
         if last {

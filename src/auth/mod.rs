@@ -83,6 +83,9 @@ impl Authenticator {
         let claims = self
             .verifier
             .verify(token.ok_or(AuthError::MissingToken)?, now_ms())?;
+        // The user id becomes a path segment of the callback URL.
+        y_redis_protocol::names::check_user_id(&claims.user_id)
+            .map_err(|e| AuthError::InvalidToken(format!("yuserid: {e}")))?;
         let access = check_permission(
             http,
             &self.perm_callback,

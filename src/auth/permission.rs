@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::AuthError;
-use crate::url::push_path_segment;
+use y_redis_protocol::names::push_path_segment;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

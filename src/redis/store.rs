@@ -1,14 +1,18 @@
-//! Redis commands of the server and worker, over a deadpool connection pool.
-//! The blocking stream read gets its own connection (see [`RedisStore::dedicated_connection`]).
+//! Redis commands of the server and worker. The hot path (publishing a
+//! client's messages, reading a room for an initial sync) goes over one
+//! multiplexed, self-reconnecting connection per thread, pipelined; the
+//! worker and occasional commands use a deadpool pool; the blocking stream
+//! read gets its own connection (see [`RedisStore::dedicated_connection`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_redis::{Manager, Pool};
-use redis::aio::MultiplexedConnection;
-use redis::streams::{
-    StreamAutoClaimReply, StreamId as RawEntry, StreamRangeReply, StreamReadReply,
-};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::StreamAutoClaimReply;
 use redis::{AsyncConnectionConfig, Script, Value};
 use thiserror::Error;
 
@@ -109,10 +113,23 @@ pub struct Task {
     pub stream_key: String,
 }
 
+/// Stores ever created in this process, to key the per-thread connections.
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's multiplexed connection of each store.
+    static THREAD_CONNECTIONS: RefCell<HashMap<u64, ConnectionManager>> = RefCell::new(HashMap::new());
+}
+
+/// Messages one pipeline carries at most.
+const PUBLISH_BATCH: usize = 64;
+
 #[derive(Clone)]
 pub struct RedisStore {
+    id: u64,
     pool: Pool,
     client: redis::Client,
+    command_timeout: Duration,
     keys: Keys,
     add_message: Script,
     delete_empty_room: Script,
@@ -133,8 +150,10 @@ impl RedisStore {
             .build()
             .map_err(|e| RedisError::Pool(e.to_string()))?;
         Ok(RedisStore {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             pool,
             client: redis::Client::open(url)?,
+            command_timeout,
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
             delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
@@ -149,7 +168,7 @@ impl RedisStore {
     /// claiming recreate it once Redis is back).
     pub async fn for_config(config: &crate::config::Config) -> Result<Self, RedisError> {
         let store = RedisStore::new(
-            &config.redis_url,
+            &config.redis_url.0,
             Keys::new(&config.redis_prefix),
             config.redis_command_timeout,
         )?;
@@ -165,6 +184,21 @@ impl RedisStore {
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// This thread's multiplexed connection: commands from every session of
+    /// the thread share it and are pipelined, with no checkout per command.
+    async fn thread_connection(&self) -> Result<ConnectionManager, RedisError> {
+        if let Some(conn) = THREAD_CONNECTIONS.with(|c| c.borrow().get(&self.id).cloned()) {
+            return Ok(conn);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        THREAD_CONNECTIONS.with(|c| c.borrow_mut().insert(self.id, conn.clone()));
+        Ok(conn)
     }
 
     /// A connection outside the pool with no response timeout, for `XREAD BLOCK`.
@@ -218,58 +252,69 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Appends one validated message to a room stream (see [`ADD_MESSAGE_LUA`]).
-    pub async fn add_message(
+    /// Appends validated messages to a room stream, in order, in one
+    /// pipeline of script calls (see [`ADD_MESSAGE_LUA`]).
+    pub async fn add_messages(
         &self,
         stream_key: &str,
-        message: &[u8],
-    ) -> Result<StreamId, RedisError> {
+        messages: &[Bytes],
+    ) -> Result<(), RedisError> {
         let _timer = CommandTimer::start();
-        match self.try_add_message(stream_key, message).await {
-            // Redis lost the worker group (restarted empty): recreate, retry once.
-            Err(e) if e.is_missing_group() => {
-                self.ensure_worker_group().await?;
-                self.try_add_message(stream_key, message).await
+        let mut conn = self.thread_connection().await?;
+        let worker = self.keys.worker_stream();
+        let mut done = 0;
+        let mut repairs = 0;
+        while done < messages.len() {
+            let batch = &messages[done..(done + PUBLISH_BATCH).min(messages.len())];
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for message in batch {
+                pipe.cmd("EVALSHA")
+                    .arg(self.add_message.get_hash())
+                    .arg(2)
+                    .arg(stream_key)
+                    .arg(&worker)
+                    .arg(message.as_ref());
             }
-            other => other,
+            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            // Failures come as a suffix (a missing script or queue fails every
+            // later call too): repair, then send the rest again, keeping the order.
+            let failure = replies.into_iter().find_map(|reply| match reply {
+                Value::ServerError(e) => Some(e),
+                _ => {
+                    done += 1;
+                    None
+                }
+            });
+            let Some(failure) = failure else { continue };
+            repairs += 1;
+            let error = RedisError::Command(failure.clone().into());
+            if repairs > 2 {
+                return Err(error);
+            }
+            match failure.code() {
+                "NOSCRIPT" => {
+                    self.add_message.load_async(&mut conn).await?;
+                }
+                // Redis lost the worker group (restarted empty).
+                "NOGROUP" => self.ensure_worker_group().await?,
+                _ => return Err(error),
+            }
         }
-    }
-
-    async fn try_add_message(
-        &self,
-        stream_key: &str,
-        message: &[u8],
-    ) -> Result<StreamId, RedisError> {
-        let mut conn = self.conn().await?;
-        let id: String = self
-            .add_message
-            .key(stream_key)
-            .key(self.keys.worker_stream())
-            .arg(message)
-            .invoke_async(&mut conn)
-            .await?;
-        id.parse().map_err(|reason| RedisError::MalformedEntry {
-            key: stream_key.to_owned(),
-            id,
-            reason,
-        })
+        Ok(())
     }
 
     /// The whole room stream, oldest first.
     pub async fn read_stream(&self, stream_key: &str) -> Result<Vec<StreamEntry>, RedisError> {
         let _timer = CommandTimer::start();
-        let mut conn = self.conn().await?;
-        let reply: StreamRangeReply = redis::cmd("XRANGE")
+        let mut conn = self.thread_connection().await?;
+        let reply: Value = redis::cmd("XRANGE")
             .arg(stream_key)
             .arg("-")
             .arg("+")
             .query_async(&mut conn)
             .await?;
-        reply
-            .ids
-            .into_iter()
-            .map(|raw| parse_entry(stream_key, raw))
-            .collect()
+        parse_entries(stream_key, reply)
     }
 
     /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed out).
@@ -475,39 +520,91 @@ pub async fn read_streams_blocking(
     for (_, id) in streams {
         cmd.arg(id.to_string());
     }
-    let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
-    let Some(reply) = reply else {
-        return Ok(Vec::new());
+    let reply: Value = cmd.query_async(conn).await?;
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    Ok((pair.next(), pair.next()))
+                }
+                other => Err(other),
+            })
+            .collect::<Result<Vec<_>, _>>(),
+        // RESP3 answers a map.
+        Value::Map(streams) => Ok(streams
+            .into_iter()
+            .map(|(key, entries)| (Some(key), Some(entries)))
+            .collect()),
+        other => Err(other),
     };
-    reply
-        .keys
+    let streams =
+        streams.map_err(|other| malformed("XREAD", "-", format!("unexpected reply {other:?}")))?;
+    streams
         .into_iter()
-        .map(|stream| {
-            let entries = stream
-                .ids
-                .into_iter()
-                .map(|raw| parse_entry(&stream.key, raw))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((stream.key, entries))
+        .map(|(key, entries)| {
+            let key = match key {
+                Some(Value::BulkString(key)) => String::from_utf8_lossy(&key).into_owned(),
+                _ => return Err(malformed("XREAD", "-", "stream without a name".into())),
+            };
+            let entries = parse_entries(&key, entries.unwrap_or(Value::Nil))?;
+            Ok((key, entries))
         })
         .collect()
 }
 
-fn parse_entry(key: &str, raw: RawEntry) -> Result<StreamEntry, RedisError> {
-    let malformed = |reason: &str| RedisError::MalformedEntry {
+fn malformed(key: &str, id: &str, reason: String) -> RedisError {
+    RedisError::MalformedEntry {
         key: key.to_owned(),
-        id: raw.id.clone(),
-        reason: reason.to_owned(),
+        id: id.to_owned(),
+        reason,
+    }
+}
+
+/// Entries of one stream as Redis sends them (`[[id, [field, value, ...]], ...]`),
+/// without building a map per entry: only field `m` matters.
+fn parse_entries(key: &str, reply: Value) -> Result<Vec<StreamEntry>, RedisError> {
+    let entries = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(entries) => entries,
+        other => return Err(malformed(key, "-", format!("unexpected reply {other:?}"))),
     };
-    let id = raw.id.parse().map_err(|e: String| malformed(&e))?;
-    let message = match raw.map.get("m") {
-        Some(Value::BulkString(bytes)) => Bytes::copy_from_slice(bytes),
-        // Written by some other tool. Kept as an empty message (which every
-        // reader skips) so readers still move past its id.
-        _ => {
-            tracing::warn!(key, id = %raw.id, "stream entry without a message field m; skipping it");
-            Bytes::new()
-        }
-    };
-    Ok(StreamEntry { id, message })
+    entries
+        .into_iter()
+        .map(|entry| {
+            let Value::Array(parts) = entry else {
+                return Err(malformed(key, "-", "entry is not an array".into()));
+            };
+            let mut parts = parts.into_iter();
+            let raw_id = match parts.next() {
+                Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+                _ => return Err(malformed(key, "-", "entry without an id".into())),
+            };
+            let id: StreamId = raw_id.parse().map_err(|e| malformed(key, &raw_id, e))?;
+            let fields = match parts.next() {
+                Some(Value::Array(fields)) => fields,
+                Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => Vec::new(),
+            };
+            let mut fields = fields.into_iter();
+            let mut message = None;
+            while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+                if let (Value::BulkString(name), Value::BulkString(bytes)) = (field, value) {
+                    if name == b"m" {
+                        message = Some(Bytes::from(bytes));
+                        break;
+                    }
+                }
+            }
+            // Written by some other tool. Kept as an empty message (which every
+            // reader skips) so readers still move past its id.
+            let message = message.unwrap_or_else(|| {
+                tracing::warn!(key, id = %raw_id, "stream entry without a message field m; skipping it");
+                Bytes::new()
+            });
+            Ok(StreamEntry { id, message })
+        })
+        .collect()
 }

@@ -31,15 +31,30 @@ impl FilesystemStorage {
         Ok(FilesystemStorage { dir })
     }
 
+    /// `<dir>/enc(room)/enc(docid)`. Names come from clients or from Redis
+    /// keys, so they are checked here: a name the filesystem cannot hold, or
+    /// one that would name `.` or `..`, is refused for good.
     fn doc_dir(&self, room: &str, docid: &str) -> Result<PathBuf, StorageError> {
-        let (room_name, doc_name) = (encode_uri_component(room), encode_uri_component(docid));
-        if room_name.len() > MAX_NAME_BYTES || doc_name.len() > MAX_NAME_BYTES {
-            return Err(StorageError::Unavailable(format!(
-                "filesystem: room or document name too long to store ({} encoded bytes)",
-                room_name.len().max(doc_name.len())
-            )));
+        let mut path = self.dir.clone();
+        for name in [room, docid] {
+            let encoded = encode_uri_component(name);
+            let reason = if encoded.len() > MAX_NAME_BYTES {
+                format!(
+                    "{} bytes encoded, the filesystem holds {MAX_NAME_BYTES}",
+                    encoded.len()
+                )
+            } else if encoded.is_empty() || encoded == "." || encoded == ".." {
+                "not a file name".to_owned()
+            } else {
+                path.push(encoded);
+                continue;
+            };
+            return Err(StorageError::UnholdableName {
+                room: room.to_owned(),
+                reason,
+            });
         }
-        Ok(self.dir.join(room_name).join(doc_name))
+        Ok(path)
     }
 }
 
@@ -110,7 +125,7 @@ impl Storage for FilesystemStorage {
             let pieces = tokio::task::spawn_blocking(move || read_pieces(&dir))
                 .await
                 .map_err(|e| StorageError::Unavailable(e.to_string()))??;
-            merge_pieces(room, docid, pieces)
+            Ok(merge_pieces(pieces))
         }
         .boxed()
     }

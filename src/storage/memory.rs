@@ -48,7 +48,7 @@ impl Storage for MemoryStorage {
                 })
                 .unwrap_or_default()
         });
-        ready(pieces.and_then(|p| merge_pieces(room, docid, p))).boxed()
+        ready(pieces.map(merge_pieces)).boxed()
     }
 
     fn persist_doc<'a>(

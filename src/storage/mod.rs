@@ -20,8 +20,12 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StorageError {
+    /// Worth retrying: the backend did not answer or failed this time.
     #[error("storage backend unavailable: {0}")]
     Unavailable(String),
+    /// Will never work: the backend cannot hold a document of this name.
+    #[error("storage cannot hold room {room:?}: {reason}")]
+    UnholdableName { room: String, reason: String },
     #[error("stored document {room}/{docid} is corrupt: {reason}")]
     Corrupt {
         room: String,
@@ -30,13 +34,21 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether retrying can never help (refuse once instead of looping).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, StorageError::Unavailable(_))
+    }
+}
+
 /// Identifies one stored piece of a document (a Postgres `r`, an S3 key, a file name).
 pub type Reference = String;
 
-/// A document as stored: all references merged into one update v2.
+/// A document as stored: one update v2 per reference. The pieces are merged
+/// where yrs runs, in the document engine's helper process.
 #[derive(Debug, Clone, Default)]
 pub struct StoredDoc {
-    pub update_v2: Vec<u8>,
+    pub pieces: Vec<Vec<u8>>,
     pub references: Vec<Reference>,
 }
 
@@ -74,7 +86,7 @@ pub trait Storage: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     S3(S3Config),
-    Postgres { url: String },
+    Postgres { url: crate::config::Secret },
     Filesystem { dir: PathBuf },
 }
 
@@ -93,32 +105,16 @@ impl StorageConfig {
 pub async fn open(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
     Ok(match config {
         StorageConfig::S3(c) => Arc::new(S3Storage::connect(c).await?),
-        StorageConfig::Postgres { url } => Arc::new(PostgresStorage::connect(url).await?),
+        StorageConfig::Postgres { url } => Arc::new(PostgresStorage::connect(&url.0).await?),
         StorageConfig::Filesystem { dir } => Arc::new(FilesystemStorage::open(dir.clone())?),
     })
 }
 
-/// Merges the pieces of one document read from a backend.
-pub fn merge_pieces(
-    room: &str,
-    docid: &str,
-    pieces: Vec<(Reference, Vec<u8>)>,
-) -> Result<Option<StoredDoc>, StorageError> {
+/// The pieces of one document read from a backend (None when there are none).
+pub fn merge_pieces(pieces: Vec<(Reference, Vec<u8>)>) -> Option<StoredDoc> {
     if pieces.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let (references, updates): (Vec<_>, Vec<_>) = pieces.into_iter().unzip();
-    let update_v2 = if updates.len() == 1 {
-        updates.into_iter().next().unwrap_or_default()
-    } else {
-        yrs::merge_updates_v2(&updates).map_err(|e| StorageError::Corrupt {
-            room: room.to_owned(),
-            docid: docid.to_owned(),
-            reason: e.to_string(),
-        })?
-    };
-    Ok(Some(StoredDoc {
-        update_v2,
-        references,
-    }))
+    let (references, pieces) = pieces.into_iter().unzip();
+    Some(StoredDoc { pieces, references })
 }

@@ -111,7 +111,7 @@ impl Storage for PostgresStorage {
                 .into_iter()
                 .filter_map(|(r, update)| update.map(|u| (r.to_string(), u)))
                 .collect();
-            merge_pieces(room, docid, pieces)
+            Ok(merge_pieces(pieces))
         }
         .boxed()
     }

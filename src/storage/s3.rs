@@ -157,7 +157,7 @@ impl Storage for S3Storage {
             for _ in 0..RETRIEVE_ATTEMPTS {
                 let keys = self.list_keys(&prefix).await?;
                 if let Some(pieces) = self.fetch_all(keys).await? {
-                    return merge_pieces(room, docid, pieces);
+                    return Ok(merge_pieces(pieces));
                 }
             }
             Err(unavailable(format!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::url::push_path_segment;
+use y_redis_protocol::names::push_path_segment;
 
 pub fn callback_url(base: &str, room: &str) -> String {
     let mut url = base.to_owned();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::config::WorkerConfig;
+use crate::document::Documents;
 use crate::redis::RedisStore;
 use crate::storage::Storage;
 
@@ -21,15 +22,17 @@ pub fn start(
     config: &WorkerConfig,
     redis: RedisStore,
     storage: Arc<dyn Storage>,
+    documents: Arc<Documents>,
 ) -> Vec<Addr<PersistenceWorker>> {
     let process = format!("{}-{}", hostname(), std::process::id());
     (0..config.concurrency)
         .map(|slot| {
             let consumer = format!("worker-{process}-{slot}");
             let (config, redis, storage) = (config.clone(), redis.clone(), storage.clone());
+            let documents = documents.clone();
             // Built inside its arbiter: the actor holds a thread-bound HTTP client.
             Supervisor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-                PersistenceWorker::new(consumer, config, redis, storage)
+                PersistenceWorker::new(consumer, config, redis, storage, documents)
             })
         })
         .collect()

@@ -13,7 +13,7 @@ use thiserror::Error;
 
 use super::callback;
 use crate::config::WorkerConfig;
-use crate::document::{self, LoadError};
+use crate::document::{Documents, LoadError};
 use crate::metrics;
 use crate::redis::{RedisError, RedisStore, Task};
 use crate::storage::{Storage, StorageError};
@@ -35,6 +35,17 @@ pub enum WorkerError {
     Storage(#[from] StorageError),
 }
 
+impl WorkerError {
+    /// Whether retrying the task can never help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            WorkerError::Redis(_) => false,
+            WorkerError::Load(e) => e.is_permanent(),
+            WorkerError::Storage(e) => e.is_permanent(),
+        }
+    }
+}
+
 /// What one round of claiming did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoundReport {
@@ -47,6 +58,7 @@ pub struct PersistenceWorker {
     config: WorkerConfig,
     redis: RedisStore,
     storage: Arc<dyn Storage>,
+    documents: Arc<Documents>,
     http: Option<awc::Client>,
     failures: u32,
 }
@@ -57,12 +69,14 @@ impl PersistenceWorker {
         config: WorkerConfig,
         redis: RedisStore,
         storage: Arc<dyn Storage>,
+        documents: Arc<Documents>,
     ) -> Self {
         PersistenceWorker {
             consumer,
             config,
             redis,
             storage,
+            documents,
             http: None,
             failures: 0,
         }
@@ -78,6 +92,7 @@ impl PersistenceWorker {
             config: self.config.clone(),
             redis: self.redis.clone(),
             storage: self.storage.clone(),
+            documents: self.documents.clone(),
             http: self.http.clone(),
         };
         let work = async move { round.run().await };
@@ -133,6 +148,7 @@ struct Round {
     config: WorkerConfig,
     redis: RedisStore,
     storage: Arc<dyn Storage>,
+    documents: Arc<Documents>,
     http: Option<awc::Client>,
 }
 
@@ -156,6 +172,13 @@ impl Round {
                 Ok(persisted) => report.persisted += usize::from(persisted),
                 // Redis trouble affects every task: let the supervisor restart us.
                 Err(e @ WorkerError::Redis(_)) => return Err(e),
+                // Retrying can never help: say so once, keep the stream for an
+                // operator (never deleted unpersisted), and drop the task.
+                Err(e) if e.is_permanent() => {
+                    metrics::WORKER_PERMANENT_FAILURES.inc();
+                    tracing::error!(stream = %task.stream_key, error = %e, "giving up on this room for good; its stream is kept");
+                    self.redis.drop_task(task).await?;
+                }
                 // A room that cannot be compacted (storage down, a corrupt
                 // document) must not hold up the other rooms of the batch; its
                 // task stays pending and comes back after the debounce.
@@ -227,14 +250,21 @@ impl Round {
         docid: &str,
     ) -> Result<bool, WorkerError> {
         let started = Instant::now();
-        let doc = document::load(&self.redis, self.storage.as_ref(), room, docid).await?;
+        let (doc, _) = self
+            .documents
+            .load(
+                &self.redis,
+                self.storage.as_ref(),
+                room,
+                docid,
+                true,
+                Vec::new,
+            )
+            .await?;
         // Several stored pieces are merged into one even when the stream added nothing.
         let persist = doc.changed_by_stream || doc.references.len() > 1;
         if persist {
-            let doc_for_encoding = doc.clone();
-            let update_v2 = tokio::task::spawn_blocking(move || doc_for_encoding.update_v2())
-                .await
-                .map_err(|e| LoadError::Task(e.to_string()))??;
+            let update_v2 = doc.update_v2.clone().unwrap_or_default();
             let size = update_v2.len();
             self.storage
                 .persist_doc(room, docid, update_v2.clone(), doc.state_vector.clone())

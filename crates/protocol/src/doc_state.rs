@@ -1,0 +1,169 @@
+//! What a room's document holds, as far as checking updates needs to know:
+//! each client's next clock, the items that are shared types and the
+//! deleted ranges. A server keeps one per room it serves (built from the
+//! document an initial sync assembled, then moved on by every accepted
+//! stream entry), instead of the document itself.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::update::{Effects, Id, Known};
+
+/// Disjoint, sorted, non-adjacent ranges `start..end` of clocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    ranges: Vec<(u32, u32)>,
+}
+
+impl RangeSet {
+    pub fn insert(&mut self, start: u32, end: u32) {
+        if start >= end {
+            return;
+        }
+        // Every range that overlaps or touches start..end merges with it.
+        let first = self.ranges.partition_point(|&(_, e)| e < start);
+        let last = self.ranges.partition_point(|&(s, _)| s <= end);
+        if first == last {
+            self.ranges.insert(first, (start, end));
+            return;
+        }
+        let merged = (
+            start.min(self.ranges[first].0),
+            end.max(self.ranges[last - 1].1),
+        );
+        self.ranges.splice(first..last, std::iter::once(merged));
+    }
+
+    pub fn contains(&self, clock: u32) -> bool {
+        self.covers(clock, clock.saturating_add(1))
+    }
+
+    /// Whether all of `start..end` is in the set.
+    pub fn covers(&self, start: u32, end: u32) -> bool {
+        let i = self.ranges.partition_point(|&(_, e)| e <= start);
+        self.ranges
+            .get(i)
+            .is_some_and(|&(s, e)| s <= start && end <= e)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.ranges.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DocState {
+    clocks: HashMap<u64, u32>,
+    types: HashSet<Id>,
+    deleted: HashMap<u64, RangeSet>,
+}
+
+impl DocState {
+    pub fn apply(&mut self, effects: &Effects) {
+        for &(client, clock) in &effects.clocks {
+            let held = self.clocks.entry(client).or_insert(0);
+            *held = (*held).max(clock);
+        }
+        self.types.extend(effects.types.iter().copied());
+        for &(client, start, end) in &effects.deleted {
+            self.deleted.entry(client).or_default().insert(start, end);
+        }
+    }
+
+    /// Forgets what `base` holds too (for a session's own overlay once the
+    /// room has caught up with it).
+    pub fn forget_known(&mut self, base: &DocState) {
+        self.clocks
+            .retain(|client, clock| base.clocks.get(client).is_none_or(|b| b < clock));
+        self.types.retain(|id| !base.types.contains(id));
+        self.deleted.retain(|client, ranges| {
+            let Some(other) = base.deleted.get(client) else {
+                return true;
+            };
+            ranges.iter().any(|(s, e)| !other.covers(s, e))
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clocks.is_empty() && self.types.is_empty() && self.deleted.is_empty()
+    }
+
+    /// Approximate heap bytes held, for accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.clocks.len() * 24
+            + self.types.len() * 24
+            + self
+                .deleted
+                .values()
+                .map(|r| 32 + r.len() * 8)
+                .sum::<usize>()
+    }
+}
+
+impl Known for DocState {
+    fn clock(&self, client: u64) -> u32 {
+        self.clocks.get(&client).copied().unwrap_or(0)
+    }
+
+    fn may_parent(&self, id: Id) -> bool {
+        self.types.contains(&id)
+            || self
+                .deleted
+                .get(&id.client)
+                .is_some_and(|r| r.contains(id.clock))
+    }
+
+    fn is_deleted(&self, client: u64, start: u32, end: u32) -> bool {
+        self.deleted
+            .get(&client)
+            .is_some_and(|r| r.covers(start, end))
+    }
+}
+
+/// A room's state plus what one session published that the room has not
+/// read back yet: its later updates may build on both.
+pub struct Layered<'a> {
+    pub base: &'a DocState,
+    pub top: &'a DocState,
+}
+
+impl Known for Layered<'_> {
+    fn clock(&self, client: u64) -> u32 {
+        self.base.clock(client).max(self.top.clock(client))
+    }
+
+    fn may_parent(&self, id: Id) -> bool {
+        self.base.may_parent(id) || self.top.may_parent(id)
+    }
+
+    fn is_deleted(&self, client: u64, start: u32, end: u32) -> bool {
+        self.base.is_deleted(client, start, end) || self.top.is_deleted(client, start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_cover() {
+        let mut set = RangeSet::default();
+        set.insert(10, 20);
+        set.insert(30, 40);
+        set.insert(20, 25);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![(10, 25), (30, 40)]);
+        set.insert(5, 35);
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![(5, 40)]);
+        assert!(set.covers(5, 40) && set.contains(39) && !set.contains(40));
+        set.insert(50, 51);
+        assert!(!set.covers(39, 51));
+        assert!(set.contains(50));
+    }
+}

@@ -1,0 +1,430 @@
+//! The update checks against hand-built updates (lib0 v1 encoding, as yjs
+//! writes it) and the seven updates that drive yrs out of bounds.
+
+use y_redis_protocol::doc_state::{DocState, Layered};
+use y_redis_protocol::lib0::{write_var_bytes, write_var_uint};
+use y_redis_protocol::update::{analyze, index_document, Id, Nothing, Verdict};
+
+enum Parent<'a> {
+    Root(&'a str),
+    Item(u64, u32),
+    /// Taken from the origin (no parent info written).
+    FromOrigin,
+}
+
+/// One struct of an update.
+enum S<'a> {
+    Text {
+        origin: Option<(u64, u32)>,
+        right: Option<(u64, u32)>,
+        parent: Parent<'a>,
+        text: &'a str,
+    },
+    Map {
+        parent: Parent<'a>,
+        key: &'a str,
+    },
+    Gc(u32),
+    Skip(u32),
+}
+
+fn id(out: &mut Vec<u8>, (client, clock): (u64, u32)) {
+    write_var_uint(out, client);
+    write_var_uint(out, u64::from(clock));
+}
+
+/// An update v1: per client (id, first clock, structs), then a delete set.
+fn update(clients: &[(u64, u32, Vec<S>)], deletes: &[(u64, u32, u32)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_var_uint(&mut out, clients.len() as u64);
+    for (client, clock, structs) in clients {
+        write_var_uint(&mut out, structs.len() as u64);
+        write_var_uint(&mut out, *client);
+        write_var_uint(&mut out, u64::from(*clock));
+        for s in structs {
+            match s {
+                S::Text {
+                    origin,
+                    right,
+                    parent,
+                    text,
+                } => {
+                    let mut info = 4u8;
+                    if origin.is_some() {
+                        info |= 0x80;
+                    }
+                    if right.is_some() {
+                        info |= 0x40;
+                    }
+                    out.push(info);
+                    if let Some(o) = origin {
+                        id(&mut out, *o);
+                    }
+                    if let Some(r) = right {
+                        id(&mut out, *r);
+                    }
+                    if origin.is_none() && right.is_none() {
+                        write_parent(&mut out, parent);
+                    }
+                    write_var_bytes(&mut out, text.as_bytes());
+                }
+                S::Map { parent, key } => {
+                    out.push(7 | 0x20);
+                    write_parent(&mut out, parent);
+                    write_var_bytes(&mut out, key.as_bytes());
+                    write_var_uint(&mut out, 1); // YMap
+                }
+                S::Gc(len) => {
+                    out.push(0);
+                    write_var_uint(&mut out, u64::from(*len));
+                }
+                S::Skip(len) => {
+                    out.push(10);
+                    write_var_uint(&mut out, u64::from(*len));
+                }
+            }
+        }
+    }
+    let mut by_client: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
+    for &(client, clock, len) in deletes {
+        match by_client.iter_mut().find(|(c, _)| *c == client) {
+            Some((_, ranges)) => ranges.push((clock, len)),
+            None => by_client.push((client, vec![(clock, len)])),
+        }
+    }
+    write_var_uint(&mut out, by_client.len() as u64);
+    for (client, ranges) in by_client {
+        write_var_uint(&mut out, client);
+        write_var_uint(&mut out, ranges.len() as u64);
+        for (clock, len) in ranges {
+            write_var_uint(&mut out, u64::from(clock));
+            write_var_uint(&mut out, u64::from(len));
+        }
+    }
+    out
+}
+
+fn write_parent(out: &mut Vec<u8>, parent: &Parent) {
+    match parent {
+        Parent::Root(name) => {
+            write_var_uint(out, 1);
+            write_var_bytes(out, name.as_bytes());
+        }
+        Parent::Item(client, clock) => {
+            write_var_uint(out, 0);
+            id(out, (*client, *clock));
+        }
+        Parent::FromOrigin => {}
+    }
+}
+
+fn text<'a>(origin: Option<(u64, u32)>, text: &'a str) -> S<'a> {
+    S::Text {
+        origin,
+        right: None,
+        parent: if origin.is_some() {
+            Parent::FromOrigin
+        } else {
+            Parent::Root("text")
+        },
+        text,
+    }
+}
+
+fn verdict(doc: &DocState, update: &[u8]) -> Verdict {
+    match analyze(update, doc) {
+        Ok(analysis) => analysis.verdict(doc),
+        Err(e) => panic!("refused: {e}"),
+    }
+}
+
+fn accept(doc: &mut DocState, update: &[u8]) {
+    match verdict(doc, update) {
+        Verdict::Accept(effects) => doc.apply(&effects),
+        other => panic!("expected accept, got {other:?}"),
+    }
+}
+
+const A: u64 = 1_000;
+const B: u64 = 2_000;
+
+#[test]
+fn contiguous_updates_are_accepted_and_gaps_held() {
+    let mut doc = DocState::default();
+    let first = update(&[(A, 0, vec![text(None, "hello")])], &[]);
+    let second = update(&[(A, 5, vec![text(Some((A, 4)), " world")])], &[]);
+    assert!(matches!(verdict(&doc, &second), Verdict::Hold { .. }));
+    accept(&mut doc, &first);
+    accept(&mut doc, &second);
+    use y_redis_protocol::update::Known;
+    assert_eq!(doc.clock(A), 11);
+    assert_eq!(verdict(&doc, &first), Verdict::Redundant);
+}
+
+#[test]
+fn dependencies_on_other_clients_wait_for_the_room() {
+    let mut doc = DocState::default();
+    let a = update(&[(A, 0, vec![text(None, "abc")])], &[]);
+    let b = update(&[(B, 0, vec![text(Some((A, 1)), "X")])], &[]);
+    assert_eq!(
+        verdict(&doc, &b),
+        Verdict::Hold {
+            missing: Id {
+                client: A,
+                clock: 1
+            }
+        }
+    );
+    // Both in one update (a SyncStep2): B's struct waits for A's in the same update.
+    let both = update(
+        &[
+            (B, 0, vec![text(Some((A, 1)), "X")]),
+            (A, 0, vec![text(None, "abc")]),
+        ],
+        &[],
+    );
+    accept(&mut DocState::default(), &both);
+    accept(&mut doc, &a);
+    accept(&mut doc, &b);
+}
+
+#[test]
+fn a_session_may_build_on_what_it_published() {
+    let room = DocState::default();
+    let mut own = DocState::default();
+    let a = update(&[(A, 0, vec![text(None, "abc")])], &[]);
+    let a2 = update(&[(A, 3, vec![text(Some((A, 2)), "d")])], &[]);
+    let layered = Layered {
+        base: &room,
+        top: &own,
+    };
+    let Verdict::Accept(effects) = analyze(&a, &layered).unwrap().verdict(&layered) else {
+        panic!("first update accepted");
+    };
+    own.apply(&effects);
+    let layered = Layered {
+        base: &room,
+        top: &own,
+    };
+    assert!(matches!(
+        analyze(&a2, &layered).unwrap().verdict(&layered),
+        Verdict::Accept(_)
+    ));
+}
+
+#[test]
+fn references_to_own_later_structs_are_refused() {
+    // yjs looks for its own client's origin without waiting: it throws.
+    let ahead = update(&[(A, 0, vec![text(Some((A, 5)), "x")])], &[]);
+    assert!(analyze(&ahead, &Nothing).is_err());
+    let right_ahead = update(
+        &[(
+            A,
+            0,
+            vec![
+                text(None, "ab"),
+                S::Text {
+                    origin: None,
+                    right: Some((A, 2)),
+                    parent: Parent::FromOrigin,
+                    text: "c",
+                },
+            ],
+        )],
+        &[],
+    );
+    assert!(analyze(&right_ahead, &Nothing).is_err());
+}
+
+#[test]
+fn parents_must_be_shared_types() {
+    let mut doc = DocState::default();
+    let nested = update(
+        &[(
+            A,
+            0,
+            vec![
+                S::Map {
+                    parent: Parent::Root("map"),
+                    key: "m",
+                },
+                text(None, "str"),
+            ],
+        )],
+        &[],
+    );
+    accept(&mut doc, &nested);
+    let into_map = update(
+        &[(
+            B,
+            0,
+            vec![S::Text {
+                origin: None,
+                right: None,
+                parent: Parent::Item(A, 0),
+                text: "v",
+            }],
+        )],
+        &[],
+    );
+    accept(&mut doc.clone(), &into_map);
+    let into_string = update(
+        &[(
+            B,
+            0,
+            vec![S::Text {
+                origin: None,
+                right: None,
+                parent: Parent::Item(A, 1),
+                text: "v",
+            }],
+        )],
+        &[],
+    );
+    assert!(analyze(&into_string, &doc).is_err());
+    // Once the string is deleted, yjs and yrs both drop such a child.
+    accept(&mut doc, &update(&[], &[(A, 1, 3)]));
+    accept(&mut doc, &into_string);
+}
+
+#[test]
+fn deletions_wait_for_their_structs_and_repeat_deletions_are_redundant() {
+    let mut doc = DocState::default();
+    let delete = update(&[], &[(A, 0, 2)]);
+    assert!(matches!(verdict(&doc, &delete), Verdict::Hold { .. }));
+    accept(&mut doc, &update(&[(A, 0, vec![text(None, "abc")])], &[]));
+    accept(&mut doc, &delete);
+    assert_eq!(verdict(&doc, &delete), Verdict::Redundant);
+    assert!(
+        analyze(&update(&[], &[(A, 0, 0)]), &doc).is_err(),
+        "empty range"
+    );
+}
+
+#[test]
+fn skips_over_unknown_clocks_hold() {
+    let mut doc = DocState::default();
+    let gapped = update(
+        &[(
+            A,
+            0,
+            vec![text(None, "ab"), S::Skip(3), text(Some((A, 1)), "c")],
+        )],
+        &[],
+    );
+    assert!(matches!(verdict(&doc, &gapped), Verdict::Hold { .. }));
+    accept(&mut doc, &update(&[(A, 0, vec![text(None, "abcde")])], &[]));
+    assert!(matches!(verdict(&doc, &gapped), Verdict::Accept(_)));
+    let gc = update(&[(A, 5, vec![S::Gc(2)])], &[]);
+    accept(&mut doc, &gc);
+}
+
+#[test]
+fn malformed_updates_are_refused() {
+    let good = update(&[(A, 0, vec![text(None, "abc")])], &[]);
+    assert!(
+        analyze(&good[..good.len() - 1], &Nothing).is_err(),
+        "truncated"
+    );
+    let mut trailing = good.clone();
+    trailing.push(0);
+    assert!(analyze(&trailing, &Nothing).is_err(), "trailing bytes");
+    let twice = update(
+        &[
+            (A, 0, vec![text(None, "a")]),
+            (A, 1, vec![text(Some((A, 0)), "b")]),
+        ],
+        &[],
+    );
+    assert!(analyze(&twice, &Nothing).is_err(), "a client twice");
+    // 2^27 clients declared in a few bytes
+    assert!(analyze(&[0x80, 0x80, 0x80, 0x40, 0, 0], &Nothing).is_err());
+    // empty string item
+    assert!(analyze(&update(&[(A, 0, vec![text(None, "")])], &[]), &Nothing).is_err());
+    // a content kind yjs does not know (info 0x14: yrs would read it as a string)
+    let mut unknown = good.clone();
+    unknown[5] = 0x14; // after counts, client 1000 (2 bytes) and clock
+    assert!(analyze(&unknown, &Nothing).is_err());
+}
+
+#[test]
+fn utf16_lengths_count_clocks() {
+    let mut doc = DocState::default();
+    accept(&mut doc, &update(&[(A, 0, vec![text(None, "a😀ü")])], &[]));
+    use y_redis_protocol::update::Known;
+    assert_eq!(doc.clock(A), 4, "a + surrogate pair + ü");
+}
+
+#[test]
+fn whole_documents_are_indexed() {
+    let nested = update(
+        &[(
+            A,
+            0,
+            vec![
+                S::Map {
+                    parent: Parent::Root("map"),
+                    key: "m",
+                },
+                text(None, "str"),
+                S::Gc(4),
+            ],
+        )],
+        &[(A, 1, 2)],
+    );
+    let mut doc = DocState::default();
+    doc.apply(&index_document(&nested).expect("indexed"));
+    use y_redis_protocol::update::Known;
+    assert_eq!(doc.clock(A), 8);
+    assert!(doc.may_parent(Id {
+        client: A,
+        clock: 0
+    }));
+    assert!(
+        doc.may_parent(Id {
+            client: A,
+            clock: 5
+        }),
+        "gc range"
+    );
+    assert!(!doc.may_parent(Id {
+        client: A,
+        clock: 3
+    }));
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Seven updates of 24-31 bytes, mutated from valid npm yjs updates, that
+/// make yrs 0.28 write through a freed block when applied to one document.
+/// Each depends on structs no room holds: every one is held, none reaches a stream.
+const YRS_SEGV: [&str; 7] = [
+    "00021b0101bf988b9c0f29a8bf988b9c0f0b017d0601bf988b9c40010b01",
+    "00021c0101bf988b9c009601a8bf988b9c0f73017d1601bf988b9c0f017301",
+    "0002150101bf988b9c0f0b2801036d6170026b31017d0000",
+    "00021b0101bf988b9c0f3ec4bf988b9c0f39bf988b9c003a046162313000",
+    "00021b0101bf988b9c0f49a8bf988b9c0f29017d0b01bf988b9c40012901",
+    "00021b0101bf988b9c0f6fc4bf988b9c0f68bf988b9c0f69046100313700",
+    "00021b0101bf988b9c0f400188bf988b9c0f9801027d007601016f7d1700",
+];
+
+#[test]
+fn the_updates_that_crash_yrs_are_held() {
+    let doc = DocState::default();
+    for hex in YRS_SEGV {
+        let frame = unhex(hex);
+        let update = &frame[3..];
+        match analyze(update, &doc) {
+            Ok(analysis) => assert!(
+                matches!(analysis.verdict(&doc), Verdict::Hold { .. }),
+                "{hex} must wait for its missing structs"
+            ),
+            Err(_) => {}
+        }
+    }
+}

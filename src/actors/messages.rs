@@ -1,0 +1,144 @@
+//! Every message the server's actors exchange, and the close codes sessions
+//! end with (ARCHITECTURE.md, "Actors"). Kept apart from the actors so that
+//! none of them depends on another's module: they hold each other as
+//! typed recipients.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::redis::{StreamEntry, StreamId};
+
+/// A connection's id within this process (log lines carry it).
+pub type ConnId = u64;
+
+/// The server is restarting: clients reconnect (to another replica).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Try again later (Redis or storage unavailable, resync after an outage,
+/// a client that stopped reading): clients reconnect.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// A frame that breaks the protocol; y-websocket does not reconnect (44xx).
+pub const CLOSE_BAD_MESSAGE: u16 = 4400;
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
+pub const CLOSE_PERMISSION_REVOKED: u16 = 4403;
+pub const CLOSE_TOO_LARGE: u16 = 4413;
+/// The room can never be served (a name storage cannot hold, a
+/// quarantined document): one close, no reconnect loop.
+pub const CLOSE_ROOM_UNAVAILABLE: u16 = 4422;
+/// Sustained flooding past the message or byte rate.
+pub const CLOSE_TOO_MANY_MESSAGES: u16 = 4429;
+
+/// Entries read from one room stream, oldest first.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct StreamBatch {
+    pub entries: Arc<[StreamEntry]>,
+}
+
+/// A room subscription registers with the listener when it starts (`after`
+/// None), then asks for the entries of `key` after its first load.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub key: String,
+    pub after: Option<StreamId>,
+    /// Unique per room subscription (there is one per room and thread).
+    pub room_id: u64,
+    pub room: Recipient<RoomEvent>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub key: String,
+    pub room_id: u64,
+}
+
+/// What the listener hands a room subscription.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub enum RoomEvent {
+    Batch(StreamBatch),
+    /// Close every session (server shutdown, resync after a Redis outage).
+    CloseAll {
+        code: u16,
+        reason: &'static str,
+    },
+    /// Ask the permission callback again for sessions of `user` (or all).
+    Recheck {
+        user: Option<String>,
+    },
+}
+
+/// Sent to the listener, which knows every room subscription of the process.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Broadcast {
+    CloseAll { code: u16, reason: &'static str },
+    Recheck { key: String, user: Option<String> },
+}
+
+/// Frames of one stream batch, encoded once and shared by every session.
+pub struct Delivery {
+    pub ids: Vec<StreamId>,
+    pub frames: Vec<Bytes>,
+}
+
+/// What a room tells one of its sessions.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// The document (step 2: all of it, or what the client lacks) and who is present.
+    InitialSync {
+        step1: Bytes,
+        step2: Bytes,
+        awareness: Option<Bytes>,
+    },
+    /// `delivery.frames[start..]`, written in one go.
+    Deliver {
+        delivery: Arc<Delivery>,
+        start: usize,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
+    Recheck {
+        user: Option<String>,
+    },
+}
+
+impl ToSession {
+    /// Bytes this message adds to the session's outgoing backlog.
+    pub fn queued_size(&self) -> usize {
+        match self {
+            ToSession::Deliver { delivery, start } => {
+                delivery.frames[*start..].iter().map(Bytes::len).sum()
+            }
+            ToSession::InitialSync { step1, step2, .. } => step1.len() + step2.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// What a session tells its room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum FromSession {
+    Join {
+        conn: ConnId,
+        session: Recipient<ToSession>,
+        /// Bytes handed to the session that it has not written yet.
+        queue: Arc<crate::actors::backlog::SendQueue>,
+        killer: Option<crate::actors::backlog::ConnectionKiller>,
+    },
+    /// The client's SyncStep1: an initial sync not sent yet can be a diff.
+    StateVector {
+        conn: ConnId,
+        state_vector: Vec<u8>,
+    },
+    Leave {
+        conn: ConnId,
+    },
+}
