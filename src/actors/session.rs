@@ -18,8 +18,8 @@ use tokio::sync::Semaphore;
 use y_redis_protocol::awareness::{encode_awareness_removal, AwarenessEntry, AwarenessLimits};
 use y_redis_protocol::doc_state::{DocState, Layered};
 use y_redis_protocol::message::{
-    encode_awareness_payload, encode_sync_update, is_update_frame, parse_client_frame,
-    ClientMessage, ProtocolError,
+    encode_awareness_payload, encode_sync_step1, encode_sync_update, is_update_frame,
+    parse_client_frame, ClientMessage, ProtocolError,
 };
 use y_redis_protocol::update::{analyze, InvalidUpdate, Verdict};
 
@@ -76,12 +76,19 @@ pub struct SessionParams {
     pub admission: Admission,
 }
 
+/// How long an update may wait for its dependencies before the client is
+/// asked to reconnect (a full sync both ways fills any gap an honest client
+/// can have, e.g. edits it made while read-only).
+const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Updates on their way from the client to the outbox.
 #[derive(Default)]
 struct Updates {
     /// Waiting for dependencies that have not reached the room.
     held: VecDeque<Vec<u8>>,
     held_bytes: usize,
+    /// When the oldest held update started waiting.
+    held_since: Option<Instant>,
     /// Arrived while a large update was being checked; checked after it.
     queued: VecDeque<Vec<u8>>,
     checking: bool,
@@ -335,6 +342,34 @@ impl WsSession {
         }
         held.held_bytes += update.len();
         held.held.push_back(update);
+        if held.held_since.is_none() {
+            held.held_since = Some(Instant::now());
+            self.ask_for_missing(ctx);
+            ctx.run_later(HOLD_TIMEOUT, |act, ctx| {
+                if act
+                    .updates
+                    .held_since
+                    .is_some_and(|since| since.elapsed() >= HOLD_TIMEOUT)
+                {
+                    tracing::info!(room = %act.room, conn = act.conn, held = act.updates.held.len(), "updates still miss their dependencies; asking the client to resync");
+                    act.close(ctx, CLOSE_TRY_AGAIN_LATER, "missing updates, please resync");
+                }
+            });
+        }
+    }
+
+    /// Sends the client a SyncStep1 with what the room holds: y-websocket
+    /// answers with a SyncStep2 of everything the room lacks, which fills
+    /// the gap a held update waits for (if the client has it).
+    fn ask_for_missing(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(view) = &self.view else { return };
+        let view = view.borrow();
+        let Some(doc) = &view.doc else { return };
+        let known = Layered {
+            base: doc,
+            top: &self.own,
+        };
+        send(ctx, encode_sync_step1(&known.encode_state_vector()));
     }
 
     /// Judges held updates again after the room or this session moved on,
@@ -349,6 +384,9 @@ impl WsSession {
             self.updates.held_bytes = 0;
             for update in held {
                 self.receive_update(update, ctx);
+            }
+            if self.updates.held.is_empty() {
+                self.updates.held_since = None;
             }
             if self.updates.accepted == accepted {
                 return;

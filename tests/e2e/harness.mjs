@@ -193,7 +193,7 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
   const childEnv = { ...process.env }
   // keep the developer's storage/auth settings out of the test servers
   for (const k of Object.keys(childEnv)) {
-    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|STORAGE_DIR|HOST$|WS_|WORKER_)/.test(k)) delete childEnv[k]
+    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|STORAGE_DIR|HOST$|WS_|WORKER_|MAX_|AWARENESS_|TRUSTED_PROXIES|DOC_HELPER)/.test(k)) delete childEnv[k]
   }
   Object.assign(childEnv, {
     PORT: String(port),
@@ -203,6 +203,9 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
     RUST_BACKTRACE: '1',
     AUTH_DISABLED: 'true',
     STORAGE_DIR: path.join(workDir, 'data'),
+    // every test client connects from 127.0.0.1: the per-address upgrade
+    // rate is tested on its own (abuse.test.mjs), not by every burst here
+    MAX_UPGRADES_PER_IP_PER_SECOND: '100000',
     ...env
   })
   // run in a gitignored scratch dir so a stray .env in the repo is not picked up

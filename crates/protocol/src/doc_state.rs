@@ -95,6 +95,11 @@ impl DocState {
         self.clocks.is_empty() && self.types.is_empty() && self.deleted.is_empty()
     }
 
+    /// Every client's next clock.
+    pub fn clocks(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.clocks.iter().map(|(&client, &clock)| (client, clock))
+    }
+
     /// Approximate heap bytes held, for accounting.
     pub fn heap_bytes(&self) -> usize {
         self.clocks.len() * 24
@@ -132,6 +137,26 @@ impl Known for DocState {
 pub struct Layered<'a> {
     pub base: &'a DocState,
     pub top: &'a DocState,
+}
+
+impl Layered<'_> {
+    /// The state vector (lib0 v1) of both layers together: what a SyncStep1
+    /// announces, so a client answers with everything the room lacks.
+    pub fn encode_state_vector(&self) -> Vec<u8> {
+        let mut clocks: std::collections::BTreeMap<u64, u32> = self.base.clocks().collect();
+        for (client, clock) in self.top.clocks() {
+            let held = clocks.entry(client).or_insert(0);
+            *held = (*held).max(clock);
+        }
+        let mut out = Vec::with_capacity(clocks.len() * 8 + 2);
+        crate::lib0::write_var_uint(&mut out, clocks.len() as u64);
+        // yjs writes clients in descending order.
+        for (client, clock) in clocks.into_iter().rev() {
+            crate::lib0::write_var_uint(&mut out, client);
+            crate::lib0::write_var_uint(&mut out, u64::from(clock));
+        }
+        out
+    }
 }
 
 impl Known for Layered<'_> {
