@@ -20,6 +20,7 @@ Commands:
             the S3 bucket or the STORAGE_DIR folder
   variables print the name of every configuration variable
   keygen    print a new AUTH_PUBLIC_KEY / AUTH_PRIVATE_KEY pair (lib0 JWK format)
+            as .env lines (single-quoted: y-redis keygen >> .env)
   auth-example
             example auth backend on AUTH_EXAMPLE_PORT (default 5173), signing
             tokens with AUTH_PRIVATE_KEY
@@ -55,10 +56,7 @@ fn main() -> ExitCode {
         Some("keygen") => {
             return match y_redis::auth::generate_keypair() {
                 Ok(pair) => {
-                    println!(
-                        "AUTH_PUBLIC_KEY={}\nAUTH_PRIVATE_KEY={}",
-                        pair.public_jwk, pair.private_jwk
-                    );
+                    println!("{}", pair.env_lines());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
