@@ -4,17 +4,19 @@
 // exits 0), every variable they give y-redis is one it reads
 // (`y-redis variables`), ports match the defaults or the env given, and the
 // image builds the binary CI builds. No Docker or Helm needed: the files are
-// parsed (Helm templates with their {{ }} actions blanked out); when a
-// `docker compose` (or `docker-compose`) that works is on PATH, it validates
-// the compose file too.
+// parsed (Helm templates with their {{ }} actions blanked out); Compose v2
+// (tests/install-tools.sh; no engine needed) validates the compose file and
+// shows what it makes of the profiles and dependencies.
 
 import { test, before } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import YAML from 'yaml'
 import { REPO_ROOT, assertBinary } from './harness.mjs'
+import { findCompose } from './tools.mjs'
 
 const read = (rel) => fs.readFileSync(path.join(REPO_ROOT, rel), 'utf8')
 const CHART = 'deploy/helm/y-redis'
@@ -23,6 +25,10 @@ const CHART = 'deploy/helm/y-redis'
 const DEFAULT_PORTS = { PORT: 3002, WORKER_PORT: 3003, AUTH_EXAMPLE_PORT: 5173 }
 /** Which variable sets the listening port of each subcommand. */
 const PORT_VAR = { server: 'PORT', all: 'PORT', worker: 'WORKER_PORT', 'auth-example': 'AUTH_EXAMPLE_PORT' }
+/** Subcommands that run once and exit (no port, no health check). */
+const ONE_SHOT = new Set(['migrate'])
+/** Variables Compose itself reads from .env (not interpolated in the file). */
+const COMPOSE_OWN = new Set(['COMPOSE_PROFILES'])
 
 let bin = ''
 /** @type {Set<string>} */
@@ -98,7 +104,7 @@ function templateVariables () {
 test('docker-compose.yml: our services run real subcommands', () => {
   const compose = loadCompose()
   const ours = ourServices(compose)
-  assert.deepEqual(ours.map(([n]) => n).sort(), ['auth', 'server', 'worker'])
+  assert.deepEqual(ours.map(([n]) => n).sort(), ['auth', 'migrate', 'server', 'worker'])
   for (const [name, s] of ours) {
     const cmd = commandOf(s)
     assert.ok(cmd.length > 0, `service ${name} names its subcommand`)
@@ -107,6 +113,7 @@ test('docker-compose.yml: our services run real subcommands', () => {
   assert.equal(commandOf(compose.services.server)[0], 'server')
   assert.equal(commandOf(compose.services.worker)[0], 'worker')
   assert.equal(commandOf(compose.services.auth)[0], 'auth-example')
+  assert.equal(commandOf(compose.services.migrate)[0], 'migrate')
   // the check above means something: an unknown subcommand fails
   assert.notEqual(runBin(['no-such-command', '--help']).status, 0)
 })
@@ -134,6 +141,7 @@ test('.env.template: documents every compose variable, and y-redis knows each on
   const template = templateVariables()
   for (const v of usedInCompose) assert.ok(template.has(v), `.env.template documents ${v} (used in docker-compose.yml)`)
   for (const v of template) {
+    if (COMPOSE_OWN.has(v)) continue
     assert.ok(usedInCompose.has(v), `.env.template's ${v} is used by docker-compose.yml (else setting it does nothing)`)
     if (usedForOurImage.has(v)) assertVariable(v, '.env.template')
     else assert.ok(!variables.has(v) || usedForOurImage.has(v), `${v} is a y-redis variable but no y-redis service gets it`)
@@ -160,6 +168,7 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   const { services } = compose
   for (const [name, s] of ourServices(compose)) {
     const sub = commandOf(s)[0]
+    if (ONE_SHOT.has(sub)) continue
     const portVar = PORT_VAR[sub]
     assert.ok(portVar, `service ${name}: known port variable for ${sub}`)
     const env = envOf(s)
@@ -183,13 +192,14 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   assert.ok(services.redis.volumes?.length, 'redis keeps its data in a volume')
   assert.match(String(services.postgres.image), /^postgres:16/)
   assert.ok(services.postgres.volumes?.length && services.minio.volumes?.length)
-  // storage: MinIO through S3_* by default (port 9000 is MinIO's)
-  assert.equal(envOf(services.server).S3_ENDPOINT, '${S3_ENDPOINT-minio}')
-  assert.equal(envOf(services.server).S3_PORT, '${S3_PORT:-9000}')
+  // storage: Postgres by default (the postgres service); S3 only when .env sets S3_ENDPOINT
+  assert.equal(envOf(services.server).S3_ENDPOINT, '${S3_ENDPOINT:-}')
+  assert.match(envOf(services.server).POSTGRES, /^\$\{POSTGRES:-postgres:\/\/yredis:yredis@postgres:5432\/yredis\}$/)
   for (const name of Object.keys(compose.volumes)) {
     assert.ok(Object.values(services).some((s) => (s.volumes || []).some((v) => String(v).startsWith(name + ':'))), `volume ${name} is used`)
   }
   for (const [name, s] of Object.entries(services)) {
+    if (ONE_SHOT.has(commandOf(s)[0])) continue
     assert.ok(s.healthcheck?.test, `service ${name} has a health check`)
   }
   // the load balancer: one published port, the committed config
@@ -201,6 +211,33 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   assert.deepEqual(published.map(([n]) => n), ['lb'], 'only the load balancer publishes a port')
   // the demo is built from demo/
   assert.ok(fs.existsSync(path.join(REPO_ROOT, services.demo.build.context, 'Dockerfile')))
+})
+
+const pick = (obj, keys) => Object.fromEntries(keys.map((k) => [k, obj[k]]))
+
+test('docker-compose.yml: MinIO only in profile s3; a one-shot migrate runs before servers and worker', () => {
+  const { services } = loadCompose()
+  // MinIO from quay.io (no longer published on Docker Hub), a pinned release
+  assert.match(services.minio.image, /^\$\{MINIO_IMAGE:-quay\.io\/minio\/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ\}$/)
+  assert.deepEqual(services.minio.profiles, ['s3'])
+  // migrate: runs once (no restart), after Postgres is healthy and, with the s3 profile, MinIO
+  const migrate = services.migrate
+  assert.equal(migrate.restart, 'no')
+  assert.deepEqual(migrate.depends_on.postgres, { condition: 'service_healthy' })
+  assert.deepEqual(migrate.depends_on.minio, { condition: 'service_healthy', required: false })
+  assert.deepEqual(envOf(migrate), pick(envOf(services.worker), Object.keys(envOf(migrate))),
+    'migrate sees the storage settings the worker sees')
+  for (const name of ['server', 'worker']) {
+    const deps = services[name].depends_on
+    assert.deepEqual(deps.migrate, { condition: 'service_completed_successfully' }, `${name} waits for migrate`)
+    assert.deepEqual(deps.redis, { condition: 'service_healthy' })
+  }
+  // nothing else waits for MinIO, so the default profile starts without it
+  for (const [name, s] of Object.entries(services)) {
+    if (name === 'migrate') continue
+    const deps = Array.isArray(s.depends_on) ? s.depends_on : Object.keys(s.depends_on || {})
+    assert.ok(!deps.includes('minio'), `${name} does not depend on minio`)
+  }
 })
 
 test('deploy/nginx.conf: websockets round-robin to every server replica, tokens to auth', () => {
@@ -217,17 +254,25 @@ test('deploy/nginx.conf: websockets round-robin to every server replica, tokens 
 })
 
 test('.env.template: every variable it gives y-redis has a default or value that parses', () => {
-  // copy the template's settings into a y-redis environment: the config loader accepts them
-  const env = { PATH: process.env.PATH }
-  for (const line of read('.env.template').split('\n')) {
-    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)
-    if (m && variables.has(m[1])) env[m[1]] = m[2]
+  // The template's settings as a y-redis environment, as is and with the
+  // commented S3 block switched on. `migrate` loads the whole configuration
+  // first (a bad value exits 2 naming its variable), then fails to reach
+  // the compose hosts (postgres, minio) that do not exist here: exit 1,
+  // after having chosen the storage the template means.
+  const text = read('.env.template')
+  const s3Block = text.replace(/^# ((?:S3_[A-Z_]+|MINIO_IMAGE|COMPOSE_PROFILES)=)/gm, '$1')
+  assert.notEqual(s3Block, text, 'the S3 block is there, commented out')
+  for (const [variant, content, storage] of [['as is', text, /postgres/], ['S3 block on', s3Block, /minio/]]) {
+    const env = { PATH: process.env.PATH, LOG: 'debug' }
+    for (const line of content.split('\n')) {
+      const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)
+      if (m && variables.has(m[1])) env[m[1]] = m[2]
+    }
+    const r = spawnSync(bin, ['migrate'], { encoding: 'utf8', timeout: 60000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
+    assert.doesNotMatch(r.stderr, /invalid configuration/, `${variant}: y-redis rejects a .env.template value: ${r.stderr}`)
+    assert.equal(r.status, 1, `${variant}: y-redis migrate with .env.template settings: exit ${r.status}, ${r.stderr}`)
+    assert.match(r.stderr, storage, `${variant}: the storage it tried`)
   }
-  // `migrate` loads the whole configuration first, then fails only because
-  // S3 is chosen (no connection is made): a bad value would name its variable
-  const r = spawnSync(bin, ['migrate'], { encoding: 'utf8', timeout: 30000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
-  assert.doesNotMatch(r.stderr, /invalid configuration/, `y-redis rejects a .env.template value: ${r.stderr}`)
-  assert.equal(r.status, 1, `y-redis migrate with .env.template settings: exit ${r.status}, ${r.stderr}`)
 })
 
 // ---------------------------------------------------------------------------
@@ -371,22 +416,51 @@ test('demo: built with a committed lock file, dist not committed', () => {
 })
 
 // ---------------------------------------------------------------------------
-// docker compose itself, when it is installed
+// Compose v2 itself: it parses the file and .env as `docker compose up`
+// would (no engine needed for `config`)
 
-function composeCommand () {
-  for (const cmd of [['docker', 'compose'], ['docker-compose']]) {
-    const r = spawnSync(cmd[0], [...cmd.slice(1), 'version'], { encoding: 'utf8', timeout: 20000 })
-    if (r.status === 0) return cmd
-  }
-  return null
+const compose = findCompose()
+
+/** `docker compose config` of the committed file with `envFile`, as JSON. */
+function composeConfig (envFile, extra = []) {
+  const r = spawnSync(compose.cmd[0], [...compose.cmd.slice(1), '--project-directory', REPO_ROOT,
+    '--env-file', envFile, ...extra, 'config', '--format', 'json'], { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
+  assert.equal(r.status, 0, `${compose.cmd.join(' ')} config: ${r.stderr}`)
+  return JSON.parse(r.stdout)
 }
 
-const compose = composeCommand()
-test('docker compose config accepts docker-compose.yml with .env.template', { skip: compose ? false : 'docker compose is not installed' }, () => {
-  const r = spawnSync(compose[0], [...compose.slice(1), '--env-file', '.env.template', 'config', '--quiet'],
-    { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
-  assert.equal(r.status, 0, `${compose.join(' ')} config: ${r.stderr}`)
-  const services = spawnSync(compose[0], [...compose.slice(1), '--env-file', '.env.template', 'config', '--services'],
-    { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
-  assert.deepEqual(services.stdout.trim().split('\n').sort(), ['auth', 'demo', 'lb', 'minio', 'postgres', 'redis', 'server', 'worker'])
+test('docker compose config: default profile is Postgres without MinIO, --profile s3 adds it', { skip: compose.missing }, () => {
+  const plain = composeConfig('.env.template')
+  assert.deepEqual(Object.keys(plain.services).sort(), ['auth', 'demo', 'lb', 'migrate', 'postgres', 'redis', 'server', 'worker'])
+  const env = plain.services.server.environment
+  assert.equal(env.S3_ENDPOINT, '', 'no S3 endpoint: y-redis uses POSTGRES')
+  assert.equal(env.POSTGRES, 'postgres://yredis:yredis@postgres:5432/yredis')
+  // a dependency on a service outside the active profiles would be an error
+  // unless optional; compose keeps migrate's optional one and drops nothing else
+  for (const [name, s] of Object.entries(plain.services)) {
+    for (const [dep, how] of Object.entries(s.depends_on || {})) {
+      assert.ok(plain.services[dep] || how.required === false, `${name} waits for ${dep}, which the default profile does not run`)
+    }
+  }
+  const s3 = composeConfig('.env.template', ['--profile', 's3'])
+  assert.ok(s3.services.minio, '--profile s3 runs minio')
+  assert.equal(s3.services.migrate.depends_on.minio.condition, 'service_healthy')
+})
+
+test('docker compose config: the S3 block of .env.template switches the profile and the storage', { skip: compose.missing }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'y-redis-compose-'))
+  try {
+    const envFile = path.join(dir, '.env')
+    fs.writeFileSync(envFile, read('.env.template').replace(/^# ((?:S3_[A-Z_]+|MINIO_IMAGE|COMPOSE_PROFILES)=)/gm, '$1'))
+    const c = composeConfig(envFile)
+    assert.ok(c.services.minio, 'COMPOSE_PROFILES=s3 in .env runs minio')
+    const env = c.services.worker.environment
+    assert.equal(env.S3_ENDPOINT, 'minio')
+    assert.equal(env.S3_PORT, '9000')
+    // MinIO's root user is y-redis's S3 key pair
+    assert.equal(c.services.minio.environment.MINIO_ROOT_USER, env.S3_ACCESS_KEY)
+    assert.equal(c.services.minio.environment.MINIO_ROOT_PASSWORD, env.S3_SECRET_KEY)
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
 })
