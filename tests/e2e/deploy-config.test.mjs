@@ -204,7 +204,7 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   }
   // the load balancer: one published port, the committed config
   const lb = services.lb
-  assert.match(String(lb.image), /^nginx:.*alpine/)
+  assert.match(String(lb.image), /^nginx:[\d.]+-alpine$/)
   assert.equal(lb.ports.length, 1)
   assert.ok(lb.volumes.some((v) => String(v).startsWith('./deploy/nginx.conf:')))
   const published = Object.entries(services).filter(([, s]) => s.ports)
@@ -240,17 +240,34 @@ test('docker-compose.yml: MinIO only in profile s3; a one-shot migrate runs befo
   }
 })
 
-test('deploy/nginx.conf: websockets round-robin to every server replica, tokens to auth', () => {
+test('deploy/nginx.conf: websockets round-robin to every server replica, tokens to auth, no token in logs', () => {
   const conf = read('deploy/nginx.conf')
   const directives = conf.split('\n').filter((l) => !/^\s*#/.test(l)).join('\n')
-  assert.match(directives, /resolver 127\.0\.0\.11\b/, "Docker's DNS, re-resolved so scaled replicas join")
-  assert.match(directives, /set \$(\w+) server:3002;[\s\S]*proxy_pass http:\/\/\$\1;/, 'server reached through a variable (resolved per request)')
+  // Docker's DNS at http level (before any server block), where an upstream's `resolve` finds it
+  const resolver = /^resolver 127\.0\.0\.11 valid=(\d+)s\b/m.exec(directives)
+  assert.ok(resolver && directives.indexOf(resolver[0]) < directives.indexOf('server {'), "Docker's DNS at http level")
+  assert.ok(Number(resolver[1]) <= 10, 'scaled replicas are seen within seconds')
+  // one upstream group for every replica, re-resolved, in shared memory
+  const upstream = /upstream (\w+) \{([^}]*)\}/.exec(directives)
+  assert.ok(upstream, 'an upstream block')
+  assert.match(upstream[2], /^\s*zone \w+ \d+k;/m)
+  assert.match(upstream[2], /^\s*server server:3002 resolve\b[^;]*;/m)
+  assert.match(directives, new RegExp(`location @\\w+ \\{[^}]*proxy_pass http://${upstream[1]};`))
   assert.match(directives, /set \$(\w+) auth:5173;[\s\S]*location = \/auth\/token[\s\S]*proxy_pass http:\/\/\$\1;/)
   assert.match(directives, /proxy_set_header Upgrade \$http_upgrade;/)
   assert.match(directives, /proxy_set_header Connection \$connection_upgrade;/)
   assert.match(directives, /listen 8080;/)
+  // logs: a format without the query string, errors only from crit up
+  const format = /log_format (\w+) ([^;]*);/.exec(directives)
+  assert.ok(format, 'a log_format')
+  assert.doesNotMatch(format[2], /\$(request|request_uri|query_string|args|arg_\w+|http_referer)\b/, 'no variable that holds the query')
+  assert.match(directives, new RegExp(`access_log \\S+ ${format[1]};`))
+  assert.match(directives, /error_log \S+ (crit|alert|emerg);/, 'error-level lines carry the request line')
   const compose = loadCompose()
   assert.match(String(compose.services.lb.ports[0]), /:8080$/, 'the published port maps to nginx\'s listen port')
+  // `resolve` in an upstream needs nginx 1.27.3: the image must be that new
+  const tag = /^nginx:(\d+)\.(\d+)(?:\.\d+)?-alpine$/.exec(compose.services.lb.image)
+  assert.ok(tag && (Number(tag[1]) > 1 || Number(tag[2]) >= 28), `lb image ${compose.services.lb.image} is nginx >= 1.28`)
 })
 
 test('.env.template: every variable it gives y-redis has a default or value that parses', () => {
