@@ -451,7 +451,10 @@ mod tests {
                 assert_eq!((c.port, c.bucket.as_str(), c.ssl), (9000, "ydocs", false));
                 assert_eq!(c.region, "us-east-1");
                 let keys = c.keys.expect("keys given");
-                assert_eq!((keys.access_key.as_str(), keys.secret_key.0.as_str()), ("a", "b"));
+                assert_eq!(
+                    (keys.access_key.as_str(), keys.secret_key.0.as_str()),
+                    ("a", "b")
+                );
             }
             other => panic!("expected s3, got {other:?}"),
         }

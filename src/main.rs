@@ -138,7 +138,9 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
         storage::open(&config.storage).await?;
         match &config.storage {
             StorageConfig::Postgres { .. } => tracing::info!("postgres schema is up to date"),
-            other => tracing::info!(storage = %other.describe(), "storage ready, no schema to migrate"),
+            other => {
+                tracing::info!(storage = %other.describe(), "storage ready, no schema to migrate")
+            }
         }
         return Ok(());
     }

@@ -73,7 +73,10 @@ async fn s3_region_is_used_for_signing_and_bucket_creation() {
          SignedHeaders=host, Signature=0",
     );
     assert!(location.starts_with("HTTP/1.1 200"), "{location}");
-    assert!(location.contains(">eu-west-2</LocationConstraint>"), "{location}");
+    assert!(
+        location.contains(">eu-west-2</LocationConstraint>"),
+        "{location}"
+    );
     // Reopening finds the bucket in its region.
     storage::open(&StorageConfig::S3(c))
         .await

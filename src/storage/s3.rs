@@ -90,14 +90,10 @@ impl S3Storage {
             if config.region != DEFAULT_REGION {
                 bucket_config.set_region(region.clone());
             }
-            let created = Bucket::create_with_path_style(
-                &config.bucket,
-                region,
-                credentials,
-                bucket_config,
-            )
-            .await
-            .map_err(unavailable)?;
+            let created =
+                Bucket::create_with_path_style(&config.bucket, region, credentials, bucket_config)
+                    .await
+                    .map_err(unavailable)?;
             // 409: someone else created it meanwhile.
             if !created.success() && created.response_code != 409 {
                 return Err(unavailable(format!(
