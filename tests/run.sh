@@ -31,8 +31,10 @@ ensure_moto() {
   fi
 }
 
-# Debian's chromium drives the browser test; nginx runs the committed load
-# balancer config in lb.test.mjs (installing it starts no server here).
+# Debian's chromium drives the browser test; Debian's nginx (1.22) can run
+# the committed load balancer config once its upstream `resolve` is left
+# out; lb.test.mjs runs it whole on nginx >= 1.27.3 from install-tools.sh
+# (installing nginx starts no server here).
 ensure_browser_and_nginx() {
   if [ ! -x /usr/bin/chromium ] || ! command -v nginx >/dev/null 2>&1; then
     echo "installing Debian's chromium and nginx"
