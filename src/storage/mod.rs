@@ -10,7 +10,7 @@ mod s3;
 pub use filesystem::FilesystemStorage;
 pub use memory::MemoryStorage;
 pub use postgres::{PostgresStorage, MIGRATIONS};
-pub use s3::{skip_s3_location_constraint, S3Config, S3Storage};
+pub use s3::{skip_s3_location_constraint, S3Config, S3Keys, S3Storage, DEFAULT_REGION};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,7 +93,10 @@ pub enum StorageConfig {
 impl StorageConfig {
     pub fn describe(&self) -> String {
         match self {
-            StorageConfig::S3(c) => format!("s3 {}:{} bucket {}", c.endpoint, c.port, c.bucket),
+            StorageConfig::S3(c) => format!(
+                "s3 {}:{} region {} bucket {}",
+                c.endpoint, c.port, c.region, c.bucket
+            ),
             // The URL may hold a password.
             StorageConfig::Postgres { .. } => "postgres".into(),
             StorageConfig::Filesystem { dir } => format!("filesystem {}", dir.display()),

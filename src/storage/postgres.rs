@@ -11,6 +11,14 @@ use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// Key of the session-level advisory lock that serializes migrations across
+/// processes: every server, worker and `y-redis migrate` migrates at start,
+/// and two concurrent `CREATE TABLE IF NOT EXISTS` can both try to create the
+/// table (Postgres then fails one with a duplicate `pg_type` entry). The
+/// value is the ASCII of "yredisMG", so it is unlikely to meet another
+/// application's key in the same database.
+pub const MIGRATION_LOCK_KEY: i64 = 0x7972_6564_6973_4d47;
+
 diesel::table! {
     yredis_docs_v1 (room, doc, r) {
         room -> Text,
@@ -41,21 +49,14 @@ impl PostgresStorage {
                 .max_size(8)
                 // A client waiting for an initial sync should hear "try again" soon.
                 .connection_timeout(std::time::Duration::from_secs(3))
-                .build(ConnectionManager::<PgConnection>::new(url))
+                .build(ConnectionManager::<PgConnection>::new(url.clone()))
                 .map_err(unavailable)?;
-            let storage = PostgresStorage { pool };
-            storage.migrate()?;
-            Ok(storage)
+            // After the pool: its connect timeout has shown Postgres answers.
+            migrate(&url)?;
+            Ok(PostgresStorage { pool })
         })
         .await
         .map_err(unavailable)?
-    }
-
-    fn migrate(&self) -> Result<(), StorageError> {
-        let mut conn = self.pool.get().map_err(unavailable)?;
-        conn.run_pending_migrations(MIGRATIONS)
-            .map_err(|e| StorageError::Unavailable(format!("postgres migration failed: {e}")))?;
-        Ok(())
     }
 
     /// Runs `work` with a pooled connection on the blocking pool.
@@ -78,6 +79,29 @@ impl PostgresStorage {
         }
         .boxed()
     }
+}
+
+/// Applies pending migrations while holding [`MIGRATION_LOCK_KEY`], so any
+/// number of processes can start at once: the others wait, then find
+/// nothing left to do. A dedicated connection holds the lock; closing it
+/// releases the lock even when migrating or unlocking fails.
+fn migrate(url: &str) -> Result<(), StorageError> {
+    use diesel::sql_types::BigInt;
+    let failed = |e: &dyn std::fmt::Display| {
+        StorageError::Unavailable(format!("postgres migration failed: {e}"))
+    };
+    let mut conn = PgConnection::establish(url).map_err(unavailable)?;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(&mut conn)
+        .map_err(|e| failed(&e))?;
+    let migrated = conn.run_pending_migrations(MIGRATIONS).map(|_| ());
+    let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(&mut conn);
+    migrated.map_err(|e| failed(&e))?;
+    unlocked.map_err(|e| failed(&e))?;
+    Ok(())
 }
 
 impl Storage for PostgresStorage {

@@ -7,16 +7,28 @@ use s3::error::S3Error;
 use s3::{Bucket, BucketConfiguration, Region};
 
 use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
+use crate::config::Secret;
 use crate::redis::encode_uri_component;
+
+/// The region of S3-compatible servers that have none (MinIO, moto), and AWS's default.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 #[derive(Debug, Clone)]
 pub struct S3Config {
     pub endpoint: String,
     pub port: u16,
     pub ssl: bool,
-    pub access_key: String,
-    pub secret_key: String,
+    /// Signing region (`S3_REGION`); a new bucket is created there.
+    pub region: String,
+    /// `S3_ACCESS_KEY` / `S3_SECRET_KEY`; None: the standard AWS chain.
+    pub keys: Option<S3Keys>,
     pub bucket: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Keys {
+    pub access_key: String,
+    pub secret_key: Secret,
 }
 
 /// rust-s3 sends a LocationConstraint naming our custom region when it
@@ -63,29 +75,25 @@ impl S3Storage {
     pub async fn connect(config: &S3Config) -> Result<Self, StorageError> {
         let scheme = if config.ssl { "https" } else { "http" };
         let region = Region::Custom {
-            region: "us-east-1".into(),
+            region: config.region.clone(),
             endpoint: format!("{scheme}://{}:{}", config.endpoint, config.port),
         };
-        let credentials = Credentials::new(
-            Some(&config.access_key),
-            Some(&config.secret_key),
-            None,
-            None,
-            None,
-        )
-        .map_err(unavailable)?;
+        let credentials = credentials(config.keys.as_ref()).await?;
         let bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
             .map_err(unavailable)?
             .with_path_style();
         if !bucket.exists().await.map_err(unavailable)? {
-            let created = Bucket::create_with_path_style(
-                &config.bucket,
-                region,
-                credentials,
-                BucketConfiguration::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+            // us-east-1 takes no LocationConstraint, every other region needs
+            // one (rust-s3's own choice is switched off by
+            // skip_s3_location_constraint, as it names us-east-1 too).
+            let mut bucket_config = BucketConfiguration::default();
+            if config.region != DEFAULT_REGION {
+                bucket_config.set_region(region.clone());
+            }
+            let created =
+                Bucket::create_with_path_style(&config.bucket, region, credentials, bucket_config)
+                    .await
+                    .map_err(unavailable)?;
             // 409: someone else created it meanwhile.
             if !created.success() && created.response_code != 409 {
                 return Err(unavailable(format!(
@@ -130,6 +138,35 @@ impl S3Storage {
         }
         Ok(Some(pieces))
     }
+}
+
+/// The configured keys, or else the standard AWS chain: `AWS_ACCESS_KEY_ID`
+/// / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`), the `~/.aws/credentials`
+/// profile, web identity (`AWS_ROLE_ARN` + `AWS_WEB_IDENTITY_TOKEN_FILE`, as
+/// EKS IRSA sets them), the ECS/EKS container endpoint, EC2 instance
+/// metadata. Temporary credentials are refreshed by rust-s3 before they
+/// expire. The chain makes blocking HTTP calls, hence the blocking pool.
+async fn credentials(keys: Option<&S3Keys>) -> Result<Credentials, StorageError> {
+    if let Some(keys) = keys {
+        return Credentials::new(
+            Some(&keys.access_key),
+            Some(&keys.secret_key.0),
+            None,
+            None,
+            None,
+        )
+        .map_err(unavailable);
+    }
+    tokio::task::spawn_blocking(Credentials::default)
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| {
+            unavailable(format!(
+                "no credentials: S3_ACCESS_KEY / S3_SECRET_KEY are unset and the AWS chain \
+                 (AWS_ACCESS_KEY_ID, ~/.aws/credentials, AWS_WEB_IDENTITY_TOKEN_FILE, \
+                 container or instance metadata) found none ({e})"
+            ))
+        })
 }
 
 impl Storage for S3Storage {

@@ -387,9 +387,10 @@ describe('auth: lib0 tokens, permission callback, read-only, expiry, revocation'
     const kg = runBin(['keygen'], { cwd })
     assert.equal(kg.status, 0, `keygen failed: ${kg.stderr}`)
     const line = (name) => {
-      const m = kg.stdout.match(new RegExp(`^${name}=(.+)$`, 'm'))
-      assert.ok(m, `keygen prints ${name}=...: ${JSON.stringify(kg.stdout)}`)
-      return m[1].trim()
+      // a .env line: the JSON single-quoted (keygen-env.test.mjs reads it as dotenvy, bash and compose do)
+      const m = kg.stdout.match(new RegExp(`^${name}='(.+)'$`, 'm'))
+      assert.ok(m, `keygen prints ${name}='...': ${JSON.stringify(kg.stdout)}`)
+      return m[1]
     }
     const pubText = line('AUTH_PUBLIC_KEY')
     const privText = line('AUTH_PRIVATE_KEY')

@@ -3,18 +3,20 @@
 // the Dockerfile. Every subcommand they run exists (`y-redis <cmd> --help`
 // exits 0), every variable they give y-redis is one it reads
 // (`y-redis variables`), ports match the defaults or the env given, and the
-// image builds the binary CI builds. No Docker or Helm needed: the files are
-// parsed (Helm templates with their {{ }} actions blanked out); when a
-// `docker compose` (or `docker-compose`) that works is on PATH, it validates
-// the compose file too.
+// image builds the binary CI builds. No Docker needed: the files are parsed
+// (helm.test.mjs renders the chart with a real helm); Compose v2
+// (tests/install-tools.sh; no engine needed) validates the compose file and
+// shows what it makes of the profiles and dependencies.
 
 import { test, before } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { spawnSync } from 'node:child_process'
 import YAML from 'yaml'
 import { REPO_ROOT, assertBinary } from './harness.mjs'
+import { PENDING_VARIABLES, findCompose } from './tools.mjs'
 
 const read = (rel) => fs.readFileSync(path.join(REPO_ROOT, rel), 'utf8')
 const CHART = 'deploy/helm/y-redis'
@@ -23,6 +25,10 @@ const CHART = 'deploy/helm/y-redis'
 const DEFAULT_PORTS = { PORT: 3002, WORKER_PORT: 3003, AUTH_EXAMPLE_PORT: 5173 }
 /** Which variable sets the listening port of each subcommand. */
 const PORT_VAR = { server: 'PORT', all: 'PORT', worker: 'WORKER_PORT', 'auth-example': 'AUTH_EXAMPLE_PORT' }
+/** Subcommands that run once and exit (no port, no health check). */
+const ONE_SHOT = new Set(['migrate'])
+/** Variables Compose itself reads from .env (not interpolated in the file). */
+const COMPOSE_OWN = new Set(['COMPOSE_PROFILES'])
 
 let bin = ''
 /** @type {Set<string>} */
@@ -98,7 +104,7 @@ function templateVariables () {
 test('docker-compose.yml: our services run real subcommands', () => {
   const compose = loadCompose()
   const ours = ourServices(compose)
-  assert.deepEqual(ours.map(([n]) => n).sort(), ['auth', 'server', 'worker'])
+  assert.deepEqual(ours.map(([n]) => n).sort(), ['auth', 'migrate', 'server', 'worker'])
   for (const [name, s] of ours) {
     const cmd = commandOf(s)
     assert.ok(cmd.length > 0, `service ${name} names its subcommand`)
@@ -107,6 +113,7 @@ test('docker-compose.yml: our services run real subcommands', () => {
   assert.equal(commandOf(compose.services.server)[0], 'server')
   assert.equal(commandOf(compose.services.worker)[0], 'worker')
   assert.equal(commandOf(compose.services.auth)[0], 'auth-example')
+  assert.equal(commandOf(compose.services.migrate)[0], 'migrate')
   // the check above means something: an unknown subcommand fails
   assert.notEqual(runBin(['no-such-command', '--help']).status, 0)
 })
@@ -134,6 +141,7 @@ test('.env.template: documents every compose variable, and y-redis knows each on
   const template = templateVariables()
   for (const v of usedInCompose) assert.ok(template.has(v), `.env.template documents ${v} (used in docker-compose.yml)`)
   for (const v of template) {
+    if (COMPOSE_OWN.has(v)) continue
     assert.ok(usedInCompose.has(v), `.env.template's ${v} is used by docker-compose.yml (else setting it does nothing)`)
     if (usedForOurImage.has(v)) assertVariable(v, '.env.template')
     else assert.ok(!variables.has(v) || usedForOurImage.has(v), `${v} is a y-redis variable but no y-redis service gets it`)
@@ -150,7 +158,7 @@ test('.env.template: documents every compose variable, and y-redis knows each on
   // the auth keys are what `y-redis keygen` prints
   const keys = runBin(['keygen']).stdout
   for (const k of ['AUTH_PUBLIC_KEY', 'AUTH_PRIVATE_KEY']) {
-    assert.match(keys, new RegExp(`^${k}=\\{`, 'm'))
+    assert.match(keys, new RegExp(`^${k}='\\{`, 'm'))
     assert.ok(template.has(k))
   }
 })
@@ -160,6 +168,7 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   const { services } = compose
   for (const [name, s] of ourServices(compose)) {
     const sub = commandOf(s)[0]
+    if (ONE_SHOT.has(sub)) continue
     const portVar = PORT_VAR[sub]
     assert.ok(portVar, `service ${name}: known port variable for ${sub}`)
     const env = envOf(s)
@@ -183,18 +192,19 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   assert.ok(services.redis.volumes?.length, 'redis keeps its data in a volume')
   assert.match(String(services.postgres.image), /^postgres:16/)
   assert.ok(services.postgres.volumes?.length && services.minio.volumes?.length)
-  // storage: MinIO through S3_* by default (port 9000 is MinIO's)
-  assert.equal(envOf(services.server).S3_ENDPOINT, '${S3_ENDPOINT-minio}')
-  assert.equal(envOf(services.server).S3_PORT, '${S3_PORT:-9000}')
+  // storage: Postgres by default (the postgres service); S3 only when .env sets S3_ENDPOINT
+  assert.equal(envOf(services.server).S3_ENDPOINT, '${S3_ENDPOINT:-}')
+  assert.match(envOf(services.server).POSTGRES, /^\$\{POSTGRES:-postgres:\/\/yredis:yredis@postgres:5432\/yredis\}$/)
   for (const name of Object.keys(compose.volumes)) {
     assert.ok(Object.values(services).some((s) => (s.volumes || []).some((v) => String(v).startsWith(name + ':'))), `volume ${name} is used`)
   }
   for (const [name, s] of Object.entries(services)) {
+    if (ONE_SHOT.has(commandOf(s)[0])) continue
     assert.ok(s.healthcheck?.test, `service ${name} has a health check`)
   }
   // the load balancer: one published port, the committed config
   const lb = services.lb
-  assert.match(String(lb.image), /^nginx:.*alpine/)
+  assert.match(String(lb.image), /^nginx:[\d.]+-alpine$/)
   assert.equal(lb.ports.length, 1)
   assert.ok(lb.volumes.some((v) => String(v).startsWith('./deploy/nginx.conf:')))
   const published = Object.entries(services).filter(([, s]) => s.ports)
@@ -203,130 +213,110 @@ test('docker-compose.yml: ports, health checks, scaling and the load balancer', 
   assert.ok(fs.existsSync(path.join(REPO_ROOT, services.demo.build.context, 'Dockerfile')))
 })
 
-test('deploy/nginx.conf: websockets round-robin to every server replica, tokens to auth', () => {
+const pick = (obj, keys) => Object.fromEntries(keys.map((k) => [k, obj[k]]))
+
+test('docker-compose.yml: MinIO only in profile s3; a one-shot migrate runs before servers and worker', () => {
+  const { services } = loadCompose()
+  // MinIO from quay.io (no longer published on Docker Hub), a pinned release
+  assert.match(services.minio.image, /^\$\{MINIO_IMAGE:-quay\.io\/minio\/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ\}$/)
+  assert.deepEqual(services.minio.profiles, ['s3'])
+  // migrate: runs once (no restart), after Postgres is healthy and, with the s3 profile, MinIO
+  const migrate = services.migrate
+  assert.equal(migrate.restart, 'no')
+  assert.deepEqual(migrate.depends_on.postgres, { condition: 'service_healthy' })
+  assert.deepEqual(migrate.depends_on.minio, { condition: 'service_healthy', required: false })
+  assert.deepEqual(envOf(migrate), pick(envOf(services.worker), Object.keys(envOf(migrate))),
+    'migrate sees the storage settings the worker sees')
+  for (const name of ['server', 'worker']) {
+    const deps = services[name].depends_on
+    assert.deepEqual(deps.migrate, { condition: 'service_completed_successfully' }, `${name} waits for migrate`)
+    assert.deepEqual(deps.redis, { condition: 'service_healthy' })
+  }
+  // nothing else waits for MinIO, so the default profile starts without it
+  for (const [name, s] of Object.entries(services)) {
+    if (name === 'migrate') continue
+    const deps = Array.isArray(s.depends_on) ? s.depends_on : Object.keys(s.depends_on || {})
+    assert.ok(!deps.includes('minio'), `${name} does not depend on minio`)
+  }
+})
+
+test('deploy/nginx.conf: websockets round-robin to every server replica, tokens to auth, no token in logs', () => {
   const conf = read('deploy/nginx.conf')
   const directives = conf.split('\n').filter((l) => !/^\s*#/.test(l)).join('\n')
-  assert.match(directives, /resolver 127\.0\.0\.11\b/, "Docker's DNS, re-resolved so scaled replicas join")
-  assert.match(directives, /set \$(\w+) server:3002;[\s\S]*proxy_pass http:\/\/\$\1;/, 'server reached through a variable (resolved per request)')
+  // Docker's DNS at http level (before any server block), where an upstream's `resolve` finds it
+  const resolver = /^resolver 127\.0\.0\.11 valid=(\d+)s\b/m.exec(directives)
+  assert.ok(resolver && directives.indexOf(resolver[0]) < directives.indexOf('server {'), "Docker's DNS at http level")
+  assert.ok(Number(resolver[1]) <= 10, 'scaled replicas are seen within seconds')
+  // one upstream group for every replica, re-resolved, in shared memory
+  const upstream = /upstream (\w+) \{([^}]*)\}/.exec(directives)
+  assert.ok(upstream, 'an upstream block')
+  assert.match(upstream[2], /^\s*zone \w+ \d+k;/m)
+  assert.match(upstream[2], /^\s*server server:3002 resolve\b[^;]*;/m)
+  assert.match(directives, new RegExp(`location @\\w+ \\{[^}]*proxy_pass http://${upstream[1]};`))
   assert.match(directives, /set \$(\w+) auth:5173;[\s\S]*location = \/auth\/token[\s\S]*proxy_pass http:\/\/\$\1;/)
   assert.match(directives, /proxy_set_header Upgrade \$http_upgrade;/)
   assert.match(directives, /proxy_set_header Connection \$connection_upgrade;/)
   assert.match(directives, /listen 8080;/)
+  // logs: a format without the query string, errors only from crit up
+  const format = /log_format (\w+) ([^;]*);/.exec(directives)
+  assert.ok(format, 'a log_format')
+  assert.doesNotMatch(format[2], /\$(request|request_uri|query_string|args|arg_\w+|http_referer)\b/, 'no variable that holds the query')
+  assert.match(directives, new RegExp(`access_log \\S+ ${format[1]};`))
+  assert.match(directives, /error_log \S+ (crit|alert|emerg);/, 'error-level lines carry the request line')
   const compose = loadCompose()
   assert.match(String(compose.services.lb.ports[0]), /:8080$/, 'the published port maps to nginx\'s listen port')
+  // `resolve` in an upstream needs nginx 1.27.3: the image must be that new
+  const tag = /^nginx:(\d+)\.(\d+)(?:\.\d+)?-alpine$/.exec(compose.services.lb.image)
+  assert.ok(tag && (Number(tag[1]) > 1 || Number(tag[2]) >= 28), `lb image ${compose.services.lb.image} is nginx >= 1.28`)
 })
 
 test('.env.template: every variable it gives y-redis has a default or value that parses', () => {
-  // copy the template's settings into a y-redis environment: the config loader accepts them
-  const env = { PATH: process.env.PATH }
-  for (const line of read('.env.template').split('\n')) {
-    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)
-    if (m && variables.has(m[1])) env[m[1]] = m[2]
+  // The template's settings as a y-redis environment, as is and with the
+  // commented S3 block switched on. `migrate` loads the whole configuration
+  // first (a bad value exits 2 naming its variable), then fails to reach
+  // the compose hosts (postgres, minio) that do not exist here: exit 1,
+  // after having chosen the storage the template means.
+  const text = read('.env.template')
+  const s3Block = text.replace(/^# ((?:S3_[A-Z_]+|MINIO_IMAGE|COMPOSE_PROFILES)=)/gm, '$1')
+  assert.notEqual(s3Block, text, 'the S3 block is there, commented out')
+  for (const [variant, content, storage] of [['as is', text, /postgres/], ['S3 block on', s3Block, /minio/]]) {
+    const env = { PATH: process.env.PATH, LOG: 'debug' }
+    for (const line of content.split('\n')) {
+      const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)
+      if (m && variables.has(m[1])) env[m[1]] = m[2]
+    }
+    const r = spawnSync(bin, ['migrate'], { encoding: 'utf8', timeout: 60000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
+    assert.doesNotMatch(r.stderr, /invalid configuration/, `${variant}: y-redis rejects a .env.template value: ${r.stderr}`)
+    assert.equal(r.status, 1, `${variant}: y-redis migrate with .env.template settings: exit ${r.status}, ${r.stderr}`)
+    assert.match(r.stderr, storage, `${variant}: the storage it tried`)
   }
-  // `migrate` loads the whole configuration first, then fails only because
-  // S3 is chosen (no connection is made): a bad value would name its variable
-  const r = spawnSync(bin, ['migrate'], { encoding: 'utf8', timeout: 30000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
-  assert.doesNotMatch(r.stderr, /invalid configuration/, `y-redis rejects a .env.template value: ${r.stderr}`)
-  assert.equal(r.status, 1, `y-redis migrate with .env.template settings: exit ${r.status}, ${r.stderr}`)
 })
 
 // ---------------------------------------------------------------------------
-// Helm chart
+// Helm chart: helm.test.mjs renders it with a real helm and checks the
+// objects. Here, without helm: its values name only variables y-redis reads.
 
-/**
- * A template with its Go-template actions blanked out, so the YAML around
- * them can be parsed: lines holding only an action are dropped, inline
- * actions become a placeholder.
- */
-function stripTemplate (text) {
-  return text.split('\n')
-    .filter((line) => !/^\s*\{\{-?[\s\S]*?-?\}\}\s*$/.test(line) || /:\s*\{\{/.test(line))
-    .map((line) => line.replace(/\{\{-?[\s\S]*?-?\}\}/g, 'TEMPLATED'))
-    .join('\n')
-}
-
-function loadChart () {
+test('helm chart: values.yaml config and secrets are variables y-redis reads', (t) => {
   const dir = path.join(REPO_ROOT, CHART)
   const chart = YAML.parse(fs.readFileSync(path.join(dir, 'Chart.yaml'), 'utf8'))
-  const values = YAML.parse(fs.readFileSync(path.join(dir, 'values.yaml'), 'utf8'))
-  const templates = {}
-  for (const f of fs.readdirSync(path.join(dir, 'templates'))) {
-    if (!f.endsWith('.yaml')) continue
-    const text = fs.readFileSync(path.join(dir, 'templates', f), 'utf8')
-    const docs = YAML.parseAllDocuments(stripTemplate(text))
-    for (const d of docs) assert.deepEqual(d.errors.map(String), [], `${CHART}/templates/${f} is YAML around its template actions`)
-    templates[f] = { text, objects: docs.map((d) => d.toJS()).filter(Boolean) }
-  }
-  return { chart, values, templates }
-}
-
-const byKind = (templates, kind) => Object.entries(templates)
-  .flatMap(([file, t]) => t.objects.filter((o) => o.kind === kind).map((o) => ({ file, text: t.text, obj: o })))
-
-test('helm chart: parses and has the expected objects', () => {
-  const { chart, values, templates } = loadChart()
   assert.equal(chart.apiVersion, 'v2')
   assert.equal(chart.name, 'y-redis')
   assert.ok(chart.version && chart.appVersion)
-  const kinds = Object.values(templates).flatMap((t) => t.objects.map((o) => o.kind)).sort()
-  assert.deepEqual(kinds, ['ConfigMap', 'Deployment', 'Deployment', 'HorizontalPodAutoscaler', 'Secret', 'Service'])
-  const hpa = byKind(templates, 'HorizontalPodAutoscaler')[0]
-  assert.equal(hpa.obj.apiVersion, 'autoscaling/v2')
-  assert.match(hpa.text, /^\{\{-? if \.Values\.server\.autoscaling\.enabled \}\}/, 'the HPA is optional')
-  assert.equal(values.server.autoscaling.enabled, false)
-  // an HPA measures utilization against requests
-  for (const part of ['server', 'worker']) {
-    const r = values[part].resources
-    assert.ok(r.requests.cpu && r.requests.memory && r.limits.cpu && r.limits.memory, `${part} resources have requests and limits`)
+  const values = YAML.parse(fs.readFileSync(path.join(dir, 'values.yaml'), 'utf8'))
+  for (const part of ['config', 'secrets']) {
+    for (const key of Object.keys(values[part])) {
+      if (!variables.has(key) && PENDING_VARIABLES.includes(key)) {
+        t.diagnostic(`${key}: set by the chart, not yet read by this y-redis (the server part of issue 12)`)
+        continue
+      }
+      assertVariable(key, `${CHART}/values.yaml ${part}`)
+    }
   }
-  const secret = byKind(templates, 'Secret')[0]
-  assert.match(secret.text, /range \$key, \$value := \.Values\.secrets/)
-  assert.deepEqual(Object.keys(values.secrets).sort(),
-    ['ADMIN_SECRET', 'AUTH_PRIVATE_KEY', 'AUTH_PUBLIC_KEY', 'POSTGRES', 'S3_ACCESS_KEY', 'S3_SECRET_KEY'])
-})
-
-test('helm chart: deployments run real subcommands with probes on their ports', () => {
-  const { values, templates } = loadChart()
-  const deployments = byKind(templates, 'Deployment')
-  const seen = []
-  for (const { file, text, obj } of deployments) {
-    const c = obj.spec.template.spec.containers[0]
-    const sub = c.args[0]
-    seen.push(sub)
-    assertSubcommand(sub, `${CHART}/templates/${file}`)
-    const part = sub === 'server' ? 'server' : 'worker'
-    const portVar = PORT_VAR[sub]
-    assert.equal(values[part].port, DEFAULT_PORTS[portVar], `values ${part}.port is ${portVar}'s default`)
-    // PORT / WORKER_PORT and containerPort both come from values.<part>.port
-    assert.ok(c.env.some((e) => e.name === portVar), `${file} sets ${portVar}`)
-    assert.match(text, new RegExp(`name: ${portVar}\\s+value: \\{\\{ \\.Values\\.${part}\\.port \\| quote \\}\\}`))
-    assert.match(text, new RegExp(`containerPort: \\{\\{ \\.Values\\.${part}\\.port \\}\\}`))
-    assert.equal(c.ports[0].name, 'http')
-    assert.equal(c.livenessProbe.httpGet.path, '/healthz')
-    assert.equal(c.livenessProbe.httpGet.port, 'http')
-    assert.equal(c.readinessProbe.httpGet.path, '/readyz')
-    assert.equal(c.readinessProbe.httpGet.port, 'http')
-    assert.match(text, new RegExp(`toYaml \\.Values\\.${part}\\.resources`))
-    const from = c.envFrom.map((e) => Object.keys(e)[0]).sort()
-    assert.deepEqual(from, ['configMapRef', 'secretRef'])
-  }
-  assert.deepEqual(seen.sort(), ['server', 'worker'])
-  const svc = byKind(templates, 'Service')[0]
-  assert.equal(svc.obj.spec.ports[0].targetPort, 'http')
-})
-
-test('helm chart: every variable it gives y-redis is one it reads', () => {
-  const { values, templates } = loadChart()
-  for (const key of Object.keys(values.config)) assertVariable(key, `${CHART}/values.yaml config`)
-  for (const key of Object.keys(values.secrets)) assertVariable(key, `${CHART}/values.yaml secrets`)
-  const cm = byKind(templates, 'ConfigMap')[0]
-  assert.match(cm.text, /range \$key, \$value := \.Values\.config/)
-  for (const { file, obj } of byKind(templates, 'Deployment')) {
-    for (const e of obj.spec.template.spec.containers[0].env) assertVariable(e.name, `${CHART}/templates/${file}`)
-  }
-  // literal env names anywhere in the templates
-  for (const [file, t] of Object.entries(templates)) {
-    for (const m of t.text.matchAll(/- name: ([A-Z][A-Z0-9_]*)\s/g)) assertVariable(m[1], `${CHART}/templates/${file}`)
+  // the signing key has no place among the servers' settings
+  assert.ok(!('AUTH_PRIVATE_KEY' in values.secrets) && !('AUTH_PRIVATE_KEY' in values.config))
+  // URLs that may hold a password are secrets, not ConfigMap entries
+  for (const key of ['REDIS', 'POSTGRES', 'S3_ACCESS_KEY', 'S3_SECRET_KEY']) {
+    assert.ok(key in values.secrets && !(key in values.config), `${key} is in secrets`)
   }
 })
 
@@ -371,22 +361,51 @@ test('demo: built with a committed lock file, dist not committed', () => {
 })
 
 // ---------------------------------------------------------------------------
-// docker compose itself, when it is installed
+// Compose v2 itself: it parses the file and .env as `docker compose up`
+// would (no engine needed for `config`)
 
-function composeCommand () {
-  for (const cmd of [['docker', 'compose'], ['docker-compose']]) {
-    const r = spawnSync(cmd[0], [...cmd.slice(1), 'version'], { encoding: 'utf8', timeout: 20000 })
-    if (r.status === 0) return cmd
-  }
-  return null
+const compose = findCompose()
+
+/** `docker compose config` of the committed file with `envFile`, as JSON. */
+function composeConfig (envFile, extra = []) {
+  const r = spawnSync(compose.cmd[0], [...compose.cmd.slice(1), '--project-directory', REPO_ROOT,
+    '--env-file', envFile, ...extra, 'config', '--format', 'json'], { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
+  assert.equal(r.status, 0, `${compose.cmd.join(' ')} config: ${r.stderr}`)
+  return JSON.parse(r.stdout)
 }
 
-const compose = composeCommand()
-test('docker compose config accepts docker-compose.yml with .env.template', { skip: compose ? false : 'docker compose is not installed' }, () => {
-  const r = spawnSync(compose[0], [...compose.slice(1), '--env-file', '.env.template', 'config', '--quiet'],
-    { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
-  assert.equal(r.status, 0, `${compose.join(' ')} config: ${r.stderr}`)
-  const services = spawnSync(compose[0], [...compose.slice(1), '--env-file', '.env.template', 'config', '--services'],
-    { encoding: 'utf8', timeout: 60000, cwd: REPO_ROOT })
-  assert.deepEqual(services.stdout.trim().split('\n').sort(), ['auth', 'demo', 'lb', 'minio', 'postgres', 'redis', 'server', 'worker'])
+test('docker compose config: default profile is Postgres without MinIO, --profile s3 adds it', { skip: compose.missing }, () => {
+  const plain = composeConfig('.env.template')
+  assert.deepEqual(Object.keys(plain.services).sort(), ['auth', 'demo', 'lb', 'migrate', 'postgres', 'redis', 'server', 'worker'])
+  const env = plain.services.server.environment
+  assert.equal(env.S3_ENDPOINT, '', 'no S3 endpoint: y-redis uses POSTGRES')
+  assert.equal(env.POSTGRES, 'postgres://yredis:yredis@postgres:5432/yredis')
+  // a dependency on a service outside the active profiles would be an error
+  // unless optional; compose keeps migrate's optional one and drops nothing else
+  for (const [name, s] of Object.entries(plain.services)) {
+    for (const [dep, how] of Object.entries(s.depends_on || {})) {
+      assert.ok(plain.services[dep] || how.required === false, `${name} waits for ${dep}, which the default profile does not run`)
+    }
+  }
+  const s3 = composeConfig('.env.template', ['--profile', 's3'])
+  assert.ok(s3.services.minio, '--profile s3 runs minio')
+  assert.equal(s3.services.migrate.depends_on.minio.condition, 'service_healthy')
+})
+
+test('docker compose config: the S3 block of .env.template switches the profile and the storage', { skip: compose.missing }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'y-redis-compose-'))
+  try {
+    const envFile = path.join(dir, '.env')
+    fs.writeFileSync(envFile, read('.env.template').replace(/^# ((?:S3_[A-Z_]+|MINIO_IMAGE|COMPOSE_PROFILES)=)/gm, '$1'))
+    const c = composeConfig(envFile)
+    assert.ok(c.services.minio, 'COMPOSE_PROFILES=s3 in .env runs minio')
+    const env = c.services.worker.environment
+    assert.equal(env.S3_ENDPOINT, 'minio')
+    assert.equal(env.S3_PORT, '9000')
+    // MinIO's root user is y-redis's S3 key pair
+    assert.equal(c.services.minio.environment.MINIO_ROOT_USER, env.S3_ACCESS_KEY)
+    assert.equal(c.services.minio.environment.MINIO_ROOT_PASSWORD, env.S3_SECRET_KEY)
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
 })

@@ -83,7 +83,8 @@ export function keygen () {
   const r = run(assertBinary(), ['keygen'], { cwd: REPO_ROOT, timeout: 30000 })
   const keys = {}
   for (const line of r.stdout.split('\n')) {
-    const m = /^(AUTH_PUBLIC_KEY|AUTH_PRIVATE_KEY)=(.+)$/.exec(line.trim())
+    // keygen prints .env lines: NAME='<json>'
+    const m = /^(AUTH_PUBLIC_KEY|AUTH_PRIVATE_KEY)='(.+)'$/.exec(line.trim())
     if (m) keys[m[1]] = m[2]
   }
   if (!keys.AUTH_PUBLIC_KEY || !keys.AUTH_PRIVATE_KEY) throw new Error(`unexpected keygen output:\n${r.stdout}`)
