@@ -157,6 +157,19 @@ async function main () {
   })
 
   provider.on('status', ({ status: connection }) => showStatus({ connection, synced: provider.synced, detail: '' }))
+  // When a connection ends, the server tells the others that this user left,
+  // stamped with the last awareness clock it saw + 1. On reconnecting,
+  // y-websocket sends the local state again with an unchanged clock, which
+  // the others ignore as stale, so this user would stay missing from their
+  // lists and cursors until awareness renews itself (15 s). Moving the clock
+  // two past the last one sent puts the reconnect ahead of that goodbye.
+  provider.on('status', ({ status: connection }) => {
+    const state = awareness.getLocalState()
+    if (connection === 'disconnected' && state) {
+      awareness.setLocalState({ ...state })
+      awareness.setLocalState({ ...state })
+    }
+  })
   provider.on('sync', (synced) => showStatus({ synced }))
   // y-websocket stops reconnecting on close codes 4400-4499.
   provider.on('closed', async ({ code, reason }) => {

@@ -327,5 +327,13 @@ test('demo page through nginx: two browsers on two servers edit one CodeMirror t
     { timeout: 10000, message: `both pages on ${aliceServer.name}` })
   await bob.keyboard.type('!')
   await expectText(alice, 'alice', both + '!')
+  // and alice sees bob again, in her list and at his cursor, without waiting
+  // for awareness's 15 s renewal
+  await waitForPage(async () => JSON.stringify(await presenceNames(alice)) === '["alice","bob"]',
+    async () => `bob back in alice's presence list (shows ${JSON.stringify(await presenceNames(alice).catch(() => null))})`, 5000)
+  await waitForPage(async () => {
+    const c = await remoteCarets(alice)
+    return c.length === 1 && c[0].name === 'bob' && c[0].line === 2 && c[0].before === 'second line by Bob [so was bob]!'
+  }, async () => `bob's cursor after "!" on alice's page (carets: ${JSON.stringify(await remoteCarets(alice))})`, 5000)
   await alice.screenshot({ path: path.join(ARTIFACTS_DIR, 'browser-alice-after-failover.png') })
 }))
