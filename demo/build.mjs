@@ -1,5 +1,5 @@
-// Builds the demo into dist/: app.js (src/main.js bundled with yjs and
-// y-websocket), index.html and style.css.
+// Builds the demo into dist/: app.js (src/main.js bundled with yjs,
+// y-websocket, CodeMirror 6 and y-codemirror.next), index.html and style.css.
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'

@@ -1,26 +1,37 @@
-// y-redis demo: a shared <textarea> and a list of who is here.
+// y-redis demo: a CodeMirror 6 editor on a shared Y.Text (y-codemirror.next
+// draws the other users' cursors and selections in their colours), a list of
+// who is here, and the connection status.
 //
 // URL options (query string; the room may also be the #hash):
 //   room  document to edit (default: the #hash, else "demo")
-//   user  your name in the presence list (default: remembered or random)
-//   ws    websocket base URL of y-redis (default: this page's host, ws:// or wss://)
+//   user  your name (default: remembered or random)
+//   ws    websocket base URL of y-redis (default: this page's host, ws:// or wss://,
+//         so behind the load balancer page, token and websocket share one origin)
 //   auth  base URL of the auth backend; the token comes from <auth>/auth/token?user=<name>
 //         (default: this page's origin, where the load balancer forwards /auth/token)
 
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-import { bindTextarea } from './textarea-binding.js'
+import { EditorState } from '@codemirror/state'
+import {
+  EditorView, keymap, lineNumbers, highlightActiveLine, highlightActiveLineGutter, drawSelection, placeholder
+} from '@codemirror/view'
+import { defaultKeymap } from '@codemirror/commands'
+import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next'
 
 const query = new URLSearchParams(window.location.search)
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id))
 
 const COLORS = ['#e6194b', '#3cb44b', '#4363d8', '#f58231', '#911eb4', '#008080', '#9a6324', '#800000', '#808000', '#000075']
 
-function colorFor (name) {
+/** A user's colour follows from the name, so it stays the same across reloads. */
+function userFor (name) {
   // FNV-1a
   let h = 2166136261
   for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619) >>> 0
-  return COLORS[h % COLORS.length]
+  const color = COLORS[h % COLORS.length]
+  // colorLight: the same colour, translucent, for selections others see
+  return { name, color, colorLight: color + '33' }
 }
 
 function safeDecode (s) {
@@ -51,17 +62,20 @@ const authBase = (query.get('auth') || window.location.origin).replace(/\/+$/, '
 const room = chooseRoom()
 let userName = chooseName()
 
-const ydoc = new Y.Doc()
-const ytext = ydoc.getText('text')
-
-function setStatus (status, detail = '') {
+// Connection status: `connection` is the provider's last `status` event
+// (connecting / connected / disconnected); `synced` is its `sync` event.
+const status = { connection: 'connecting', synced: false, detail: '' }
+function showStatus (change) {
+  Object.assign(status, change)
   const el = $('status')
-  el.textContent = detail ? `${status}: ${detail}` : status
-  el.dataset.status = status
-  document.body.dataset.status = status
+  el.dataset.status = status.connection
+  el.dataset.synced = String(status.synced)
+  const syncing = status.connection === 'connected' && !status.synced ? ' (syncing)' : ''
+  el.textContent = status.connection + syncing + (status.detail ? ` (${status.detail})` : '')
 }
 
 async function fetchToken () {
+  // The URL names the user but never carries a token, so it may be shown.
   const url = `${authBase}/auth/token?user=${encodeURIComponent(userName)}`
   for (let attempt = 1; ; attempt++) {
     try {
@@ -71,14 +85,13 @@ async function fetchToken () {
       if (!token) throw new Error('empty token')
       return token
     } catch (e) {
-      setStatus('no token', `${url}: ${e.message} (retrying)`)
+      showStatus({ detail: `no token from ${url}: ${e.message}, retrying` })
       await new Promise((resolve) => setTimeout(resolve, Math.min(10000, 500 * attempt)))
     }
   }
 }
 
 function renderPresence (awareness) {
-  const list = $('presence')
   const entries = []
   awareness.getStates().forEach((state, clientID) => {
     if (state && state.user && typeof state.user.name === 'string') {
@@ -86,7 +99,7 @@ function renderPresence (awareness) {
     }
   })
   entries.sort((a, b) => a.name.localeCompare(b.name) || a.clientID - b.clientID)
-  list.replaceChildren(...entries.map(({ clientID, name, color }) => {
+  $('presence').replaceChildren(...entries.map(({ clientID, name, color }) => {
     const li = document.createElement('li')
     li.dataset.clientId = String(clientID)
     li.dataset.name = name
@@ -113,36 +126,67 @@ async function main () {
   $('room').textContent = room
   const nameInput = /** @type {HTMLInputElement} */ ($('name'))
   nameInput.value = userName
-  const editor = /** @type {HTMLTextAreaElement} */ ($('editor'))
-  bindTextarea(ytext, editor)
 
-  setStatus('connecting', 'fetching a token')
-  const token = await fetchToken()
-  setStatus('connecting')
-  // disableBc: every tab talks to the server, so the demo shows the backend
-  // at work rather than tabs syncing with each other locally.
-  const provider = new WebsocketProvider(wsBase, encodeURIComponent(room), ydoc, {
-    params: { yauth: token },
-    disableBc: true
-  })
+  const ydoc = new Y.Doc()
+  const ytext = ydoc.getText('text')
+  // Created unconnected: the editor works at once, and the socket opens when
+  // the token is there. disableBc: every tab talks to the server, so the demo
+  // shows the backend at work rather than tabs syncing with each other locally.
+  const provider = new WebsocketProvider(wsBase, encodeURIComponent(room), ydoc, { connect: false, disableBc: true })
   const awareness = provider.awareness
-  awareness.setLocalStateField('user', { name: userName, color: colorFor(userName) })
+  awareness.setLocalStateField('user', userFor(userName))
   awareness.on('change', () => renderPresence(awareness))
   renderPresence(awareness)
 
-  provider.on('status', ({ status }) => setStatus(status === 'connected' && provider.synced ? 'synced' : status))
-  provider.on('sync', (synced) => setStatus(synced ? 'synced' : (provider.wsconnected ? 'connected' : 'connecting')))
-  provider.on('connection-close', async (event) => {
-    // 4401: the token was refused (expired); 4403: permission lost.
-    if (event && event.code === 4401) {
-      setStatus('reconnecting', 'token refused, fetching a new one')
-      provider.params.yauth = await fetchToken()
-      provider.connect()
-    } else if (event && event.code >= 4400 && event.code < 4500) {
-      setStatus('closed', `${event.code} ${event.reason || ''}`.trim())
+  const view = new EditorView({
+    parent: $('editor'),
+    state: EditorState.create({
+      doc: ytext.toString(),
+      extensions: [
+        // undo/redo of y-codemirror.next: undoes only this user's edits
+        keymap.of([...yUndoManagerKeymap, ...defaultKeymap]),
+        lineNumbers(),
+        highlightActiveLineGutter(),
+        highlightActiveLine(),
+        drawSelection(),
+        EditorView.lineWrapping,
+        placeholder('Type here. Open this page in a second window to edit together.'),
+        yCollab(ytext, awareness)
+      ]
+    })
+  })
+
+  provider.on('status', ({ status: connection }) => showStatus({ connection, synced: provider.synced, detail: '' }))
+  // When a connection ends, the server tells the others that this user left,
+  // stamped with the last awareness clock it saw + 1. On reconnecting,
+  // y-websocket sends the local state again with an unchanged clock, which
+  // the others ignore as stale, so this user would stay missing from their
+  // lists and cursors until awareness renews itself (15 s). Moving the clock
+  // two past the last one sent puts the reconnect ahead of that goodbye.
+  provider.on('status', ({ status: connection }) => {
+    const state = awareness.getLocalState()
+    if (connection === 'disconnected' && state) {
+      awareness.setLocalState({ ...state })
+      awareness.setLocalState({ ...state })
     }
   })
-  // Tokens expire: keep a fresh one for the next reconnect.
+  provider.on('sync', (synced) => showStatus({ synced }))
+  // y-websocket stops reconnecting on close codes 4400-4499.
+  provider.on('closed', async ({ code, reason }) => {
+    if (code === 4401) {
+      // the token expired: fetch a new one and go on
+      showStatus({ connection: 'connecting', detail: 'token refused, fetching a new one' })
+      provider.params.yauth = await fetchToken()
+      provider.connect()
+    } else {
+      showStatus({ connection: 'disconnected', detail: `${code} ${reason || ''}`.trim() })
+    }
+  })
+
+  showStatus({ connection: 'connecting', detail: 'fetching a token' })
+  provider.params.yauth = await fetchToken()
+  provider.connect()
+  // Tokens expire after an hour: keep a fresh one for the next reconnect.
   setInterval(async () => { provider.params.yauth = await fetchToken() }, 20 * 60 * 1000)
 
   nameInput.addEventListener('change', () => {
@@ -150,15 +194,20 @@ async function main () {
     if (!name) return
     userName = name
     try { window.localStorage.setItem('y-redis-demo-user', name) } catch {}
-    awareness.setLocalStateField('user', { name, color: colorFor(name) })
+    awareness.setLocalStateField('user', userFor(name))
   })
   window.addEventListener('hashchange', () => window.location.reload())
+  // Leaving the page says goodbye at once, so the others' presence lists drop
+  // this user now rather than after awareness's 30 s timeout; a page restored
+  // from the back/forward cache connects again.
+  window.addEventListener('pagehide', () => provider.disconnect())
+  window.addEventListener('pageshow', (event) => { if (event.persisted) provider.connect() })
 
   // for debugging from the console
-  window.yredisDemo = { Y, ydoc, ytext, provider, awareness, room, wsBase, authBase }
+  window.yredisDemo = { Y, ydoc, ytext, provider, awareness, view, room, wsBase, authBase }
 }
 
 main().catch((e) => {
-  setStatus('error', e.message)
+  showStatus({ connection: 'disconnected', detail: `error: ${e.message}` })
   console.error(e)
 })

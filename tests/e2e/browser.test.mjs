@@ -1,11 +1,18 @@
-// The demo page (demo/) in real headless Chromium against the real stack on
-// this machine: two `y-redis server` processes with token auth through
-// `y-redis auth-example`, one `y-redis worker` persisting to a fresh Postgres
-// database (filesystem storage when Postgres is not there), the demo served
-// with the /auth/token proxy the compose load balancer provides.
-// Page 1 (alice) talks to server 1, page 2 (bob) to server 2.
+// The demo page (demo/) in real headless Chromium, through the committed load
+// balancer config (deploy/nginx.conf in a real nginx, Docker service names
+// swapped for local ports by nginx.mjs), in front of two `y-redis server`
+// processes with token auth from `y-redis auth-example`, and one
+// `y-redis worker` persisting to a fresh Postgres database (filesystem
+// storage when Postgres is not there). Each page loads, gets its token and
+// opens its websocket on nginx's one origin, as in docker-compose.yml; nginx
+// puts the two pages on different servers, which /metrics confirms.
 //
-// Needs Debian's Chromium: apt-get update && apt-get install -y chromium
+// Checks: typing both ways and at once through CodeMirror's contenteditable,
+// each page draws the other user's cursor and selection (y-codemirror.next)
+// with that user's name and colour, the presence list, the connection status
+// (connected; disconnected and back when a server stops), persistence.
+//
+// Needs Debian's chromium and nginx: apt-get install -y chromium nginx
 // Screenshots: tests/e2e/artifacts/browser-*.png
 
 import { test, before, after } from 'node:test'
@@ -17,23 +24,25 @@ import {
   ARTIFACTS_DIR, assertChromium, buildDemo, countStoredRows, createScratchDatabase, keygen,
   launchChromium, metric, scrapeMetrics, startAuthExample, startStaticServer
 } from './stack.mjs'
-import { diffText, transformPosition } from '../../demo/src/textarea-binding.js'
+import { NGINX_BIN, startNginx } from './nginx.mjs'
 
 const h = new Harness('browser')
 const room = `browser-${randomHex(4)}`
 /** @type {any} */ let browser = null
-/** @type {any[]} */ const pages = []
+/** @type {Map<string, any>} user name -> page */
+const pages = new Map()
 /** @type {string[]} */ const consoleLines = []
 let web = null
 let db = null
 let auth = null
-let s1 = null
-let s2 = null
-let worker = null
+let lb = null
+/** @type {import('./harness.mjs').ServerProc[]} */
+let servers = []
 let workerPort = 0
 
 before(async () => {
   assertChromium()
+  if (!NGINX_BIN) throw new Error('nginx is not installed: apt-get install -y nginx (or set NGINX_BIN)')
   const dist = buildDemo()
   await h.setup(0)
   const keys = keygen()
@@ -48,140 +57,283 @@ before(async () => {
     AUTH_PUBLIC_KEY: keys.AUTH_PUBLIC_KEY,
     AUTH_PERM_CALLBACK: `${auth.url}/auth/perm`
   }
-  s1 = await h.startServer('s1', serverEnv)
-  s2 = await h.startServer('s2', serverEnv)
+  servers = [await h.startServer('s1', serverEnv), await h.startServer('s2', serverEnv)]
   workerPort = await freePort()
-  worker = await h.startWorker('w1', { ...storageEnv, WORKER_PORT: String(workerPort) })
+  await h.startWorker('w1', { ...storageEnv, WORKER_PORT: String(workerPort) })
   web = await startStaticServer(dist, auth.url)
   h.cleanups.push(() => web.close())
+  lb = await startNginx({
+    dir: path.join(h.workDir, 'nginx'),
+    servers: servers.map((s) => s.port),
+    auth: auth.port,
+    demo: Number(new URL(web.url).port)
+  })
+  h.cleanups.push(() => lb.stop())
   browser = await launchChromium()
 })
 
 after(async () => {
-  if (h.failed && pages.length) {
+  if (h.failed && pages.size) {
     fs.mkdirSync(ARTIFACTS_DIR, { recursive: true })
-    for (const [i, p] of pages.entries()) {
-      try { await p.screenshot({ path: path.join(ARTIFACTS_DIR, `browser-failure-page${i + 1}.png`) }) } catch {}
+    for (const [user, p] of pages) {
+      try { await p.screenshot({ path: path.join(ARTIFACTS_DIR, `browser-failure-${user}.png`) }) } catch {}
     }
   }
   if (browser) { try { await browser.close() } catch {} }
   await h.teardown()
 })
 
-/** Open the demo in its own browser context (no shared storage or BroadcastChannel). */
-async function openDemo (server, user) {
+// Chromium prints failed websocket URLs, and those carry the token.
+const redact = (s) => s.replace(/yauth=[^&\s'"]+/g, 'yauth=<redacted>')
+
+/** The demo through the load balancer, in its own browser context (no shared storage). */
+async function openDemo (user) {
   const context = await browser.newContext({ viewport: { width: 900, height: 560 } })
   const page = await context.newPage()
-  page.on('console', (m) => consoleLines.push(`[${user} console.${m.type()}] ${m.text()}`))
-  page.on('pageerror', (e) => consoleLines.push(`[${user} pageerror] ${e.message}`))
-  const url = `${web.url}/?ws=${encodeURIComponent(server.url)}&user=${encodeURIComponent(user)}#${room}`
-  await page.goto(url)
-  pages.push(page)
+  page.on('console', (m) => consoleLines.push(redact(`[${user} console.${m.type()}] ${m.text()}`)))
+  page.on('pageerror', (e) => consoleLines.push(redact(`[${user} pageerror] ${e.message}`)))
+  // Record every status the page shows from its first script on, so a short
+  // "disconnected" is not missed.
+  await context.addInitScript(() => {
+    window.statusHistory = []
+    new MutationObserver((records) => {
+      for (const r of records) {
+        const status = /** @type {HTMLElement} */ (r.target).dataset.status
+        if (r.target.id === 'status' && window.statusHistory.at(-1) !== status) window.statusHistory.push(status)
+      }
+    }).observe(document, { subtree: true, attributes: true, attributeFilter: ['data-status'] })
+  })
+  await page.goto(`${lb.url}/?user=${encodeURIComponent(user)}#${room}`)
+  await waitForPage(async () => {
+    const s = await statusOf(page)
+    return s.status === 'connected' && s.synced === 'true'
+  }, async () => `${user}'s page to be connected and synced (status: ${JSON.stringify(await statusOf(page).catch(() => null))})`)
   return page
 }
 
-const editorValue = (page) => page.$eval('#editor', (el) => el.value)
-const presenceNames = (page) => page.$$eval('#presence li', (lis) => lis.map((li) => li.dataset.name))
+const statusOf = (page) => page.$eval('#status', (el) => ({ status: el.dataset.status, synced: el.dataset.synced, text: el.textContent }))
 
-async function waitForPage (page, fn, message, timeout = 15000) {
-  return waitFor(fn, {
+async function waitForPage (fn, message, timeout = 15000) {
+  let last = ''
+  return waitFor(async () => {
+    const ok = await fn()
+    if (!ok && typeof message === 'function') last = await message()
+    return ok
+  }, {
     timeout,
     interval: 50,
-    message: () => `${message}\npage console:\n${consoleLines.slice(-30).join('\n')}`
+    message: () => `${typeof message === 'function' ? last : message}\npage console:\n${consoleLines.slice(-30).join('\n')}`
   })
 }
 
-test('textarea diff and cursor mapping', () => {
-  assert.deepEqual(diffText('abc', 'abXc', 3), { index: 2, remove: 0, insert: 'X' })
-  assert.deepEqual(diffText('aa', 'aaa', 2), { index: 1, remove: 0, insert: 'a' })
-  assert.deepEqual(diffText('hello world', 'hello there', 11), { index: 6, remove: 5, insert: 'there' })
-  assert.deepEqual(diffText('abc', 'ac', 1), { index: 1, remove: 1, insert: '' })
-  // never split a surrogate pair: 😀 is \ud83d\ude00, 😁 is \ud83d\ude01
-  assert.deepEqual(diffText('x😀', 'x😁', 3), { index: 1, remove: 2, insert: '😁' })
-  // remote insert of 3 before a cursor at 5 moves it to 8; a delete around it collapses it
-  assert.equal(transformPosition(5, [{ insert: 'abc' }], false), 8)
-  assert.equal(transformPosition(5, [{ retain: 5 }, { insert: 'abc' }], false), 5)
-  assert.equal(transformPosition(5, [{ retain: 5 }, { insert: 'abc' }], true), 8)
-  assert.equal(transformPosition(5, [{ retain: 2 }, { delete: 10 }], false), 2)
-})
+/** The text the editor shows, line by line, without the remote carets' name labels. */
+const editorText = (page) => page.$$eval('.cm-content > .cm-line', (lines) => lines.map((line) => {
+  const copy = line.cloneNode(true)
+  copy.querySelectorAll('.cm-ySelectionCaret, .cm-placeholder, .cm-widgetBuffer').forEach((e) => e.remove())
+  return copy.textContent
+}).join('\n'))
 
-test('demo page: two browsers on two servers edit one text and see each other', h.wrap(async () => {
-  const before1 = await scrapeMetrics(s1.port)
-  const workerBefore = await scrapeMetrics(workerPort)
+async function expectText (page, user, expected) {
+  await waitForPage(async () => (await editorText(page)) === expected,
+    async () => `${user}'s editor to show ${JSON.stringify(expected)} (shows ${JSON.stringify(await editorText(page).catch(() => null))})`)
+}
 
-  const alice = await openDemo(s1, 'alice')
-  const bob = await openDemo(s2, 'bob')
-  for (const [page, name] of [[alice, 'alice'], [bob, 'bob']]) {
-    await waitForPage(page, async () => (await page.getAttribute('#status', 'data-status')) === 'synced',
-      `${name}'s page to sync (status: ${await page.textContent('#status').catch(() => '?')})`)
+/** Remote cursors drawn by y-codemirror.next: name, colour, line and the line's text before the caret. */
+const remoteCarets = (page) => page.$$eval('.cm-content .cm-ySelectionCaret', (carets) => carets.map((caret) => {
+  const line = caret.closest('.cm-line')
+  const range = document.createRange()
+  range.setStart(line, 0)
+  range.setEndBefore(caret)
+  const before = range.cloneContents()
+  before.querySelectorAll('.cm-ySelectionCaret, .cm-widgetBuffer').forEach((e) => e.remove())
+  const info = caret.querySelector('.cm-ySelectionInfo')
+  const box = caret.getBoundingClientRect()
+  return {
+    name: info ? info.textContent : null,
+    labelOpacity: info ? getComputedStyle(info).opacity : null,
+    color: getComputedStyle(caret).backgroundColor,
+    line: [...line.parentElement.querySelectorAll(':scope > .cm-line')].indexOf(line) + 1,
+    before: before.textContent,
+    drawn: box.height > 0
+  }
+}))
+
+/** Remote selections: the highlighted text and its colour. */
+const remoteSelections = (page) => page.$$eval('.cm-content .cm-ySelection', (marks) => marks.map((m) => {
+  const copy = m.cloneNode(true)
+  copy.querySelectorAll('.cm-ySelectionCaret, .cm-widgetBuffer').forEach((e) => e.remove())
+  return { text: copy.textContent, color: getComputedStyle(m).backgroundColor }
+}))
+
+/** Colour of `user`'s dot in the presence list, as the browser computes it. */
+const presenceColor = (page, user) => page.$eval(`#presence li[data-name="${user}"] .dot`, (d) => getComputedStyle(d).backgroundColor)
+const presenceNames = (page) => page.$$eval('#presence li', (lis) => lis.map((li) => li.dataset.name))
+
+const rgba = (css) => {
+  const n = css.match(/[\d.]+/g).map(Number)
+  return { r: n[0], g: n[1], b: n[2], a: n.length > 3 ? n[3] : 1 }
+}
+
+/** Open websocket connections per server (the yredis_connections gauge). */
+const connectionsPerServer = () => Promise.all(servers.map(async (s) => metric(await scrapeMetrics(s.port), 'yredis_connections')))
+const sum = (xs) => xs.reduce((a, b) => a + b, 0)
+
+/**
+ * Open `user`'s page and find the server nginx gave its websocket. If that
+ * is one in `avoid`, leave the page and open another (nginx round-robins, so
+ * the next one lands elsewhere) until one does.
+ */
+async function openOnServer (user, avoid) {
+  for (let attempt = 1; attempt <= 4; attempt++) {
+    const before = await connectionsPerServer()
+    const page = await openDemo(user)
+    const after = await waitFor(async () => {
+      const now = await connectionsPerServer()
+      return sum(now) === sum(before) + 1 ? now : null
+    }, { timeout: 10000, message: () => `one more connection over both servers than ${JSON.stringify(before)}` })
+    const server = servers[after.findIndex((n, i) => n > before[i])]
+    if (!avoid.includes(server)) {
+      pages.set(user, page)
+      return server
+    }
+    console.log(`# ${user}'s page landed on ${server.name} too (attempt ${attempt}); opening another page`)
+    // navigating away runs the page's pagehide handler, which disconnects
+    await page.goto('about:blank')
+    await page.context().close()
+    await waitFor(async () => sum(await connectionsPerServer()) === sum(before),
+      { timeout: 10000, message: `${user}'s extra page to disconnect` })
+  }
+  throw new Error(`nginx put ${user}'s page on ${avoid.map((s) => s.name).join(', ')} four times out of four; it should round-robin`)
+}
+
+test('demo page through nginx: two browsers on two servers edit one CodeMirror text and see each other', h.wrap(async () => {
+  const metricsBefore = await Promise.all(servers.map((s) => scrapeMetrics(s.port)))
+  const tasksBefore = metric(await scrapeMetrics(workerPort), 'yredis_worker_tasks_total')
+
+  const aliceServer = await openOnServer('alice', [])
+  const bobServer = await openOnServer('bob', [aliceServer])
+  assert.notEqual(aliceServer, bobServer)
+  const alice = pages.get('alice')
+  const bob = pages.get('bob')
+  console.log(`# alice on ${aliceServer.name}, bob on ${bobServer.name}`)
+
+  // connection status
+  for (const [page, user] of [[alice, 'alice'], [bob, 'bob']]) {
+    assert.deepEqual(await statusOf(page), { status: 'connected', synced: 'true', text: 'connected' }, `${user}'s status`)
+    assert.equal(await page.isVisible('#status'), true)
+    assert.deepEqual(await page.evaluate(() => window.statusHistory), ['connecting', 'connected'], `${user}'s status history`)
   }
 
   // alice types, bob sees it
-  await alice.click('#editor')
+  await alice.click('.cm-content')
   await alice.keyboard.type('Hello from Alice')
-  await waitForPage(bob, async () => (await editorValue(bob)) === 'Hello from Alice', 'alice\'s text on bob\'s page')
+  await expectText(bob, 'bob', 'Hello from Alice')
 
-  // bob types at the end, alice sees it
-  await bob.click('#editor')
+  // bob types at the end and on a new line, alice sees it
+  await bob.click('.cm-content')
   await bob.keyboard.press('Control+End')
   await bob.keyboard.type(' and Bob')
-  await waitForPage(alice, async () => (await editorValue(alice)) === 'Hello from Alice and Bob', 'bob\'s text on alice\'s page')
+  await bob.keyboard.press('Enter')
+  await bob.keyboard.type('second line by Bob')
+  await expectText(alice, 'alice', 'Hello from Alice and Bob\nsecond line by Bob')
 
-  // alice's cursor sits after "Hello"; bob inserts in front of it: her cursor moves along
-  await alice.$eval('#editor', (el) => { el.focus(); el.setSelectionRange(5, 5) })
-  await bob.$eval('#editor', (el) => { el.focus(); el.setSelectionRange(0, 0) })
-  await bob.keyboard.type('>> ')
-  await waitForPage(alice, async () => (await editorValue(alice)) === '>> Hello from Alice and Bob', 'bob\'s prefix on alice\'s page')
-  assert.deepEqual(await alice.$eval('#editor', (el) => [el.selectionStart, el.selectionEnd]), [8, 8],
-    'a remote insert before the cursor moves the cursor with the text')
-  await alice.keyboard.type(',')
-  const expected = '>> Hello, from Alice and Bob'
-  for (const [page, name] of [[alice, 'alice'], [bob, 'bob']]) {
-    await waitForPage(page, async () => (await editorValue(page)) === expected, `${name}'s page to show ${JSON.stringify(expected)}`)
-  }
+  // each user has a colour of their own
+  const aliceColor = rgba(await presenceColor(alice, 'alice'))
+  const bobColor = rgba(await presenceColor(alice, 'bob'))
+  assert.notDeepEqual(aliceColor, bobColor, 'alice and bob have different colours')
 
-  // presence: each page lists both users, itself marked
-  for (const [page, name] of [[alice, 'alice'], [bob, 'bob']]) {
-    await waitForPage(page, async () => JSON.stringify(await presenceNames(page)) === '["alice","bob"]',
-      `${name}'s presence list to show alice and bob (now ${JSON.stringify(await presenceNames(page).catch(() => null))})`)
-    assert.equal(await page.$eval('#presence li.self', (li) => li.dataset.name), name)
-    const colors = await page.$$eval('#presence .dot', (dots) => dots.map((d) => d.style.background))
-    assert.equal(colors.length, 2)
-    assert.ok(colors.every((c) => c && c.length > 0), `presence colors: ${colors}`)
+  // alice sees bob's cursor where he stopped typing: end of line 2, his name, his colour
+  await waitForPage(async () => {
+    const c = await remoteCarets(alice)
+    return c.length === 1 && c[0].name === 'bob' && c[0].line === 2 && c[0].before === 'second line by Bob'
+  }, async () => `bob's cursor at the end of line 2 on alice's page (carets: ${JSON.stringify(await remoteCarets(alice))})`)
+  const bobCaret = (await remoteCarets(alice))[0]
+  assert.deepEqual(rgba(bobCaret.color), bobColor, `bob's caret colour ${bobCaret.color}`)
+  assert.equal(bobCaret.labelOpacity, '1', 'the name label of a remote cursor is shown')
+  assert.ok(bobCaret.drawn, 'bob\'s caret has a size on screen')
+
+  // alice selects "Hello": bob sees the selection in her light colour and her cursor after it
+  await alice.keyboard.press('Control+Home')
+  for (let i = 0; i < 5; i++) await alice.keyboard.press('Shift+ArrowRight')
+  await waitForPage(async () => {
+    const c = await remoteCarets(bob)
+    const s = await remoteSelections(bob)
+    return c.length === 1 && c[0].name === 'alice' && c[0].line === 1 && c[0].before === 'Hello' &&
+      s.map((x) => x.text).join('') === 'Hello'
+  }, async () => `alice's selection of "Hello" on bob's page (carets: ${JSON.stringify(await remoteCarets(bob))}, ` +
+    `selections: ${JSON.stringify(await remoteSelections(bob))})`)
+  const aliceCaret = (await remoteCarets(bob))[0]
+  assert.deepEqual(rgba(aliceCaret.color), aliceColor, `alice's caret colour ${aliceCaret.color}`)
+  for (const sel of await remoteSelections(bob)) {
+    const c = rgba(sel.color)
+    assert.deepEqual({ r: c.r, g: c.g, b: c.b }, { r: aliceColor.r, g: aliceColor.g, b: aliceColor.b }, `selection colour ${sel.color}`)
+    assert.ok(c.a > 0 && c.a < 1, `a selection is translucent (colorLight): ${sel.color}`)
   }
 
   fs.mkdirSync(ARTIFACTS_DIR, { recursive: true })
-  await alice.screenshot({ path: path.join(ARTIFACTS_DIR, 'browser-page1-alice.png') })
-  await bob.screenshot({ path: path.join(ARTIFACTS_DIR, 'browser-page2-bob.png') })
+  await alice.screenshot({ path: path.join(ARTIFACTS_DIR, 'browser-alice.png') })
+  await bob.screenshot({ path: path.join(ARTIFACTS_DIR, 'browser-bob.png') })
 
-  // server 1 counted alice's connection and traffic
-  const after1 = await scrapeMetrics(s1.port)
-  for (const name of ['yredis_connections_total', 'yredis_messages_in_total', 'yredis_bytes_out_total']) {
-    const b = metric(before1, name)
-    const a = metric(after1, name)
-    assert.ok(a > b, `${name} on server 1 went from ${b} to ${a}`)
-  }
-  assert.ok(metric(after1, 'yredis_connections_total') - metric(before1, 'yredis_connections_total') >= 1)
-  for (const s of [s1, s2]) {
-    const res = await fetch(`http://127.0.0.1:${s.port}/readyz`)
-    const body = await res.json()
-    assert.equal(res.status, 200, `/readyz of ${s.name}: ${JSON.stringify(body)}`)
-    assert.equal(body.ready, true)
+  // both type at once, on different lines
+  await alice.keyboard.press('End')
+  await Promise.all([
+    alice.keyboard.type(' [alice was here]', { delay: 15 }),
+    bob.keyboard.type(' [so was bob]', { delay: 15 })
+  ])
+  const both = 'Hello from Alice and Bob [alice was here]\nsecond line by Bob [so was bob]'
+  await expectText(alice, 'alice', both)
+  await expectText(bob, 'bob', both)
+
+  // presence: each page lists both users, itself marked
+  for (const [page, user] of [[alice, 'alice'], [bob, 'bob']]) {
+    await waitForPage(async () => JSON.stringify(await presenceNames(page)) === '["alice","bob"]',
+      async () => `${user}'s presence list to show alice and bob (shows ${JSON.stringify(await presenceNames(page).catch(() => null))})`)
+    assert.equal(await page.$eval('#presence li.self', (li) => li.dataset.name), user)
+    assert.equal(await page.textContent('#count'), '2')
   }
 
-  // the worker picked up the room (REDIS_TASK_DEBOUNCE is 300 ms here) and persisted it
-  const tasksBefore = metric(workerBefore, 'yredis_worker_tasks_total')
+  // both servers carried traffic from their page
+  const metricsAfter = await Promise.all(servers.map((s) => scrapeMetrics(s.port)))
+  for (const [i, s] of servers.entries()) {
+    const b = metric(metricsBefore[i], 'yredis_messages_in_total')
+    const a = metric(metricsAfter[i], 'yredis_messages_in_total')
+    assert.ok(a > b, `yredis_messages_in_total on ${s.name} went from ${b} to ${a}`)
+  }
+  // tokens came from the auth backend through nginx, never from the demo's own server
+  assert.ok(web.requests.includes('GET /'), `demo server requests: ${web.requests.join(', ')}`)
+  assert.ok(!web.requests.includes('GET /auth/token'), `nginx sent /auth/token to the demo server: ${web.requests.join(', ')}`)
+
+  // the worker persisted the room to Postgres (REDIS_TASK_DEBOUNCE is 300 ms here)
   await waitFor(async () => metric(await scrapeMetrics(workerPort), 'yredis_worker_tasks_total') > tasksBefore,
     { timeout: 20000, interval: 200, message: 'yredis_worker_tasks_total on the worker to grow' })
-  assert.ok(metric(await scrapeMetrics(workerPort), 'yredis_worker_tasks_total') > 0)
-  const wr = await fetch(`http://127.0.0.1:${workerPort}/readyz`)
-  assert.equal(wr.status, 200, `worker /readyz: ${await wr.text()}`)
   if (db) {
     await waitFor(async () => (await countStoredRows(db.url, room)) > 0,
       { timeout: 20000, interval: 200, message: `a row for room ${room} in Postgres ${db.name}` })
   }
 
-  // the page came with its token through the same origin
-  assert.ok(web.requests.some((r) => r === 'GET /auth/token'), `static server requests: ${web.requests.join(', ')}`)
-  assert.ok(worker.running && s1.running && s2.running && auth.proc.running)
+  // bob's server stops: his page shows "disconnected", reconnects through
+  // nginx to the other server, shows "connected" and edits flow again
+  await bobServer.stop(10000)
+  await waitForPage(async () => {
+    const s = await statusOf(bob)
+    const history = await bob.evaluate(() => window.statusHistory)
+    return s.status === 'connected' && s.synced === 'true' && history.includes('disconnected')
+  }, async () => `bob's page to go disconnected and back to connected (status ${JSON.stringify(await statusOf(bob))}, ` +
+    `history ${JSON.stringify(await bob.evaluate(() => window.statusHistory))})`, 20000)
+  const history = await bob.evaluate(() => window.statusHistory)
+  assert.deepEqual(history.slice(history.indexOf('disconnected')).filter((s) => s !== 'connecting'), ['disconnected', 'connected'])
+  assert.equal(await statusOf(alice).then((s) => s.status), 'connected', 'alice, on the other server, stayed connected')
+  await waitFor(async () => metric(await scrapeMetrics(aliceServer.port), 'yredis_connections') === 2,
+    { timeout: 10000, message: `both pages on ${aliceServer.name}` })
+  await bob.keyboard.type('!')
+  await expectText(alice, 'alice', both + '!')
+  // and alice sees bob again, in her list and at his cursor, without waiting
+  // for awareness's 15 s renewal
+  await waitForPage(async () => JSON.stringify(await presenceNames(alice)) === '["alice","bob"]',
+    async () => `bob back in alice's presence list (shows ${JSON.stringify(await presenceNames(alice).catch(() => null))})`, 5000)
+  await waitForPage(async () => {
+    const c = await remoteCarets(alice)
+    return c.length === 1 && c[0].name === 'bob' && c[0].line === 2 && c[0].before === 'second line by Bob [so was bob]!'
+  }, async () => `bob's cursor after "!" on alice's page (carets: ${JSON.stringify(await remoteCarets(alice))})`, 5000)
+  await alice.screenshot({ path: path.join(ARTIFACTS_DIR, 'browser-alice-after-failover.png') })
 }))
