@@ -62,7 +62,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections per client address (429 past it).
     pub max_connections_per_ip: usize,
-    /// Upgrades per second per client address, with a burst of twice that (429).
+    /// Upgrades per second per client address, with a burst of one second's worth (429).
     pub upgrades_per_ip_per_second: f64,
     /// Messages per second per connection, with a burst of two seconds' worth (4429).
     pub messages_per_second: f64,
@@ -226,7 +226,7 @@ impl ConnectionLimiter {
         let rate = self.limits.upgrades_per_ip_per_second;
         let entry = addresses.entry(address).or_insert_with(|| AddressState {
             open: 0,
-            upgrades: TokenBucket::new(rate, rate * 2.0),
+            upgrades: TokenBucket::new(rate, rate),
         });
         if entry.open >= self.limits.max_connections_per_ip || !entry.upgrades.try_take(1.0) {
             return Err(Refusal::AddressBusy);
@@ -295,7 +295,7 @@ mod tests {
         let limiter = Arc::new(ConnectionLimiter::new(settings));
         let a: IpAddr = "1.1.1.1".parse().expect("ip");
         let admitted = (0..10).filter(|_| limiter.admit(a).is_ok()).count();
-        assert_eq!(admitted, 2, "a burst of two seconds' worth");
+        assert_eq!(admitted, 1, "a burst of one second's worth");
     }
 
     #[test]

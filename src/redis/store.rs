@@ -421,15 +421,16 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Removes a task that can not be carried out (its key is not a room stream).
-    pub async fn drop_task(&self, task: &Task) -> Result<(), RedisError> {
+    /// Removes a task that can not be carried out; false if it was gone already
+    /// (another worker dealt with it).
+    pub async fn drop_task(&self, task: &Task) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
-        redis::cmd("XDEL")
+        let removed: i64 = redis::cmd("XDEL")
             .arg(self.keys.worker_stream())
             .arg(task.id.to_string())
-            .query_async::<()>(&mut conn)
+            .query_async(&mut conn)
             .await?;
-        Ok(())
+        Ok(removed == 1)
     }
 
     /// Takes the per-room compaction lock for `ttl`, so two workers never

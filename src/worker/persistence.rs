@@ -176,8 +176,7 @@ impl Round {
                 // operator (never deleted unpersisted), and drop the task.
                 Err(e) if e.is_permanent() => {
                     metrics::WORKER_PERMANENT_FAILURES.inc();
-                    tracing::error!(stream = %task.stream_key, error = %e, "giving up on this room for good; its stream is kept");
-                    self.redis.drop_task(task).await?;
+                    tracing::error!(stream = %task.stream_key, error = %e, "gave up on this room for good; its stream is kept");
                 }
                 // A room that cannot be compacted (storage down, a corrupt
                 // document) must not hold up the other rooms of the batch; its
@@ -218,6 +217,13 @@ impl Round {
                 tracing::warn!(room = %room, error = ?lost.err(), "lost the room lock mid-compaction; leaving the room to its new owner");
                 Ok(false)
             }
+        };
+        // A task that can never succeed goes while the lock is held, so no
+        // other actor picks it up in between; if it was gone already, another
+        // actor gave up on it (and said so).
+        let result = match result {
+            Err(e) if e.is_permanent() && !self.redis.drop_task(task).await? => Ok(false),
+            other => other,
         };
         if let Err(e) = self
             .redis

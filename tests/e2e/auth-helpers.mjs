@@ -100,6 +100,15 @@ export class PermServer {
     const rec = { room, user, rawPath, mode, at: Date.now(), answered: false }
     this.requests.push(rec)
     res.on('finish', () => { rec.answered = true })
+    // 'slow:<ms>:<mode>' answers <mode> after <ms>
+    const slow = /^slow:(\d+):(.+)$/.exec(mode)
+    if (slow) {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' })
+        res.end(JSON.stringify({ yroom: room, yaccess: slow[2], yuserid: user }))
+      }, Number(slow[1])).unref()
+      return
+    }
     switch (mode) {
       case 'rw':
       case 'r':

@@ -249,7 +249,7 @@ export const FAST_WORKER_ENV = Object.freeze({
  */
 export async function startWorker ({ prefix, name = 'worker', env = {}, tag = 'e2e', workDir }) {
   const healthPort = await freePort()
-  return startServer({
+  const worker = await startServer({
     prefix,
     name,
     tag,
@@ -258,6 +258,9 @@ export async function startWorker ({ prefix, name = 'worker', env = {}, tag = 'e
     readyLog: /worker running/,
     env: { WORKER_PORT: String(healthPort), ...FAST_WORKER_ENV, ...env }
   })
+  // the port of its /healthz, /readyz and /metrics
+  worker.healthPort = healthPort
+  return worker
 }
 
 /** SIGKILL a process and wait for it to be gone. */
