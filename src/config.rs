@@ -405,7 +405,7 @@ impl Config {
             redis_read_interval: src.millis("REDIS_READ_INTERVAL_MS", 0)?,
             max_room_name_bytes: positive("MAX_ROOM_NAME_BYTES", 512)?,
             limits,
-            awareness_max_entries: positive("AWARENESS_MAX_ENTRIES", 4)?,
+            awareness_max_entries: positive("AWARENESS_MAX_ENTRIES", 1_000)?,
             awareness_max_state_bytes: positive("AWARENESS_MAX_STATE_BYTES", 64 << 10)?,
             awareness_max_clients: positive("AWARENESS_MAX_CLIENTS", 1_000)?,
             doc_helpers: positive(
@@ -609,6 +609,26 @@ mod tests {
             !format!("{cfg:?}").contains("hunter2"),
             "secrets never print"
         );
+    }
+
+    #[test]
+    fn no_secret_reaches_a_debug_print() {
+        for pairs in [
+            vec![
+                ("REDIS", "redis://user:hunter2@r:6379"),
+                ("POSTGRES", "postgres://u:hunter2@db/y"),
+                ("AUTH_PRIVATE_KEY", "hunter2"),
+            ],
+            vec![
+                ("S3_ENDPOINT", "s3"),
+                ("S3_ACCESS_KEY", "a"),
+                ("S3_SECRET_KEY", "hunter2"),
+            ],
+        ] {
+            let cfg = Config::load(&Source::from_pairs(pairs)).expect("valid");
+            let printed = format!("{cfg:?}");
+            assert!(!printed.contains("hunter2"), "{printed}");
+        }
     }
 
     #[test]

@@ -15,11 +15,13 @@ use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Semaphore;
-use y_redis_protocol::awareness::{encode_awareness_removal, AwarenessEntry, AwarenessLimits};
+use y_redis_protocol::awareness::{
+    encode_awareness_message, encode_awareness_removal, AwarenessEntry, AwarenessLimits,
+};
 use y_redis_protocol::doc_state::{DocState, Layered};
 use y_redis_protocol::message::{
-    encode_awareness_payload, encode_sync_step1, encode_sync_update, is_update_frame,
-    parse_client_frame, ClientMessage, ProtocolError,
+    encode_sync_step1, encode_sync_update, is_update_frame, parse_client_frame, ClientMessage,
+    ProtocolError,
 };
 use y_redis_protocol::update::{analyze, InvalidUpdate, Verdict};
 
@@ -101,8 +103,10 @@ struct Updates {
 struct Presence {
     owned: Option<(u64, u64)>,
     rate: TokenBucket,
-    /// The newest awareness payload not sent yet (rate, or the room not loaded).
-    pending: Option<(Vec<u8>, Vec<AwarenessEntry>)>,
+    /// Entries that came before the room knew who is present: judged then.
+    unjudged: Option<Vec<AwarenessEntry>>,
+    /// This connection's newest entry, not sent yet (the rate).
+    pending: Option<AwarenessEntry>,
     flush_scheduled: bool,
 }
 
@@ -162,6 +166,7 @@ impl WsSession {
             presence: Presence {
                 owned: None,
                 rate: TokenBucket::new(awareness_rate, awareness_rate.max(1.0) * 0.5 + 1.0),
+                unjudged: None,
                 pending: None,
                 flush_scheduled: false,
             },
@@ -235,10 +240,7 @@ impl WsSession {
                 self.receive_update(update.to_vec(), ctx);
                 self.retry_held(ctx);
             }
-            Ok(ClientMessage::Awareness { payload, entries }) => {
-                self.presence.pending = Some((payload.to_vec(), entries));
-                self.flush_presence(ctx);
-            }
+            Ok(ClientMessage::Awareness { entries, .. }) => self.receive_awareness(entries, ctx),
             Ok(ClientMessage::QueryAwareness) => {
                 let present = self
                     .view
@@ -394,46 +396,79 @@ impl WsSession {
         }
     }
 
-    /// Applies the presence rules to the newest awareness message, then
-    /// sends it if the rate allows (else it waits, replaced by newer ones).
-    fn flush_presence(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Applies the presence rules to an awareness message (ARCHITECTURE.md,
+    /// "Awareness"). A connection speaks for one client id: the first one it
+    /// sends that nobody else's live state uses. Its own entry goes on
+    /// (coalesced under the rate); entries for other ids are dropped: either
+    /// echoes (y-websocket sends back every change it receives, which the
+    /// room already has) or attempts to change someone else's presence,
+    /// which are counted.
+    fn receive_awareness(
+        &mut self,
+        entries: Vec<AwarenessEntry>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
-            return; // judged once the room is loaded (the initial sync)
-        };
-        let Some((payload, entries)) = self.presence.pending.take() else {
+            // Judged once the room knows who is present (the initial sync).
+            self.presence.unjudged = Some(entries);
             return;
         };
-        let Some(claimed) = entries.first().map(|e| e.client_id) else {
-            return;
-        };
-        let refused = if entries.iter().any(|e| e.client_id != claimed) {
-            Some("entries for several clients")
-        } else {
-            match self.presence.owned {
-                Some((own, _)) if own != claimed => Some("another client's id"),
-                Some(_) => None,
-                // A connection speaks for the id of its first entry, unless
-                // someone else's state under that id is live in the room.
-                None if view.borrow().awareness.is_live(claimed, now_ms()) => {
-                    Some("an id another connection uses")
+        let now = now_ms();
+        let mut own = None;
+        let mut refused = 0;
+        {
+            let view = view.borrow();
+            let states = &view.awareness;
+            for entry in entries {
+                let mine = match self.presence.owned {
+                    Some((id, _)) => entry.client_id == id,
+                    None => own.is_none() && !states.is_live(entry.client_id, now),
+                };
+                if mine {
+                    if own
+                        .as_ref()
+                        .is_none_or(|o: &AwarenessEntry| o.clock <= entry.clock)
+                    {
+                        own = Some(entry);
+                    }
+                } else if states.would_take(entry.client_id, entry.clock, &entry.state) {
+                    refused += 1;
                 }
-                None => None,
             }
-        };
-        if let Some(reason) = refused {
-            metrics::AWARENESS_REFUSED.inc();
-            tracing::debug!(room = %self.room, conn = self.conn, client = claimed, reason, "dropping an awareness update");
+        }
+        if refused > 0 {
+            metrics::AWARENESS_REFUSED.add(refused);
+            tracing::debug!(room = %self.room, conn = self.conn, refused, "dropped awareness entries for client ids this connection does not own");
+        }
+        let Some(own) = own else { return };
+        let last = self.presence.owned.map_or(0, |(_, c)| c);
+        self.presence.owned = Some((own.client_id, last.max(own.clock)));
+        self.presence.pending = Some(own);
+        self.flush_presence(ctx);
+    }
+
+    /// Sends this connection's newest awareness entry if the rate allows,
+    /// else waits for the rate (newer entries replace it meanwhile).
+    fn flush_presence(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(entries) = self.presence.unjudged.take() {
+            if self.view.as_ref().is_some_and(|v| v.borrow().doc.is_some()) {
+                self.receive_awareness(entries, ctx);
+            } else {
+                self.presence.unjudged = Some(entries);
+            }
             return;
         }
-        let clock = entries.iter().map(|e| e.clock).max().unwrap_or(0);
-        let last = self.presence.owned.map_or(0, |(_, c)| c);
-        self.presence.owned = Some((claimed, last.max(clock)));
+        if self.presence.pending.is_none() {
+            return;
+        }
         if self.presence.rate.try_take(1.0) {
-            self.publish(Bytes::from(encode_awareness_payload(&payload)), ctx);
+            if let Some(entry) = self.presence.pending.take() {
+                let message = encode_awareness_message(std::iter::once(&entry));
+                self.publish(Bytes::from(message), ctx);
+            }
             return;
         }
         metrics::AWARENESS_COALESCED.inc();
-        self.presence.pending = Some((payload, entries));
         if !self.presence.flush_scheduled {
             self.presence.flush_scheduled = true;
             let wait = self.presence.rate.wait_for(1.0);

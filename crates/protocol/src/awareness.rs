@@ -203,6 +203,15 @@ impl AwarenessStates {
         }
     }
 
+    /// Whether an entry would change the states (a newer clock, or a removal
+    /// at the same clock). What would not is an echo of what the room has.
+    pub fn would_take(&self, client_id: u64, clock: u64, state: &str) -> bool {
+        match self.clients.get(&client_id) {
+            Some(current) => clock > current.clock || (clock == current.clock && state == "null"),
+            None => state != "null",
+        }
+    }
+
     /// Whether `client_id` has a state renewed within the timeout.
     pub fn is_live(&self, client_id: u64, now_ms: u64) -> bool {
         self.clients

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark: starts a private Redis and N servers on it, runs the
+`fanout` load generator (bench/loadgen) against them, and reports what the
+servers and Redis spent during the measured window.
+
+    python3 bench/fanout.py [--servers 2] [--impl rust|js] -- <fanout args>
+    python3 bench/fanout.py -- --rooms 40 --readers 50 --writers 2 --rate 50 --duration 10
+
+Prints the generator's figures, then per server CPU-seconds (utime + stime
+from /proc/<pid>/stat) and RSS, Redis CPU-seconds (INFO cpu) and the
+`INFO commandstats` calls made during the window, and the derived ratios:
+server CPU-seconds per delivered MB and Redis CPU-microseconds per published
+message (updates + probes).
+
+--impl rust (default) runs `y-redis server` (Y_REDIS_BIN, default
+target/release/y-redis; AUTH_DISABLED). --impl js runs another y-websocket
+server through two commands you provide (e.g. a local @y/redis checkout):
+YREDIS_JS_SERVER (started as `$YREDIS_JS_SERVER <port> <redis url> <prefix>`)
+and YREDIS_JS_TOKEN (prints a token; sent as ?yauth=).
+Needs redis-server on PATH and a built generator
+(cargo build --release -p y-redis-loadgen; FANOUT_BIN overrides).
+"""
+import argparse
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"fanout: nothing listens on {port} after {timeout} s")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process and its reaped children."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[11..14] = utime stime cutime cstime (after the state field)
+    return sum(int(x) for x in fields[11:15]) / TICKS
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def redis_info(port, section):
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", section],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def redis_cpu(port):
+    info = redis_info(port, "cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def command_calls(port):
+    calls = {}
+    for key, value in redis_info(port, "commandstats").items():
+        calls[key.removeprefix("cmdstat_")] = int(re.search(r"calls=(\d+)", value).group(1))
+    return calls
+
+
+def descendants(pid):
+    """The pid and its children (document engine helpers count as the server)."""
+    pids = [pid]
+    try:
+        for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            pids += descendants(int(child))
+    except OSError:
+        pass
+    return pids
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument("--impl", choices=["rust", "js"], default="rust")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the rust servers")
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    load_args = [a for a in args.rest if a != "--"]
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    fanout = os.environ.get("FANOUT_BIN", os.path.join(target, "release", "fanout"))
+    server_bin = os.environ.get("Y_REDIS_BIN", os.path.join(target, "release", "y-redis"))
+    scratch = tempfile.mkdtemp(prefix="fanout-")
+    procs = []
+
+    def stop_all():
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    try:
+        redis_port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", scratch],
+                                 stdout=subprocess.DEVNULL, start_new_session=True)
+        procs.append(redis)
+        wait_port(redis_port)
+        redis_url = f"redis://127.0.0.1:{redis_port}"
+        prefix = f"bench{os.getpid()}"
+        servers, urls = [], []
+        for i in range(args.servers):
+            port = free_port()
+            log = open(os.path.join(scratch, f"server{i}.log"), "w")
+            if args.impl == "rust":
+                env = dict(os.environ, PORT=str(port), REDIS=redis_url, REDIS_PREFIX=prefix,
+                           AUTH_DISABLED="true", LOG=os.environ.get("BENCH_LOG", "warn"),
+                           STORAGE_DIR=os.path.join(scratch, "data"))
+                env.update(kv.split("=", 1) for kv in args.env)
+                cmd = [server_bin, "server"]
+            else:
+                env = dict(os.environ)
+                cmd = shlex.split(os.environ["YREDIS_JS_SERVER"]) + [str(port), redis_url, prefix]
+            p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            procs.append(p)
+            servers.append(p)
+            urls.append(f"ws://127.0.0.1:{port}")
+            wait_port(port)
+        if args.impl == "js" and os.environ.get("YREDIS_JS_TOKEN"):
+            token = subprocess.run(shlex.split(os.environ["YREDIS_JS_TOKEN"]), capture_output=True,
+                                   text=True, check=True).stdout.strip()
+            load_args += ["--query", f"?yauth={token}"]
+        cmd = [fanout] + [a for u in urls for a in ("--url", u)] + load_args
+        print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+        gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
+        before = after = None
+        figures = {}
+
+        def snapshot():
+            return {
+                "cpu": [sum(cpu_seconds(q) for q in descendants(p.pid)) for p in servers],
+                "redis_cpu": redis_cpu(redis_port),
+                "calls": command_calls(redis_port),
+                "at": time.time(),
+            }
+
+        for line in gen.stdout:
+            if line.startswith("mark measure-start"):
+                before = snapshot()
+                continue
+            if line.startswith("mark measure-end"):
+                after = snapshot()
+                after["rss"] = [sum(rss_mib(q) for q in descendants(p.pid)) for p in servers]
+                continue
+            print(line, end="", flush=True)
+            m = re.match(r"figure (.+?): (.+)", line)
+            if m:
+                figures[m.group(1)] = m.group(2)
+        gen.wait()
+        if not (before and after):
+            sys.exit("fanout: the generator ended before its measured window")
+        window = after["at"] - before["at"]
+        server_cpu = [a - b for a, b in zip(after["cpu"], before["cpu"])]
+        redis_cpu_s = after["redis_cpu"] - before["redis_cpu"]
+        calls = {k: v - before["calls"].get(k, 0) for k, v in after["calls"].items()}
+        calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+        delivered_mb = float(figures.get("doc bytes delivered/s", "0")) * window / 1e6
+        updates = float(figures.get("updates sent/s", "0")) * window
+        probes = int(re.match(r"(\d+)", figures.get("probes", "0")).group(1))
+        published = updates + probes
+        print(f"figure measured window: {window:.1f} s")
+        print("figure server CPU-seconds: " + " + ".join(f"{c:.2f}" for c in server_cpu) + f" = {sum(server_cpu):.2f}")
+        print("figure server RSS MiB: " + ", ".join(f"{r:.1f}" for r in after["rss"]))
+        print(f"figure Redis CPU-seconds: {redis_cpu_s:.2f}")
+        print("figure Redis calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
+        if delivered_mb > 0:
+            print(f"figure server CPU-s per delivered MB: {sum(server_cpu) / delivered_mb:.4f} ({delivered_mb:.1f} MB of updates)")
+        if published > 0:
+            print(f"figure Redis CPU per published message: {redis_cpu_s / published * 1e6:.1f} us ({published:.0f} updates and probes)")
+    finally:
+        stop_all()
+        if os.environ.get("BENCH_KEEP"):
+            print(f"logs kept in {scratch}")
+        else:
+            subprocess.run(["rm", "-rf", scratch])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+//! `fanout`: a load generator for y-websocket servers (y-redis, @y/redis, or
+//! any other), for the fan-out benchmarks in `bench/README.md`.
+//!
+//! Per room, `--writers` clients each insert `--payload` characters into a
+//! shared Y.Text `--rate` times per second (real Yjs updates, built with
+//! yrs), and every `--probe-ms` send an awareness state carrying the send
+//! time. `--readers` clients per room only listen: they count the inserted
+//! characters that reach them (so merged updates count the same as single
+//! ones) and time the probes. Probes and updates take the same path through
+//! a server, so probe latency is the queueing a message meets there.
+//!
+//! Timeline: connect everyone (`--connect-concurrency` at a time), warm up
+//! for `--warmup` seconds with the writers running, then measure for
+//! `--duration` seconds. Prints one `figure <name>: <value>` line per figure.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use y_redis_protocol::awareness::AwarenessEntries;
+use y_redis_protocol::lib0::{write_var_bytes, write_var_uint, Decoder};
+use yrs::{GetString, ReadTxn, StateVector, Text, Transact};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Fan-out load generator for y-websocket servers")]
+struct Args {
+    /// Server base URL (ws://host:port); repeat to spread clients round-robin.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Listening clients per room.
+    #[arg(long, default_value_t = 10)]
+    readers: usize,
+    /// Writing clients per room.
+    #[arg(long, default_value_t = 1)]
+    writers: usize,
+    /// Updates per second per writer.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Characters inserted per update.
+    #[arg(long, default_value_t = 32)]
+    payload: usize,
+    /// Milliseconds between a writer's awareness probes.
+    #[arg(long, default_value_t = 100)]
+    probe_ms: u64,
+    /// Seconds of warm-up (writers running, nothing recorded).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Appended to every room URL, e.g. "?yauth=<token>".
+    #[arg(long, default_value = "")]
+    query: String,
+    /// Room name prefix (a random tag is appended).
+    #[arg(long, default_value = "fanout")]
+    room_prefix: String,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+}
+
+/// Runs of this character are payload; shorter runs may be varints.
+const PAYLOAD_CHAR: u8 = b'x';
+const MIN_PAYLOAD_RUN: usize = 8;
+
+#[derive(Default)]
+struct Counters {
+    updates_sent: AtomicU64,
+    chars_sent: AtomicU64,
+    chars_received: AtomicU64,
+    doc_frames_received: AtomicU64,
+    doc_bytes_received: AtomicU64,
+    probes_sent: AtomicU64,
+    connect_errors: AtomicU64,
+    dropped_connections: AtomicU64,
+}
+
+struct Run {
+    args: Args,
+    counters: Counters,
+    latency_us: Mutex<Histogram<u64>>,
+    /// Recording starts here (after connecting and warming up).
+    measure_from: Mutex<Option<Instant>>,
+    measure_until: Mutex<Option<Instant>>,
+}
+
+impl Run {
+    fn recording(&self) -> bool {
+        let now = Instant::now();
+        let from = *self.measure_from.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *self.measure_until.lock().unwrap_or_else(|e| e.into_inner());
+        from.is_some_and(|f| now >= f) && until.is_none_or(|u| now < u)
+    }
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Characters in runs of at least `MIN_PAYLOAD_RUN` payload characters.
+fn payload_chars(frame: &[u8]) -> u64 {
+    let mut total = 0;
+    let mut run = 0;
+    for &b in frame {
+        if b == PAYLOAD_CHAR {
+            run += 1;
+            continue;
+        }
+        if run >= MIN_PAYLOAD_RUN {
+            total += run as u64;
+        }
+        run = 0;
+    }
+    if run >= MIN_PAYLOAD_RUN {
+        total += run as u64;
+    }
+    total
+}
+
+/// Probe send times found in an awareness message (`1, varUint8Array(update)`).
+fn probe_times(frame: &[u8]) -> Vec<u64> {
+    let mut d = Decoder::new(frame);
+    let (Ok(1), Ok(update)) = (d.read_var_uint(), d.read_var_bytes()) else {
+        return Vec::new();
+    };
+    let Ok(entries) = AwarenessEntries::new(update) else {
+        return Vec::new();
+    };
+    entries
+        .map_while(Result::ok)
+        .filter_map(|(_, _, state)| {
+            state
+                .strip_prefix("{\"sent\":")?
+                .strip_suffix('}')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn sync_update_frame(update: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(update.len() + 4);
+    write_var_uint(&mut frame, 0);
+    write_var_uint(&mut frame, 2);
+    write_var_bytes(&mut frame, update);
+    frame
+}
+
+fn probe_frame(client: u64, clock: u64) -> Vec<u8> {
+    let state = format!("{{\"sent\":{}}}", micros_now());
+    let mut update = Vec::with_capacity(state.len() + 16);
+    write_var_uint(&mut update, 1);
+    write_var_uint(&mut update, client);
+    write_var_uint(&mut update, clock);
+    write_var_bytes(&mut update, state.as_bytes());
+    let mut frame = Vec::with_capacity(update.len() + 4);
+    write_var_uint(&mut frame, 1);
+    write_var_bytes(&mut frame, &update);
+    frame
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(run: &Run, url: &str, gate: &Semaphore) -> Option<Socket> {
+    let _permit = gate.acquire().await.ok()?;
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => Some(socket),
+        Err(e) => {
+            if run.counters.connect_errors.fetch_add(1, Relaxed) < 3 {
+                eprintln!("fanout: cannot connect {url}: {e}");
+            }
+            None
+        }
+    }
+}
+
+/// Listens until `stop`, counting payload and timing probes.
+async fn reader(run: Arc<Run>, mut socket: Socket, stop: Instant) {
+    let mut latencies = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(stop.into(), socket.next()).await;
+        let frame = match next {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Binary(frame)))) => frame,
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) => {
+                run.counters.dropped_connections.fetch_add(1, Relaxed);
+                break;
+            }
+        };
+        if !run.recording() {
+            continue;
+        }
+        match frame.first() {
+            Some(0) => {
+                let c = &run.counters;
+                c.doc_frames_received.fetch_add(1, Relaxed);
+                c.doc_bytes_received.fetch_add(frame.len() as u64, Relaxed);
+                c.chars_received.fetch_add(payload_chars(&frame), Relaxed);
+            }
+            Some(1) => {
+                let now = micros_now();
+                latencies.extend(
+                    probe_times(&frame)
+                        .into_iter()
+                        .map(|t| now.saturating_sub(t).max(1)),
+                );
+                if latencies.len() >= 256 {
+                    record(&run, &mut latencies);
+                }
+            }
+            _ => {}
+        }
+    }
+    record(&run, &mut latencies);
+}
+
+fn record(run: &Run, latencies: &mut Vec<u64>) {
+    let mut histogram = run.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+    for latency in latencies.drain(..) {
+        let _ = histogram.record(latency);
+    }
+}
+
+/// Sends inserts at the rate and probes every `probe_ms` until `stop`.
+async fn writer(run: Arc<Run>, socket: Socket, start: Instant, stop: Instant) {
+    let (mut sink, mut stream) = socket.split();
+    // Incoming traffic (the room's updates) is read and dropped.
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("text");
+    let client = doc.client_id().get();
+    let chunk = (PAYLOAD_CHAR as char).to_string().repeat(run.args.payload);
+    let period = Duration::from_secs_f64(1.0 / run.args.rate);
+    let probe_period = Duration::from_millis(run.args.probe_ms);
+    let (mut next_update, mut next_probe) = (start, start);
+    let mut clock = 0;
+    let mut before = StateVector::default();
+    while Instant::now() < stop {
+        tokio::time::sleep_until(next_update.min(next_probe).into()).await;
+        let now = Instant::now();
+        if now >= next_probe {
+            clock += 1;
+            if sink
+                .send(Message::Binary(probe_frame(client, clock).into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if run.recording() {
+                run.counters.probes_sent.fetch_add(1, Relaxed);
+            }
+            next_probe += probe_period;
+        }
+        if now >= next_update {
+            let update = {
+                let mut txn = doc.transact_mut();
+                // Keep the text short: the cost is the fan-out, not the document.
+                let at = text.len(&txn).min(4096);
+                text.insert(&mut txn, at, &chunk);
+                txn.encode_diff_v1(&before)
+            };
+            before = doc.transact().state_vector();
+            if sink
+                .send(Message::Binary(sync_update_frame(&update).into()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if run.recording() {
+                run.counters.updates_sent.fetch_add(1, Relaxed);
+                run.counters
+                    .chars_sent
+                    .fetch_add(run.args.payload as u64, Relaxed);
+            }
+            next_update += period;
+        }
+    }
+    let _ = text.get_string(&doc.transact());
+    let _ = sink.close().await;
+    drain.abort();
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let tag = format!("{:x}", micros_now() & 0xff_ffff);
+    let run = Arc::new(Run {
+        counters: Counters::default(),
+        latency_us: Mutex::new(
+            Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
+        ),
+        measure_from: Mutex::new(None),
+        measure_until: Mutex::new(None),
+        args,
+    });
+    let args = &run.args;
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let url = |i: usize, room: usize| {
+        format!(
+            "{}/{}-{}-{}{}",
+            args.urls[i % args.urls.len()],
+            args.room_prefix,
+            tag,
+            room,
+            args.query
+        )
+    };
+    // Readers first, so the first probes find them in place.
+    let connect_started = Instant::now();
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    let mut i = 0;
+    for room in 0..args.rooms {
+        for _ in 0..args.readers {
+            let (run, gate, url) = (run.clone(), gate.clone(), url(i, room));
+            readers.push(tokio::spawn(
+                async move { connect(&run, &url, &gate).await },
+            ));
+            i += 1;
+        }
+    }
+    for room in 0..args.rooms {
+        for _ in 0..args.writers {
+            let (run, gate, url) = (run.clone(), gate.clone(), url(i, room));
+            writers.push(tokio::spawn(
+                async move { connect(&run, &url, &gate).await },
+            ));
+            i += 1;
+        }
+    }
+    let mut reader_sockets = Vec::new();
+    for task in readers {
+        reader_sockets.extend(task.await.ok().flatten());
+    }
+    let mut writer_sockets = Vec::new();
+    for task in writers {
+        writer_sockets.extend(task.await.ok().flatten());
+    }
+    let connected = reader_sockets.len() + writer_sockets.len();
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup);
+    let stop = measure_from + Duration::from_secs(args.duration);
+    *run.measure_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(measure_from);
+    *run.measure_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
+    // Markers for a script that measures server and Redis CPU over the window.
+    let markers = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        println!("mark measure-start");
+        tokio::time::sleep_until(stop.into()).await;
+        println!("mark measure-end");
+    });
+    let mut tasks = Vec::new();
+    for socket in reader_sockets {
+        tasks.push(tokio::spawn(reader(
+            run.clone(),
+            socket,
+            stop + Duration::from_millis(500),
+        )));
+    }
+    for socket in writer_sockets {
+        tasks.push(tokio::spawn(writer(run.clone(), socket, start, stop)));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = markers.await;
+
+    let c = &run.counters;
+    let secs = args.duration as f64;
+    let offered = c.chars_sent.load(Relaxed) as f64 * args.readers as f64;
+    let delivered = c.chars_received.load(Relaxed) as f64;
+    let histogram = run.latency_us.lock().unwrap_or_else(|e| e.into_inner());
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "config rooms={} readers={} writers={} rate={} payload={} probe_ms={} duration={}s urls={}",
+        args.rooms,
+        args.readers,
+        args.writers,
+        args.rate,
+        args.payload,
+        args.probe_ms,
+        args.duration,
+        args.urls.len()
+    );
+    println!("figure connections: {connected} in {connect_secs:.1} s");
+    println!(
+        "figure connection errors: {}",
+        c.connect_errors.load(Relaxed)
+    );
+    println!(
+        "figure dropped connections: {}",
+        c.dropped_connections.load(Relaxed)
+    );
+    println!(
+        "figure updates sent/s: {:.0}",
+        c.updates_sent.load(Relaxed) as f64 / secs
+    );
+    println!("figure chars offered to readers/s: {:.0}", offered / secs);
+    println!(
+        "figure chars delivered to readers/s: {:.0}",
+        delivered / secs
+    );
+    println!(
+        "figure delivery ratio: {:.4}",
+        if offered > 0.0 {
+            delivered / offered
+        } else {
+            0.0
+        }
+    );
+    println!(
+        "figure doc frames delivered/s: {:.0}",
+        c.doc_frames_received.load(Relaxed) as f64 / secs
+    );
+    println!(
+        "figure doc bytes delivered/s: {:.0}",
+        c.doc_bytes_received.load(Relaxed) as f64 / secs
+    );
+    println!(
+        "figure probes: {} sent, {} received",
+        c.probes_sent.load(Relaxed),
+        histogram.len()
+    );
+    println!(
+        "figure probe latency ms: p50 {:.2} p90 {:.2} p99 {:.2} max {:.2}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        histogram.max() as f64 / 1000.0
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_counted_in_runs() {
+        assert_eq!(payload_chars(b"\x00xxxxxxxx\x01xx\x02xxxxxxxxxx"), 18);
+        assert_eq!(payload_chars(b"xxxxxxx"), 0);
+    }
+
+    #[test]
+    fn probes_round_trip() {
+        let frame = probe_frame(7, 1);
+        assert_eq!(probe_times(&frame).len(), 1);
+        assert!(probe_times(&frame)[0] <= micros_now());
+    }
+}
