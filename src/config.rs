@@ -56,8 +56,15 @@ pub struct Config {
     pub doc_helper_timeout: Duration,
     /// Timeout of a single Redis command (other than the blocking read).
     pub redis_command_timeout: Duration,
-    /// How long SIGTERM waits for sessions to close before exiting.
+    /// How long SIGTERM waits for sessions to close (and the worker for
+    /// compactions in flight) before exiting.
     pub shutdown_grace: Duration,
+    /// How long a server keeps serving after SIGTERM with `/readyz` failing,
+    /// so load balancers stop sending it clients first.
+    pub shutdown_drain: Duration,
+    /// Port of `/metrics`, `/readyz`, `/healthz` and `/admin/recheck`, apart
+    /// from the public websocket port; None: all on the public port.
+    pub internal_port: Option<u16>,
     pub storage: StorageConfig,
     pub worker: WorkerConfig,
     pub auth: AuthConfig,
@@ -188,6 +195,7 @@ pub const VARIABLES: &[&str] = &[
     "DOC_HELPER_MEMORY_MB",
     "DOC_HELPER_TIMEOUT_MS",
     "HOST",
+    "INTERNAL_PORT",
     "LOG",
     "LOG_FORMAT",
     "MAX_BYTES_PER_SECOND",
@@ -212,6 +220,7 @@ pub const VARIABLES: &[&str] = &[
     "S3_REGION",
     "S3_SECRET_KEY",
     "S3_SSL",
+    "SHUTDOWN_DRAIN_MS",
     "SHUTDOWN_GRACE_MS",
     "STORAGE_DIR",
     "TRUSTED_PROXIES",
@@ -416,6 +425,11 @@ impl Config {
             doc_helper_timeout: src.millis("DOC_HELPER_TIMEOUT_MS", 60_000)?,
             redis_command_timeout: src.millis("REDIS_COMMAND_TIMEOUT_MS", 10_000)?,
             shutdown_grace: src.millis("SHUTDOWN_GRACE_MS", 2_000)?,
+            shutdown_drain: src.millis("SHUTDOWN_DRAIN_MS", 0)?,
+            internal_port: match src.get("INTERNAL_PORT") {
+                None => None,
+                Some(_) => Some(src.number("INTERNAL_PORT", 0, "a port number 0-65535")?),
+            },
             storage: storage_config(src)?,
             worker: worker_config(src)?,
             auth: auth_config(src)?,

@@ -1,6 +1,7 @@
 //! `/healthz` (the process is alive), `/readyz` (Redis and storage answer)
 //! and `/metrics` (Prometheus), on the server's port and on the worker's.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Probes {
     pub redis: RedisStore,
     pub storage: Arc<dyn Storage>,
+    /// Set on SIGTERM: the process still serves but wants no new clients.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Adds the three endpoints. Websocket upgrades never match them, so a
@@ -46,6 +49,10 @@ fn outcome<E: std::fmt::Display>(
 }
 
 async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
+    if probes.draining.load(Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "ready": false, "draining": true }));
+    }
     let (redis, storage) = tokio::join!(
         tokio::time::timeout(PROBE_TIMEOUT, probes.redis.ping()),
         tokio::time::timeout(PROBE_TIMEOUT, probes.storage.check()),
@@ -75,7 +82,7 @@ async fn metrics() -> HttpResponse {
 }
 
 /// The worker's own small HTTP server for probes and metrics.
-pub async fn serve(host: &str, port: u16, probes: Probes) -> std::io::Result<()> {
+pub fn serve(host: &str, port: u16, probes: Probes) -> std::io::Result<actix_web::dev::Server> {
     let probes = web::Data::new(probes);
     let server = HttpServer::new(move || {
         actix_web::App::new()
@@ -87,5 +94,5 @@ pub async fn serve(host: &str, port: u16, probes: Probes) -> std::io::Result<()>
     .bind((host, port))?
     .run();
     tracing::info!(port, "worker health and metrics endpoints listening");
-    server.await
+    Ok(server)
 }

@@ -197,30 +197,50 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
     let documents = documents(&config)?;
-    // The supervisors restart their actors only while someone holds their
-    // addresses, so they are kept for the life of the process.
-    let mut workers = Vec::new();
-    if matches!(command, Command::Worker | Command::All) {
+    let worker = if matches!(command, Command::Worker | Command::All) {
         let redis = RedisStore::for_config(&config).await?;
-        workers = y_redis::worker::start(
+        let worker = y_redis::worker::start(
             &config.worker,
             redis.clone(),
             storage.clone(),
             documents.clone(),
         );
-        tracing::info!(actors = workers.len(), prefix = %config.redis_prefix, "y-redis worker running");
+        tracing::info!(actors = worker.actors(), prefix = %config.redis_prefix, "y-redis worker running");
         if command == Command::Worker {
-            let probes = y_redis::health::Probes { redis, storage };
-            let endpoints = y_redis::health::serve(&config.host, config.worker_port, probes);
+            let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let probes = y_redis::health::Probes {
+                redis,
+                storage,
+                draining: draining.clone(),
+            };
+            let endpoints = y_redis::health::serve(&config.host, config.worker_port, probes)?;
+            let handle = endpoints.handle();
             tokio::select! {
                 served = endpoints => served?,
-                _ = y_redis::shutdown::wait_for_signal() => tracing::info!("y-redis worker stopped"),
+                _ = y_redis::shutdown::wait_for_signal() => {
+                    draining.store(true, std::sync::atomic::Ordering::Relaxed);
+                    worker.shutdown(config.shutdown_grace).await;
+                    handle.stop(true).await;
+                }
             }
-            drop(workers);
             return Ok(());
         }
+        Some(worker)
+    } else {
+        None
+    };
+    let grace = config.shutdown_grace;
+    let listeners = y_redis::server::Listeners::bind(&config)?;
+    y_redis::server::run(
+        config,
+        storage,
+        documents,
+        listeners,
+        y_redis::shutdown::wait_for_signal(),
+    )
+    .await?;
+    if let Some(worker) = worker {
+        worker.shutdown(grace).await;
     }
-    y_redis::server::run(config, storage, documents).await?;
-    drop(workers);
     Ok(())
 }

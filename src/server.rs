@@ -4,7 +4,7 @@
 //! actors behind them, and graceful shutdown.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -250,11 +250,37 @@ fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, ServerEr
     }
 }
 
-/// Runs the server until SIGTERM or SIGINT, then closes sessions with 1012.
+/// The sockets a server serves on: the public websocket port, and the
+/// internal one for probes, metrics and the admin endpoint, if separate.
+pub struct Listeners {
+    pub public: std::net::TcpListener,
+    pub internal: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `HOST:PORT` and, if set, `HOST:INTERNAL_PORT`.
+    pub fn bind(config: &Config) -> Result<Self, ServerError> {
+        let bind = |port: u16| {
+            let addr = format!("{}:{port}", config.host);
+            std::net::TcpListener::bind(&addr).map_err(|source| ServerError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            public: bind(config.port)?,
+            internal: config.internal_port.map(bind).transpose()?,
+        })
+    }
+}
+
+/// Runs the server until `shutdown` completes, then drains: `/readyz`
+/// answers 503 at once while everything else goes on for
+/// `SHUTDOWN_DRAIN_MS` (so load balancers take the server out first), then
+/// sessions are closed with 1012 (waiting up to `SHUTDOWN_GRACE_MS`).
 pub async fn run(
     config: Config,
     storage: Arc<dyn Storage>,
     documents: Arc<Documents>,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
     let redis = RedisStore::for_config(&config).await?;
     let listener = RedisListener::new(
@@ -294,43 +320,87 @@ pub async fn run(
         next_conn: AtomicU64::new(1),
         admin_secret: config.auth.admin_secret.clone(),
     });
+    let draining = Arc::new(AtomicBool::new(false));
     let probes = web::Data::new(crate::health::Probes {
         redis: redis.clone(),
         storage,
+        draining: draining.clone(),
     });
     let redis_data = web::Data::new(redis);
-    let addr = format!("{}:{}", config.host, config.port);
-    let server = HttpServer::new(move || {
-        App::new()
+    let separate = listeners.internal.is_some();
+    // The operator's endpoints: on the internal port if there is one.
+    let operator = {
+        let (state, probes, redis_data) = (state.clone(), probes.clone(), redis_data.clone());
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(state.clone())
+                .app_data(probes.clone())
+                .app_data(redis_data.clone())
+                .configure(crate::health::routes)
+                .route("/admin/recheck", web::post().to(admin_recheck));
+        }
+    };
+    let public_operator = operator.clone();
+    let public_addr = listeners.public.local_addr()?;
+    let public = HttpServer::new(move || {
+        let app = App::new()
             .app_data(state.clone())
-            .app_data(probes.clone())
-            .app_data(redis_data.clone())
             // Per worker thread: its room subscriptions and an HTTP client
             // for permission callbacks.
             .app_data(ThreadRooms::new(room_context.clone()))
-            .app_data(awc::Client::default())
-            .configure(crate::health::routes)
-            .route("/admin/recheck", web::post().to(admin_recheck))
-            .default_service(web::get().to(websocket))
+            .app_data(awc::Client::default());
+        let app = if separate {
+            app
+        } else {
+            app.configure(public_operator.clone())
+        };
+        app.default_service(web::get().to(websocket))
     })
     .on_connect(attach_killer)
     .disable_signals()
     .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
-    .bind(&addr)
-    .map_err(|source| ServerError::Bind {
-        addr: addr.clone(),
-        source,
-    })?
+    .listen(listeners.public)?
     .run();
-    tracing::info!(%addr, prefix = %config.redis_prefix, "y-redis server listening");
-    let handle = server.handle();
-    let grace = config.shutdown_grace;
+    tracing::info!(addr = %public_addr, prefix = %config.redis_prefix, "y-redis server listening");
+    let internal = match listeners.internal {
+        Some(socket) => {
+            let addr = socket.local_addr()?;
+            let server = HttpServer::new(move || App::new().configure(operator.clone()))
+                .workers(1)
+                .disable_signals()
+                .listen(socket)?
+                .run();
+            tracing::info!(%addr, "metrics, probes and admin endpoint listening");
+            Some(server)
+        }
+        None => None,
+    };
+    let handles: Vec<_> = std::iter::once(public.handle())
+        .chain(internal.as_ref().map(|s| s.handle()))
+        .collect();
+    let (drain, grace) = (config.shutdown_drain, config.shutdown_grace);
     actix::spawn(async move {
-        crate::shutdown::wait_for_signal().await;
+        shutdown.await;
+        draining.store(true, Ordering::Relaxed);
+        if !drain.is_zero() {
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "draining: /readyz fails, clients still served"
+            );
+            tokio::time::sleep(drain).await;
+        }
         close_sessions(&listener, &open_sessions, grace).await;
-        handle.stop(true).await;
+        for handle in handles {
+            handle.stop(true).await;
+        }
     });
-    server.await?;
+    match internal {
+        Some(internal) => {
+            let (public, internal) = futures_util::future::join(public, internal).await;
+            public?;
+            internal?;
+        }
+        None => public.await?,
+    }
     tracing::info!("y-redis server stopped");
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! pending for it in the consumer group, is reclaimed after the debounce.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use actix::prelude::*;
 use futures_util::FutureExt;
 use thiserror::Error;
 
-use super::callback;
+use super::{callback, WorkerShared};
+use crate::backoff::Backoff;
 use crate::config::WorkerConfig;
 use crate::document::{Documents, LoadError};
 use crate::metrics;
@@ -59,8 +61,11 @@ pub struct PersistenceWorker {
     redis: RedisStore,
     storage: Arc<dyn Storage>,
     documents: Arc<Documents>,
+    shared: Arc<WorkerShared>,
     http: Option<awc::Client>,
-    failures: u32,
+    /// Restarts after failed rounds wait longer each time.
+    backoff: Backoff,
+    restart_delay: Duration,
 }
 
 impl PersistenceWorker {
@@ -70,6 +75,7 @@ impl PersistenceWorker {
         redis: RedisStore,
         storage: Arc<dyn Storage>,
         documents: Arc<Documents>,
+        shared: Arc<WorkerShared>,
     ) -> Self {
         PersistenceWorker {
             consumer,
@@ -77,8 +83,10 @@ impl PersistenceWorker {
             redis,
             storage,
             documents,
+            shared,
             http: None,
-            failures: 0,
+            backoff: Backoff::new(Duration::from_millis(250), MAX_BACKOFF),
+            restart_delay: Duration::ZERO,
         }
     }
 
@@ -87,21 +95,28 @@ impl PersistenceWorker {
     }
 
     fn run_round(&mut self, ctx: &mut Context<Self>) {
+        // A stopping worker starts nothing new; rounds in flight finish.
+        if self.shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        self.shared.active_rounds.fetch_add(1, Ordering::Relaxed);
         let round = Round {
             consumer: self.consumer.clone(),
             config: self.config.clone(),
             redis: self.redis.clone(),
             storage: self.storage.clone(),
             documents: self.documents.clone(),
+            shared: self.shared.clone(),
             http: self.http.clone(),
         };
         let work = async move { round.run().await };
         ctx.spawn(AssertUnwindSafe(work).catch_unwind().into_actor(self).map(|outcome, act, ctx| {
+            act.shared.active_rounds.fetch_sub(1, Ordering::Relaxed);
             match outcome {
                 Ok(Ok(report)) => {
-                    if act.failures > 0 {
+                    if act.backoff.failures() > 0 {
                         tracing::info!(consumer = %act.consumer, "worker recovered");
-                        act.failures = 0;
+                        act.backoff.reset();
                     }
                     let delay = if report.claimed == 0 { act.config.idle_wait } else { Duration::ZERO };
                     act.schedule_round(delay, ctx);
@@ -127,18 +142,15 @@ impl Actor for PersistenceWorker {
         if self.http.is_none() {
             self.http = Some(awc::Client::default());
         }
-        let backoff = match self.failures {
-            0 => Duration::ZERO,
-            n => (Duration::from_millis(250) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF),
-        };
-        self.schedule_round(backoff, ctx);
+        let delay = std::mem::take(&mut self.restart_delay);
+        self.schedule_round(delay, ctx);
     }
 }
 
 impl Supervised for PersistenceWorker {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.failures += 1;
-        tracing::debug!(consumer = %self.consumer, failures = self.failures, "restarting persistence actor");
+        self.restart_delay = self.backoff.next_delay();
+        tracing::debug!(consumer = %self.consumer, failures = self.backoff.failures(), "restarting persistence actor");
     }
 }
 
@@ -149,6 +161,7 @@ struct Round {
     redis: RedisStore,
     storage: Arc<dyn Storage>,
     documents: Arc<Documents>,
+    shared: Arc<WorkerShared>,
     http: Option<awc::Client>,
 }
 
@@ -211,6 +224,7 @@ impl Round {
             tracing::debug!(room = %room, "room is being compacted by another worker");
             return Ok(false);
         }
+        self.shared.hold_lock(&task.stream_key, &self.consumer);
         let result = tokio::select! {
             result = self.compact_locked(task, &room, &docid) => result,
             lost = self.keep_lock(&task.stream_key, ttl) => {
@@ -232,6 +246,7 @@ impl Round {
         {
             tracing::warn!(room = %room, error = %e, "could not release room lock; it expires by itself");
         }
+        self.shared.release_lock(&task.stream_key, &self.consumer);
         result
     }
 

@@ -145,7 +145,7 @@ function wellFormed (m) {
   } catch { return false }
 }
 
-describe('fuzzed frames over real sockets', { timeout: 220000 }, () => {
+describe('fuzzed frames over real sockets', { timeout: Math.max(220000, FRAMES * 60) }, () => {
   before(async () => { await h.setup(1) })
   after(async () => { await h.teardown() })
 
@@ -209,7 +209,7 @@ describe('fuzzed frames over real sockets', { timeout: 220000 }, () => {
     assert.deepEqual(stats.bad, [], 'the server closed fuzz sockets only with 4400-4499 (or lost the close frame: 1006, or asked for a resync: 1013)')
   }
 
-  it(`2 x ${FRAMES} mutated y-websocket frames: the server survives, the stream holds only what npm yjs applies, a fresh client equals the live ones`, { timeout: 200000 }, h.wrap(async (t) => {
+  it(`2 x ${FRAMES} mutated y-websocket frames: the server survives, the stream holds only what npm yjs applies, a fresh client equals the live ones`, { timeout: Math.max(200000, FRAMES * 50) }, h.wrap(async (t) => {
     const [s1] = h.servers
     const room = `fuzz-${randomHex(3)}`
     const clients = [h.client(s1, room, { name: 'n1' }), h.client(s1, room, { name: 'n2' })]
