@@ -142,6 +142,7 @@ fn main() -> ExitCode {
 fn doc_helper(args: &[String]) -> ExitCode {
     if let [flag, mb] = args {
         match (flag.as_str(), mb.parse::<u64>()) {
+            ("--memory-mb", Ok(0)) => {}
             ("--memory-mb", Ok(mb)) => engine::limit_memory(mb << 20),
             _ => {
                 eprintln!("y-redis doc-helper: expected --memory-mb <MiB>");

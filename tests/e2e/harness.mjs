@@ -193,7 +193,7 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
   const childEnv = { ...process.env }
   // keep the developer's storage/auth settings out of the test servers
   for (const k of Object.keys(childEnv)) {
-    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|STORAGE_DIR|HOST$|WS_|WORKER_|MAX_|AWARENESS_|TRUSTED_PROXIES|DOC_HELPER)/.test(k)) delete childEnv[k]
+    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|STORAGE_DIR|HOST$|WS_|WORKER_|MAX_|AWARENESS_|TRUSTED_PROXIES)/.test(k)) delete childEnv[k]
   }
   Object.assign(childEnv, {
     PORT: String(port),
