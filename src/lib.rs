@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod redis;
 pub mod server;
 pub mod shutdown;
+pub mod socket;
 pub mod storage;
 pub mod worker;

@@ -3,21 +3,25 @@
 //! starts (room name, connection limits, auth), the admin endpoint, the
 //! actors behind them, and graceful shutdown.
 
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::http::StatusCode;
+use actix_codec::Framed;
+use actix_http::{h1, HttpMessage, HttpService, Request};
+use actix_rt::net::TcpStream;
+use actix_service::{fn_factory, fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::http::header::{self, HeaderName};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use actix_web_actors::ws;
 use futures_util::StreamExt;
 use thiserror::Error;
+use tokio::io::AsyncWriteExt;
 use y_redis_protocol::awareness::AwarenessLimits;
 use y_redis_protocol::names::{check_room_name, NameError};
 
-use crate::actors::backlog::ConnectionKiller;
 use crate::actors::listener::RedisListener;
 use crate::actors::messages::{Broadcast, CLOSE_SERVICE_RESTART};
 use crate::actors::revocation::{RecheckLog, RecheckRequest, RevocationListener, DEFAULT_DOCID};
@@ -27,7 +31,7 @@ use crate::actors::session::{SessionContext, SessionParams, WsSession};
 use crate::auth::{token_from_request, Authenticator, Grant, TokenVerifier};
 use crate::config::{Config, Secret};
 use crate::document::Documents;
-use crate::limits::{client_address, ConnectionLimiter, Refusal};
+use crate::limits::{self, client_address, Admission, ConnectionLimiter};
 use crate::metrics;
 use crate::redis::{RedisError, RedisStore};
 use crate::storage::Storage;
@@ -61,19 +65,58 @@ fn room_from_path(path: &str) -> Option<&str> {
     path.strip_prefix('/').filter(|room| !room.contains('/'))
 }
 
-fn refuse(status: StatusCode, reason: &str) -> HttpResponse {
-    metrics::REFUSED_UPGRADES.inc();
-    HttpResponse::build(status).body(reason.to_owned())
+/// An upgrade refused before any session started: an HTTP status and why.
+struct Refusal {
+    status: StatusCode,
+    reason: String,
 }
 
-async fn websocket(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<ServerState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let Some(room) = room_from_path(req.uri().path()) else {
-        return Ok(HttpResponse::NotFound().body("expected /{room}"));
+fn refuse(status: StatusCode, reason: impl Into<String>) -> Refusal {
+    metrics::REFUSED_UPGRADES.inc();
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// What the upgrade service of one worker thread works with.
+#[derive(Clone)]
+struct Upgrades {
+    state: Arc<ServerState>,
+    rooms: ThreadRooms,
+    /// For permission callbacks.
+    http: awc::Client,
+}
+
+/// An upgrade that passed: what the session starts with.
+struct Accepted {
+    room: String,
+    grant: Grant,
+    authorized_at: Instant,
+    admission: Admission,
+    accept_key: String,
+    protocol: Option<String>,
+}
+
+/// Everything an upgrade request passes before a session starts, cheapest
+/// first: the handshake, the room name, the connection limits, then auth.
+async fn accept(req: &Request, up: &Upgrades) -> Result<Accepted, Refusal> {
+    let header = |name: HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let key = header(header::SEC_WEBSOCKET_KEY).filter(|_| {
+        req.method() == Method::GET
+            && header(header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+            && header(header::SEC_WEBSOCKET_VERSION) == Some("13")
+    });
+    let Some(key) = key else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "expected a websocket upgrade (version 13)",
+        ));
     };
+    let Some(room) = room_from_path(req.uri().path()) else {
+        return Err(refuse(StatusCode::NOT_FOUND, "expected /{room}"));
+    };
+    let state = &up.state;
     // Names first: nothing else happens for a room that cannot exist.
     if let Err(e) = check_room_name(room, state.max_room_name_bytes) {
         let status = match e {
@@ -82,77 +125,112 @@ async fn websocket(
             NameError::DotSegment => StatusCode::BAD_REQUEST,
         };
         tracing::info!(status = status.as_u16(), reason = %e, "refused connection: room name");
-        return Ok(refuse(status, &format!("room name refused: {e}")));
+        return Err(refuse(status, format!("room name refused: {e}")));
     }
     let peer = req
         .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
-    let client = client_address(peer, forwarded, &state.limiter.limits().trusted_proxies);
-    let admission = match state.limiter.admit(client) {
-        Ok(admission) => admission,
-        Err(refusal) => {
-            metrics::LIMITED_UPGRADES.inc();
-            let (status, reason) = match refusal {
-                Refusal::ProcessFull => (StatusCode::SERVICE_UNAVAILABLE, "server full"),
-                Refusal::AddressBusy => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many connections from this address",
-                ),
-            };
-            tracing::debug!(room, %client, status = status.as_u16(), "refused connection: limit");
-            return Ok(refuse(status, reason));
-        }
-    };
-    let offered = req
-        .headers()
-        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    let token = token_from_request(offered, req.query_string());
-    let http = req.app_data::<awc::Client>().cloned().unwrap_or_default();
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let client = client_address(
+        peer,
+        header(HeaderName::from_static("x-forwarded-for")),
+        &state.limiter.limits().trusted_proxies,
+    );
+    let admission = state.limiter.admit(client).map_err(|refusal| {
+        metrics::LIMITED_UPGRADES.inc();
+        let (status, reason) = match refusal {
+            limits::Refusal::ProcessFull => (StatusCode::SERVICE_UNAVAILABLE, "server full"),
+            limits::Refusal::AddressBusy => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+            ),
+        };
+        tracing::debug!(room, %client, status = status.as_u16(), "refused connection: limit");
+        refuse(status, reason)
+    })?;
+    let offered = header(header::SEC_WEBSOCKET_PROTOCOL);
+    let token = token_from_request(offered, req.uri().query().unwrap_or(""));
     let authorized_at = Instant::now();
     let grant = match &state.sessions.auth {
         None => Grant::open(),
-        Some(auth) => match auth.authorize(&http, token.as_deref(), room).await {
-            Ok(grant) => grant,
-            Err(e) => {
+        Some(auth) => auth
+            .authorize(&up.http, token.as_deref(), room)
+            .await
+            .map_err(|e| {
                 tracing::info!(room, status = e.status().as_u16(), reason = %e, "refused connection");
-                return Ok(refuse(e.status(), &e.to_string()));
-            }
-        },
-    };
-    let Some(rooms) = req.app_data::<ThreadRooms>().cloned() else {
-        return Ok(HttpResponse::InternalServerError().finish());
+                refuse(e.status(), e.to_string())
+            })?,
     };
     // A client that sent its token as a subprotocol must get it back, or it drops the socket.
-    let accepted_protocol = offered.and_then(|header| {
+    let protocol = offered.and_then(|header| {
         header
             .split(',')
             .map(str::trim)
             .find(|p| p.starts_with("yauth-"))
             .map(str::to_owned)
     });
-    let session = WsSession::new(SessionParams {
-        conn: state.next_conn.fetch_add(1, Ordering::Relaxed),
+    Ok(Accepted {
         room: room.to_owned(),
-        docid: DEFAULT_DOCID.to_owned(),
-        rooms,
-        context: state.sessions.clone(),
-        killer: req.conn_data::<ConnectionKiller>().cloned(),
         grant,
         authorized_at,
-        http,
         admission,
-    });
-    let protocols: Vec<&str> = accepted_protocol.iter().map(String::as_str).collect();
-    ws::WsResponseBuilder::new(session, &req, payload)
-        .frame_size(state.sessions.max_frame_bytes)
-        .protocols(&protocols)
-        .start()
+        accept_key: String::from_utf8_lossy(&actix_http::ws::hash_key(key.as_bytes())).into_owned(),
+        protocol,
+    })
+}
+
+/// The upgrade service: answers the handshake itself and hands the socket
+/// to a new session, or answers an HTTP error and closes.
+async fn upgrade(
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+    up: Upgrades,
+) -> Result<(), actix_web::Error> {
+    let parts = framed.into_parts();
+    let mut io = parts.io;
+    match accept(&req, &up).await {
+        Err(refusal) => {
+            let head = format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                refusal.status.as_u16(),
+                refusal.status.canonical_reason().unwrap_or(""),
+                refusal.reason.len()
+            );
+            io.write_all(head.as_bytes()).await?;
+            io.write_all(refusal.reason.as_bytes()).await?;
+            Ok(io.shutdown().await?)
+        }
+        Ok(accepted) => {
+            let protocol = accepted.protocol.as_ref().map_or(String::new(), |p| {
+                format!("sec-websocket-protocol: {p}\r\n")
+            });
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n{protocol}\r\n",
+                accepted.accept_key
+            );
+            io.write_all(head.as_bytes()).await?;
+            let state = &up.state;
+            WsSession::new(SessionParams {
+                conn: state.next_conn.fetch_add(1, Ordering::Relaxed),
+                room: accepted.room,
+                docid: DEFAULT_DOCID.to_owned(),
+                rooms: up.rooms.clone(),
+                context: state.sessions.clone(),
+                stream: io,
+                early: parts.read_buf.to_vec(),
+                grant: accepted.grant,
+                authorized_at: accepted.authorized_at,
+                http: up.http.clone(),
+                admission: accepted.admission,
+            })
+            .start();
+            Ok(())
+        }
+    }
+}
+
+/// A plain request where a websocket upgrade was expected.
+async fn not_an_upgrade() -> HttpResponse {
+    HttpResponse::BadRequest().body("expected a websocket upgrade to /{room}")
 }
 
 /// The largest recheck request body.
@@ -216,20 +294,6 @@ async fn admin_recheck(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Gives every connection a [`ConnectionKiller`] (a duplicate of its socket).
-fn attach_killer(conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-    if let Some(socket) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        match socket.as_fd().try_clone_to_owned() {
-            Ok(fd) => {
-                data.insert(ConnectionKiller::new(std::net::TcpStream::from(fd)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot duplicate socket; slow-client cut-off disabled for it")
-            }
-        }
-    }
 }
 
 fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, ServerError> {
@@ -298,7 +362,6 @@ pub async fn run(
         storage: storage.clone(),
         documents,
         listener: listener.clone(),
-        max_send_queue_bytes: config.max_send_queue_bytes,
         awareness_max_clients: config.awareness_max_clients,
         next_room_id: AtomicU64::new(1),
     });
@@ -314,6 +377,7 @@ pub async fn run(
             auth: authenticator(&config)?,
             rechecks,
             open: open_sessions.clone(),
+            max_send_queue_bytes: config.max_send_queue_bytes,
         }),
         limiter: Arc::new(ConnectionLimiter::new(config.limits.clone())),
         max_room_name_bytes: config.max_room_name_bytes,
@@ -341,25 +405,38 @@ pub async fn run(
     };
     let public_operator = operator.clone();
     let public_addr = listeners.public.local_addr()?;
-    let public = HttpServer::new(move || {
-        let app = App::new()
-            .app_data(state.clone())
+    let state = state.into_inner();
+    let public = actix_server::Server::build()
+        .listen("y-redis", listeners.public, move || {
             // Per worker thread: its room subscriptions and an HTTP client
             // for permission callbacks.
-            .app_data(ThreadRooms::new(room_context.clone()))
-            .app_data(awc::Client::default());
-        let app = if separate {
-            app
-        } else {
-            app.configure(public_operator.clone())
-        };
-        app.default_service(web::get().to(websocket))
-    })
-    .on_connect(attach_killer)
-    .disable_signals()
-    .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
-    .listen(listeners.public)?
-    .run();
+            let upgrades = Upgrades {
+                state: state.clone(),
+                rooms: ThreadRooms::new(room_context.clone()),
+                http: awc::Client::default(),
+            };
+            let app = if separate {
+                App::new()
+            } else {
+                App::new().configure(public_operator.clone())
+            };
+            let app = app.default_service(web::to(not_an_upgrade));
+            HttpService::build()
+                .client_request_timeout(Duration::from_secs(10))
+                .upgrade(fn_factory(move || {
+                    let upgrades = upgrades.clone();
+                    async move {
+                        Ok::<_, ()>(fn_service(move |(req, framed)| {
+                            upgrade(req, framed, upgrades.clone())
+                        }))
+                    }
+                }))
+                .h1(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })?
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
+        .run();
     tracing::info!(addr = %public_addr, prefix = %config.redis_prefix, "y-redis server listening");
     let internal = match listeners.internal {
         Some(socket) => {

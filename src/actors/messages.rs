@@ -109,19 +109,6 @@ pub enum ToSession {
     },
 }
 
-impl ToSession {
-    /// Bytes this message adds to the session's outgoing backlog.
-    pub fn queued_size(&self) -> usize {
-        match self {
-            ToSession::Deliver { delivery, start } => {
-                delivery.frames[*start..].iter().map(Bytes::len).sum()
-            }
-            ToSession::InitialSync { step1, step2, .. } => step1.len() + step2.len(),
-            _ => 0,
-        }
-    }
-}
-
 /// What a session tells its room.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -129,9 +116,6 @@ pub enum FromSession {
     Join {
         conn: ConnId,
         session: Recipient<ToSession>,
-        /// Bytes handed to the session that it has not written yet.
-        queue: Arc<crate::actors::backlog::SendQueue>,
-        killer: Option<crate::actors::backlog::ConnectionKiller>,
     },
     /// The client's SyncStep1: an initial sync not sent yet can be a diff.
     StateVector {

@@ -4,7 +4,6 @@
 //! is each thread's registry of rooms; [`messages`] holds every message
 //! they exchange, so no actor module depends on another's.
 
-pub mod backlog;
 pub mod listener;
 pub mod messages;
 pub mod revocation;

@@ -22,7 +22,6 @@ use y_redis_protocol::message::{
 };
 use y_redis_protocol::update::{analyze, index_document, Verdict};
 
-use super::backlog::{ConnectionKiller, SendQueue};
 use super::listener::RedisListener;
 use super::messages::{
     ConnId, Delivery, FromSession, RoomEvent, StreamBatch, Subscribe, ToSession, Unsubscribe,
@@ -40,8 +39,6 @@ pub struct RoomContext {
     pub storage: Arc<dyn Storage>,
     pub documents: Arc<Documents>,
     pub listener: Addr<RedisListener>,
-    /// Backlog of a session that stopped reading before it is cut off.
-    pub max_send_queue_bytes: usize,
     /// Awareness states one room tracks at most.
     pub awareness_max_clients: usize,
     pub next_room_id: AtomicU64,
@@ -72,8 +69,6 @@ struct Loaded {
 
 struct Member {
     session: Recipient<ToSession>,
-    queue: Arc<SendQueue>,
-    killer: Option<ConnectionKiller>,
     /// The stream position its initial sync covered; None while it waits for one.
     synced_through: Option<StreamId>,
 }
@@ -100,11 +95,6 @@ pub struct Room {
 
 /// How often presence states are checked for expiry.
 const AWARENESS_SWEEP: Duration = Duration::from_secs(5);
-/// How long a session over its send cap may go without taking anything
-/// before it counts as not reading (a slow but reading client is spared).
-const STALL_GRACE: Duration = Duration::from_secs(5);
-/// Past this multiple of the cap a session is cut off even if it still moves.
-const HARD_CAP_FACTOR: usize = 4;
 
 impl Room {
     pub fn new(room: String, docid: String, key: String, context: Arc<RoomContext>) -> Self {
@@ -218,22 +208,20 @@ impl Room {
             .unzip();
         let Some(&last) = ids.last() else { return };
         let delivery = Arc::new(Delivery { ids, frames });
-        let (room, cap) = (&self.room, self.context.max_send_queue_bytes);
-        self.members.retain(|&conn, member| {
+        for member in self.members.values_mut() {
             let Some(through) = member.synced_through else {
-                return true;
+                continue;
             };
             let start = delivery.ids.partition_point(|id| *id <= through);
             if start == delivery.ids.len() {
-                return true;
+                continue;
             }
             member.synced_through = Some(last);
-            let message = ToSession::Deliver {
+            member.session.do_send(ToSession::Deliver {
                 delivery: delivery.clone(),
                 start,
-            };
-            push(room, cap, conn, member, message)
-        });
+            });
+        }
     }
 
     fn close_members(&mut self, code: u16, reason: &str, waiting_only: bool) {
@@ -260,35 +248,6 @@ async fn index_off_thread(update_v1: Vec<u8>) -> DocState {
         _ => tracing::warn!("cannot index the stored document; update checks run without it"),
     }
     state
-}
-
-/// Hands `message` to a member's session, or cuts the session off when its
-/// backlog passes `cap` and it has stopped taking messages (its client
-/// stopped reading), or passes the hard cap. Returns whether the member stays.
-fn push(room: &str, cap: usize, conn: ConnId, member: &Member, message: ToSession) -> bool {
-    let queued = member.queue.push(message.queued_size());
-    let stalled = member.queue.stalled_for();
-    if queued > cap && (stalled > STALL_GRACE || queued > cap.saturating_mul(HARD_CAP_FACTOR)) {
-        metrics::SLOW_CLIENTS.inc();
-        tracing::warn!(
-            room,
-            conn,
-            queued,
-            stalled_ms = stalled.as_millis() as u64,
-            "client is not reading its socket; disconnecting it"
-        );
-        // The session cannot act while its socket is full; cut the socket from here.
-        if let Some(killer) = &member.killer {
-            killer.kill();
-        }
-        member.session.do_send(ToSession::Close {
-            code: CLOSE_TRY_AGAIN_LATER,
-            reason: "send queue full".into(),
-        });
-        return false;
-    }
-    member.session.do_send(message);
-    true
 }
 
 impl Actor for Room {
@@ -323,18 +282,11 @@ impl Handler<FromSession> for Room {
 
     fn handle(&mut self, msg: FromSession, ctx: &mut Context<Self>) {
         match msg {
-            FromSession::Join {
-                conn,
-                session,
-                queue,
-                killer,
-            } => {
+            FromSession::Join { conn, session } => {
                 self.members.insert(
                     conn,
                     Member {
                         session,
-                        queue,
-                        killer,
                         synced_through: None,
                     },
                 );
@@ -424,21 +376,19 @@ impl Handler<Loaded> for Room {
             .awareness
             .encode_present()
             .map(Bytes::from);
-        let (room, cap) = (&self.room, self.context.max_send_queue_bytes);
         let mut synced = Vec::new();
-        self.members.retain(|&conn, member| {
+        for (&conn, member) in self.members.iter_mut() {
             if member.synced_through.is_some() {
-                return true;
+                continue;
             }
             member.synced_through = Some(doc.last_id);
             synced.push(conn);
-            let sync = ToSession::InitialSync {
+            member.session.do_send(ToSession::InitialSync {
                 step1: step1.clone(),
                 step2: diffs.get(&conn).cloned().unwrap_or_else(|| full.clone()),
                 awareness: awareness.clone(),
-            };
-            push(room, cap, conn, member, sync)
-        });
+            });
+        }
         {
             let mut vectors = self.state_vectors.borrow_mut();
             for conn in &synced {

@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::rc::Rc;
+
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web_actors::ws;
-use bytes::{Bytes, BytesMut};
+use actix_rt::net::TcpStream;
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 use y_redis_protocol::awareness::{
     encode_awareness_message, encode_awareness_removal, AwarenessEntry, AwarenessLimits,
@@ -25,7 +26,6 @@ use y_redis_protocol::message::{
 };
 use y_redis_protocol::update::{analyze, InvalidUpdate, Verdict};
 
-use super::backlog::{ConnectionKiller, SendQueue};
 use super::messages::{
     ConnId, FromSession, ToSession, CLOSE_BAD_MESSAGE, CLOSE_PERMISSION_REVOKED,
     CLOSE_TOKEN_EXPIRED, CLOSE_TOO_LARGE, CLOSE_TOO_MANY_MESSAGES, CLOSE_TRY_AGAIN_LATER,
@@ -37,11 +37,16 @@ use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Gr
 use crate::limits::{Admission, Limits, TokenBucket};
 use crate::metrics;
 use crate::redis::RedisStore;
+use crate::socket::{self, Flush, Outgoing};
+use y_redis_protocol::websocket::{FrameError, Incoming};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a client over the backlog cap may go without taking anything
+/// before it counts as not reading (a slow but reading client is spared).
+const STALL_GRACE: Duration = Duration::from_secs(5);
+/// Past this multiple of the cap a client is cut off even if it still reads.
+const HARD_CAP_FACTOR: usize = 4;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
-/// Close reasons travel in a control frame, which holds at most 125 bytes.
-const MAX_REASON_BYTES: usize = 120;
 /// Updates up to this size are checked on the socket's thread; larger ones
 /// on the blocking pool, a few at a time process-wide.
 const INLINE_CHECK_BYTES: usize = 64 * 1024;
@@ -62,6 +67,8 @@ pub struct SessionContext {
     pub rechecks: Arc<RecheckLog>,
     /// Sessions open now (shutdown waits for them to close).
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Backlog of a client that stopped reading before it is cut off.
+    pub max_send_queue_bytes: usize,
 }
 
 pub struct SessionParams {
@@ -70,7 +77,9 @@ pub struct SessionParams {
     pub docid: String,
     pub rooms: ThreadRooms,
     pub context: Arc<SessionContext>,
-    pub killer: Option<ConnectionKiller>,
+    pub stream: TcpStream,
+    /// Bytes the handshake read after the request (the client's first frames).
+    pub early: Vec<u8>,
     pub grant: Grant,
     /// When the permission callback was asked (rechecks since then apply).
     pub authorized_at: Instant,
@@ -119,8 +128,11 @@ pub struct WsSession {
     context: Arc<SessionContext>,
     room_addr: Option<Addr<Room>>,
     view: Option<SharedView>,
-    queue: Arc<SendQueue>,
-    killer: Option<ConnectionKiller>,
+    out: Outgoing,
+    /// A write is waiting for the socket to take more.
+    write_pending: bool,
+    /// Until the session starts: the socket's reading side.
+    reading: Option<(Rc<TcpStream>, Vec<u8>)>,
     synced: bool,
     /// What this session published that the room may not have read back yet.
     own: DocState,
@@ -131,8 +143,6 @@ pub struct WsSession {
     presence: Presence,
     messages: TokenBucket,
     bytes: TokenBucket,
-    /// A fragmented binary message being reassembled.
-    fragments: Option<BytesMut>,
     last_heard: Instant,
     grant: Grant,
     authorized_at: Instant,
@@ -145,6 +155,7 @@ pub struct WsSession {
 impl WsSession {
     pub fn new(p: SessionParams) -> Self {
         let key = p.context.redis.keys().room_stream(&p.room, &p.docid);
+        let stream = Rc::new(p.stream);
         let limits = &p.context.limits;
         let awareness_rate = limits.awareness_per_second;
         WsSession {
@@ -155,8 +166,9 @@ impl WsSession {
             rooms: p.rooms,
             room_addr: None,
             view: None,
-            queue: Arc::new(SendQueue::default()),
-            killer: p.killer,
+            out: Outgoing::new(stream.clone()),
+            write_pending: false,
+            reading: Some((stream, p.early)),
             synced: false,
             own: DocState::default(),
             updates: Updates::default(),
@@ -179,7 +191,6 @@ impl WsSession {
                 (limits.bytes_per_second * 2.0).max(p.context.max_frame_bytes as f64),
             ),
             context: p.context,
-            fragments: None,
             last_heard: Instant::now(),
             grant: p.grant,
             authorized_at: p.authorized_at,
@@ -189,25 +200,64 @@ impl WsSession {
         }
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        let mut end = reason.len().min(MAX_REASON_BYTES);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
-            description: Some(reason[..end].to_owned()),
-        }));
+    /// Sends a close frame with `code` and `reason`, and stops the session
+    /// (its socket closes once the frame is written, or after a grace).
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        self.out.close(code, reason);
+        self.flush(ctx);
         ctx.stop();
     }
 
-    fn reject(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+    /// Queues one message for the client (written at the next flush).
+    fn send(&mut self, message: impl Into<Bytes>) {
+        let message = message.into();
+        count_out(message.len());
+        self.out.binary(message);
+    }
+
+    /// Writes what is queued; if the socket is full, waits until it takes
+    /// more. A client that stops reading is cut off past the backlog cap.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.write_pending {
+            return;
+        }
+        match self.out.flush() {
+            Flush::Done => {}
+            Flush::Failed => ctx.stop(),
+            Flush::Blocked => {
+                let cap = self.context.max_send_queue_bytes;
+                let queued = self.out.queued();
+                let stalled = self.out.stalled_for();
+                if queued > cap
+                    && (stalled > STALL_GRACE || queued > cap.saturating_mul(HARD_CAP_FACTOR))
+                {
+                    metrics::SLOW_CLIENTS.inc();
+                    tracing::warn!(room = %self.room, conn = self.conn, queued, stalled_ms = stalled.as_millis() as u64, "client is not reading its socket; disconnecting it");
+                    self.out.abort();
+                    ctx.stop();
+                    return;
+                }
+                self.write_pending = true;
+                let stream = self.out.stream().clone();
+                let writable = async move { stream.writable().await };
+                ctx.spawn(writable.into_actor(self).map(|ready, act, ctx| {
+                    act.write_pending = false;
+                    match ready {
+                        Ok(()) => act.flush(ctx),
+                        Err(_) => ctx.stop(),
+                    }
+                }));
+            }
+        }
+    }
+
+    fn reject(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
         metrics::REJECTED_MESSAGES.inc();
         tracing::warn!(room = %self.room, conn = self.conn, code, reason, "closing connection: bad frame");
         self.close(ctx, code, reason);
     }
 
-    fn handle_frame(&mut self, frame: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+    fn handle_frame(&mut self, frame: &[u8], ctx: &mut Context<Self>) {
         if !self.messages.try_take(1.0) || !self.bytes.try_take(frame.len() as f64) {
             metrics::RATE_LIMITED.inc();
             tracing::warn!(room = %self.room, conn = self.conn, "closing connection: message rate limit");
@@ -247,14 +297,14 @@ impl WsSession {
                     .as_ref()
                     .and_then(|view| view.borrow().awareness.encode_present());
                 if let Some(message) = present {
-                    send(ctx, message);
+                    self.send(message);
                 }
             }
             Ok(ClientMessage::Auth) => {}
         }
     }
 
-    fn receive_update(&mut self, update: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn receive_update(&mut self, update: Vec<u8>, ctx: &mut Context<Self>) {
         if self.updates.checking {
             self.updates.queued.push_back(update);
         } else {
@@ -263,7 +313,7 @@ impl WsSession {
     }
 
     /// Checks an update against the room and what this session published.
-    fn check_update(&mut self, update: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn check_update(&mut self, update: Vec<u8>, ctx: &mut Context<Self>) {
         let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
             // The room does not know its document yet: judged once it does.
             return self.hold(update, ctx);
@@ -316,7 +366,7 @@ impl WsSession {
         &mut self,
         update: Vec<u8>,
         verdict: Result<Verdict, InvalidUpdate>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         match verdict {
             Err(e) => self.reject(ctx, CLOSE_BAD_MESSAGE, &ProtocolError::from(e).to_string()),
@@ -333,7 +383,7 @@ impl WsSession {
         }
     }
 
-    fn hold(&mut self, update: Vec<u8>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn hold(&mut self, update: Vec<u8>, ctx: &mut Context<Self>) {
         let held = &mut self.updates;
         if held.held.len() >= MAX_HELD_UPDATES || held.held_bytes + update.len() > MAX_HELD_BYTES {
             return self.reject(
@@ -346,7 +396,7 @@ impl WsSession {
         held.held.push_back(update);
         if held.held_since.is_none() {
             held.held_since = Some(Instant::now());
-            self.ask_for_missing(ctx);
+            self.ask_for_missing();
             ctx.run_later(HOLD_TIMEOUT, |act, ctx| {
                 if act
                     .updates
@@ -363,20 +413,23 @@ impl WsSession {
     /// Sends the client a SyncStep1 with what the room holds: y-websocket
     /// answers with a SyncStep2 of everything the room lacks, which fills
     /// the gap a held update waits for (if the client has it).
-    fn ask_for_missing(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(view) = &self.view else { return };
-        let view = view.borrow();
-        let Some(doc) = &view.doc else { return };
-        let known = Layered {
-            base: doc,
-            top: &self.own,
+    fn ask_for_missing(&mut self) {
+        let state_vector = {
+            let Some(view) = &self.view else { return };
+            let view = view.borrow();
+            let Some(doc) = &view.doc else { return };
+            Layered {
+                base: doc,
+                top: &self.own,
+            }
+            .encode_state_vector()
         };
-        send(ctx, encode_sync_step1(&known.encode_state_vector()));
+        self.send(encode_sync_step1(&state_vector));
     }
 
     /// Judges held updates again after the room or this session moved on,
     /// until no more of them pass.
-    fn retry_held(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn retry_held(&mut self, ctx: &mut Context<Self>) {
         loop {
             if self.updates.held.is_empty() || self.updates.checking {
                 return;
@@ -403,11 +456,7 @@ impl WsSession {
     /// echoes (y-websocket sends back every change it receives, which the
     /// room already has) or attempts to change someone else's presence,
     /// which are counted.
-    fn receive_awareness(
-        &mut self,
-        entries: Vec<AwarenessEntry>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn receive_awareness(&mut self, entries: Vec<AwarenessEntry>, ctx: &mut Context<Self>) {
         let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
             // Judged once the room knows who is present (the initial sync).
             self.presence.unjudged = Some(entries);
@@ -449,7 +498,7 @@ impl WsSession {
 
     /// Sends this connection's newest awareness entry if the rate allows,
     /// else waits for the rate (newer entries replace it meanwhile).
-    fn flush_presence(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn flush_presence(&mut self, ctx: &mut Context<Self>) {
         if let Some(entries) = self.presence.unjudged.take() {
             if self.view.as_ref().is_some_and(|v| v.borrow().doc.is_some()) {
                 self.receive_awareness(entries, ctx);
@@ -481,7 +530,7 @@ impl WsSession {
 
     /// Queues a message for Redis; messages leave in order, several per
     /// round trip, while deliveries go on.
-    fn publish(&mut self, message: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+    fn publish(&mut self, message: Bytes, ctx: &mut Context<Self>) {
         self.outbox_bytes += message.len();
         self.outbox.push_back(message);
         // The rate limits keep this small; past it Redis is not keeping up.
@@ -494,7 +543,7 @@ impl WsSession {
         self.send_outbox(ctx);
     }
 
-    fn send_outbox(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_outbox(&mut self, ctx: &mut Context<Self>) {
         if self.publishing || self.outbox.is_empty() {
             return;
         }
@@ -524,16 +573,14 @@ impl WsSession {
         step1: Bytes,
         step2: Bytes,
         awareness: Option<Bytes>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
-        let size = step1.len() + step2.len();
-        send(ctx, step1);
-        send(ctx, step2);
+        self.send(step1);
+        self.send(step2);
         if let Some(awareness) = awareness {
-            send(ctx, awareness);
+            self.send(awareness);
         }
         self.synced = true;
-        self.queue.taken(size);
         tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
         // The room knows its document now: judge what waited for that.
         self.retry_held(ctx);
@@ -544,7 +591,7 @@ impl WsSession {
     /// and switches between read-write and read-only otherwise. A failing
     /// callback keeps the session as it is: a flaky backend must not kick
     /// everyone out. Only the newest recheck's answer counts.
-    fn recheck(&mut self, user: Option<String>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn recheck(&mut self, user: Option<String>, ctx: &mut Context<Self>) {
         let (Some(auth), Some(own)) = (&self.context.auth, &self.grant.user_id) else {
             return;
         };
@@ -585,16 +632,14 @@ impl WsSession {
     }
 }
 
-/// Sends one message to the client, counting it.
-fn send(ctx: &mut ws::WebsocketContext<WsSession>, message: impl Into<Bytes>) {
-    let message = message.into();
+/// Counts one message sent to the client.
+fn count_out(bytes: usize) {
     metrics::MESSAGES_OUT.inc();
-    metrics::BYTES_OUT.add(message.len() as u64);
-    ctx.binary(message);
+    metrics::BYTES_OUT.add(bytes as u64);
 }
 
 impl Actor for WsSession {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::CONNECTIONS.inc();
@@ -607,9 +652,14 @@ impl Actor for WsSession {
         room.do_send(FromSession::Join {
             conn: self.conn,
             session: ctx.address().recipient(),
-            queue: self.queue.clone(),
-            killer: self.killer.clone(),
         });
+        if let Some((stream, early)) = self.reading.take() {
+            ctx.add_stream(socket::incoming(
+                stream,
+                early,
+                self.context.max_frame_bytes,
+            ));
+        }
         self.room_addr = Some(room);
         self.view = Some(view);
         // A recheck of this user that ran while the upgrade was being authorized.
@@ -634,7 +684,8 @@ impl Actor for WsSession {
                 tracing::info!(room = %act.room, conn = act.conn, "client timed out");
                 ctx.stop();
             } else {
-                ctx.ping(b"");
+                act.out.ping();
+                act.flush(ctx);
             }
         });
     }
@@ -674,12 +725,9 @@ impl Handler<ToSession> for WsSession {
                 awareness,
             } => self.initial_sync(step1, step2, awareness, ctx),
             ToSession::Deliver { delivery, start } => {
-                let mut size = 0;
                 for frame in &delivery.frames[start..] {
-                    size += frame.len();
-                    send(ctx, frame.clone());
+                    self.send(frame.clone());
                 }
-                self.queue.taken(size);
                 if let (false, Some(view)) = (self.own.is_empty(), &self.view) {
                     if let Some(doc) = &view.borrow().doc {
                         self.own.forget_known(doc);
@@ -690,72 +738,43 @@ impl Handler<ToSession> for WsSession {
             ToSession::Close { code, reason } => self.close(ctx, code, &reason),
             ToSession::Recheck { user } => self.recheck(user, ctx),
         }
+        // Everything this message queued leaves in one write.
+        self.flush(ctx);
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Incoming, FrameError>> for WsSession {
+    fn handle(&mut self, msg: Result<Incoming, FrameError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match msg {
-            Ok(ws::Message::Binary(frame)) => {
+            Ok(Incoming::Binary(frame)) => {
                 metrics::MESSAGES_IN.inc();
                 metrics::BYTES_IN.add(frame.len() as u64);
                 self.handle_frame(&frame, ctx)
             }
-            Ok(ws::Message::Text(_)) => self.reject(
+            Ok(Incoming::Text) => self.reject(
                 ctx,
                 CLOSE_BAD_MESSAGE,
                 "text frames are not part of the y-websocket protocol",
             ),
-            Ok(ws::Message::Continuation(item)) => self.handle_fragment(item, ctx),
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
-            Ok(ws::Message::Pong(_) | ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
+            Ok(Incoming::Ping(payload)) => self.out.pong(&payload),
+            Ok(Incoming::Pong) => {}
+            Ok(Incoming::Close(reason)) => {
+                // Answer with the client's code, as RFC 6455 asks, and end.
+                let code = reason.map_or(1000, |(code, _)| code);
+                return self.close(ctx, code, "");
             }
-            Err(ws::ProtocolError::Overflow) => {
+            Err(FrameError::TooLarge(_)) => {
                 let reason = format!("message larger than {} bytes", self.context.max_frame_bytes);
-                self.reject(ctx, CLOSE_TOO_LARGE, &reason);
+                self.reject(ctx, CLOSE_TOO_LARGE, &reason)
             }
             Err(e) => self.reject(ctx, CLOSE_BAD_MESSAGE, &e.to_string()),
         }
+        self.flush(ctx);
     }
-}
 
-impl WsSession {
-    fn handle_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (chunk, last) = match item {
-            Item::FirstBinary(chunk) => {
-                self.fragments = Some(BytesMut::new());
-                (chunk, false)
-            }
-            Item::FirstText(_) => {
-                return self.reject(
-                    ctx,
-                    CLOSE_BAD_MESSAGE,
-                    "text frames are not part of the y-websocket protocol",
-                )
-            }
-            Item::Continue(chunk) => (chunk, false),
-            Item::Last(chunk) => (chunk, true),
-        };
-        let Some(buffer) = self.fragments.as_mut() else {
-            return self.reject(
-                ctx,
-                CLOSE_BAD_MESSAGE,
-                "continuation frame without a first frame",
-            );
-        };
-        buffer.extend_from_slice(&chunk);
-        if buffer.len() > self.context.max_frame_bytes {
-            let reason = format!("message larger than {} bytes", self.context.max_frame_bytes);
-            return self.reject(ctx, CLOSE_TOO_LARGE, &reason);
-        }
-        if last {
-            if let Some(message) = self.fragments.take() {
-                self.handle_frame(&message, ctx);
-            }
-        }
+    /// The client closed its side of the socket.
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }

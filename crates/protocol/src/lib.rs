@@ -8,6 +8,7 @@
 //! - [`names`]: Redis key names, percent-encoding, room name rules.
 //! - [`stream_id`]: Redis stream ids.
 //! - [`lib0`]: lib0's binary encoding.
+//! - [`websocket`]: WebSocket framing for a server.
 
 pub mod awareness;
 pub mod doc_state;
@@ -16,5 +17,6 @@ pub mod message;
 pub mod names;
 pub mod stream_id;
 pub mod update;
+pub mod websocket;
 
 pub use stream_id::StreamId;

@@ -1,0 +1,228 @@
+//! A websocket connection's socket, owned by its session (ARCHITECTURE.md,
+//! "Sockets"). Reading fills a buffer shared by the whole thread and keeps
+//! per connection only what a half-read frame needs; writing sends a
+//! batch's frames in one vectored write straight from the buffers the room
+//! shares with every session, and queues only what the socket did not take.
+//! An idle connection holds no buffer at all.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix_rt::net::TcpStream;
+use bytes::Bytes;
+use futures_util::stream::{self, Stream};
+use y_redis_protocol::websocket::{
+    encode_close, encode_frame, encode_header, FrameError, FrameReader, Incoming, OPCODE_BINARY,
+    OPCODE_PING, OPCODE_PONG,
+};
+
+/// Bytes read per system call, into the thread's buffer.
+const READ_CHUNK: usize = 64 * 1024;
+/// Pieces (headers and payloads) per vectored write.
+const WRITE_SLICES: usize = 64;
+
+thread_local! {
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// The reading side: whole messages and control frames, in order, until
+/// the peer closes (or breaks the protocol: then one error, then the end).
+pub fn incoming(
+    stream: Rc<TcpStream>,
+    early: Vec<u8>,
+    max_message: usize,
+) -> impl Stream<Item = Result<Incoming, FrameError>> {
+    struct State {
+        stream: Rc<TcpStream>,
+        reader: FrameReader,
+        ready: VecDeque<Incoming>,
+        early: Vec<u8>,
+        done: bool,
+    }
+    let state = State {
+        stream,
+        reader: FrameReader::new(max_message),
+        ready: VecDeque::new(),
+        early,
+        done: false,
+    };
+    stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(message) = st.ready.pop_front() {
+                return Some((Ok(message), st));
+            }
+            if st.done {
+                return None;
+            }
+            let State {
+                reader,
+                ready,
+                early,
+                ..
+            } = &mut st;
+            // Bytes the handshake read past the request come first.
+            if !early.is_empty() {
+                let bytes = std::mem::take(early);
+                if let Err(e) = reader.feed(&bytes, |m| ready.push_back(m)) {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                continue;
+            }
+            if st.stream.readable().await.is_err() {
+                return None;
+            }
+            let read = READ_BUFFER.with(|buffer| {
+                let mut buffer = buffer.borrow_mut();
+                match st.stream.try_read(&mut buffer) {
+                    Ok(0) => Ok(None),
+                    Ok(n) => {
+                        let State { reader, ready, .. } = &mut st;
+                        Ok(Some(reader.feed(&buffer[..n], |m| ready.push_back(m))))
+                    }
+                    Err(e) => Err(e),
+                }
+            });
+            match read {
+                Ok(Some(Ok(()))) => {}
+                Ok(Some(Err(e))) => {
+                    st.done = true;
+                    return Some((Err(e), st));
+                }
+                // The peer closed its side.
+                Ok(None) => return None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+    })
+}
+
+/// What a flush achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything queued is written.
+    Done,
+    /// The socket took what it could; wait until it is writable again.
+    Blocked,
+    /// The connection is gone.
+    Failed,
+}
+
+/// The writing side: frames queued as (header, payload) pieces.
+pub struct Outgoing {
+    stream: Rc<TcpStream>,
+    pieces: VecDeque<Bytes>,
+    queued: usize,
+    /// When the socket last took bytes (or had nothing to take).
+    progress: Instant,
+}
+
+impl Outgoing {
+    pub fn new(stream: Rc<TcpStream>) -> Self {
+        Outgoing {
+            stream,
+            pieces: VecDeque::new(),
+            queued: 0,
+            progress: Instant::now(),
+        }
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// How long the socket has taken nothing while bytes waited.
+    pub fn stalled_for(&self) -> std::time::Duration {
+        if self.queued == 0 {
+            std::time::Duration::ZERO
+        } else {
+            self.progress.elapsed()
+        }
+    }
+
+    /// Queues a binary message (shared with other sessions: not copied).
+    pub fn binary(&mut self, payload: Bytes) {
+        let mut header = [0u8; 10];
+        let n = encode_header(&mut header, OPCODE_BINARY, payload.len());
+        self.push(Bytes::copy_from_slice(&header[..n]));
+        self.push(payload);
+    }
+
+    pub fn ping(&mut self) {
+        self.push(Bytes::from(encode_frame(OPCODE_PING, b"")));
+    }
+
+    pub fn pong(&mut self, payload: &[u8]) {
+        self.push(Bytes::from(encode_frame(OPCODE_PONG, payload)));
+    }
+
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.push(Bytes::from(encode_close(code, reason)));
+    }
+
+    fn push(&mut self, piece: Bytes) {
+        if self.queued == 0 {
+            self.progress = Instant::now();
+        }
+        self.queued += piece.len();
+        self.pieces.push_back(piece);
+    }
+
+    /// Writes as much as the socket takes, several frames per system call.
+    pub fn flush(&mut self) -> Flush {
+        while !self.pieces.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+            let mut count = 0;
+            for (slot, piece) in slices.iter_mut().zip(&self.pieces) {
+                *slot = IoSlice::new(piece);
+                count += 1;
+            }
+            match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Flush::Failed,
+                Ok(mut n) => {
+                    self.queued -= n;
+                    self.progress = Instant::now();
+                    while let Some(front) = self.pieces.front_mut() {
+                        if n < front.len() {
+                            let _ = front.split_to(n);
+                            break;
+                        }
+                        n -= front.len();
+                        self.pieces.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(_) => return Flush::Failed,
+            }
+        }
+        // Nothing queued: give back what a big backlog made the queue grow to.
+        if self.pieces.capacity() > 64 {
+            self.pieces = VecDeque::new();
+        }
+        Flush::Done
+    }
+
+    /// Drops what is queued and shuts the socket (a client that stopped reading).
+    pub fn abort(&mut self) {
+        self.pieces.clear();
+        self.queued = 0;
+        shutdown(&self.stream);
+    }
+
+    pub fn stream(&self) -> &Rc<TcpStream> {
+        &self.stream
+    }
+}
+
+/// Shuts both directions of the socket; the reading side then ends.
+pub fn shutdown(stream: &TcpStream) {
+    use std::os::fd::AsFd;
+    if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+        let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+    }
+}
