@@ -5,7 +5,7 @@
 // PARALLEL at a time, on raw `ws` sockets: each opens the room, reads frames
 // until the server's SyncStep2 (the whole document) has arrived, checks its
 // size, and closes. The server assembles the document for every sync and must
-// drop it afterwards (DESIGN §1.2), so RSS should level off, not grow with
+// drop it afterwards (ARCHITECTURE.md, "Processes"), so RSS should level off, not grow with
 // the number of cycles.
 //
 // Prints VmRSS at start, after loading the document, after 1,000 cycles and

@@ -1,5 +1,5 @@
 //! Configuration from environment variables (and a `.env` file), with the
-//! names @y/redis uses (DESIGN §7). A bad value stops start-up with one line
+//! names @y/redis uses (README, "Configuration"). A bad value stops start-up with one line
 //! naming the variable.
 
 use std::cell::RefCell;
@@ -84,7 +84,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Settings of authentication (DESIGN §6).
+/// Settings of authentication (ARCHITECTURE.md, "Auth").
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// `AUTH_DISABLED=true`: everyone reads and writes.

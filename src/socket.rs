@@ -200,8 +200,8 @@ impl Outgoing {
                 Err(_) => return Flush::Failed,
             }
         }
-        // Nothing queued: give back what a big backlog made the queue grow to.
-        if self.pieces.capacity() > 64 {
+        // Nothing queued: an idle connection keeps no buffer.
+        if self.pieces.capacity() > 16 {
             self.pieces = VecDeque::new();
         }
         Flush::Done

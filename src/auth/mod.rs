@@ -1,4 +1,4 @@
-//! Auth compatible with @y/redis (DESIGN §6): ES384 JWTs carrying `yuserid`,
+//! Auth compatible with @y/redis (ARCHITECTURE.md, "Auth"): ES384 JWTs carrying `yuserid`,
 //! and a permission callback answering `rw`, `r` or anything else per room.
 
 mod keys;

@@ -76,7 +76,7 @@ end
 return 0
 "#;
 
-/// The end of a compaction (DESIGN §4's MULTI, as one script): trim the room
+/// The end of a compaction (ARCHITECTURE.md, "The worker's task protocol"): trim the room
 /// stream, and if the old task was still there to delete, queue its
 /// successor claimed by `pending`. A worker that compacted a room whose task
 /// another worker already replaced adds no second task, so tasks never

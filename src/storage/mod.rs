@@ -1,4 +1,4 @@
-//! Where whole documents live between compactions (DESIGN §5). Every backend
+//! Where whole documents live between compactions (ARCHITECTURE.md, "Storage layout"). Every backend
 //! stores a document as one Yjs update v2 per reference; several references
 //! of one document are merged on read and replaced by the worker.
 

@@ -1,5 +1,5 @@
 //! `y-redis worker`: a supervisor owning a group of persistence actors. Each
-//! claims compaction tasks from `PREFIX:worker` (DESIGN §4), persists rooms
+//! claims compaction tasks from `PREFIX:worker` (ARCHITECTURE.md, "The worker's task protocol"), persists rooms
 //! whose stream changed the document, and trims Redis.
 
 mod callback;

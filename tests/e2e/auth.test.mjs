@@ -1,4 +1,4 @@
-// Auth (DESIGN §6) with lib0's own token code: tokens via ?yauth= and the
+// Auth (ARCHITECTURE.md, "Auth") with lib0's own token code: tokens via ?yauth= and the
 // yauth-<jwt> subprotocol, exact HTTP statuses of refused upgrades, read-only
 // users, token expiry (4401), live revocation (4403) and downgrade/upgrade via
 // POST /admin/recheck and the PREFIX:recheck channel, and the keygen /

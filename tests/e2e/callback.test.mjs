@@ -1,4 +1,4 @@
-// YDOC_UPDATE_CALLBACK (DESIGN §7): after persisting a changed document the
+// YDOC_UPDATE_CALLBACK (README, "Configuration"): after persisting a changed document the
 // worker PUTs multipart/form-data with one field `ydoc` (the document as an
 // update v2) to `<url>/<room>`. A callback that refuses connections or never
 // answers must not hold up persistence nor stop the worker.

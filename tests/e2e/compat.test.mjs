@@ -1,4 +1,4 @@
-// Storage compatibility with @y/redis 0.1.x (DESIGN §5), both directions:
+// Storage compatibility with @y/redis 0.1.x (ARCHITECTURE.md, "Storage layout"), both directions:
 // a. documents stored the way @y/redis stores them (npm yjs
 //    Y.encodeStateAsUpdateV2 in a `yredis_docs_v1` row with sv =
 //    Y.encodeStateVector; an S3 object at enc(room)/index/<uuid v4>; a room

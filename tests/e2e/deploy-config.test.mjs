@@ -21,7 +21,7 @@ import { findCompose } from './tools.mjs'
 const read = (rel) => fs.readFileSync(path.join(REPO_ROOT, rel), 'utf8')
 const CHART = 'deploy/helm/y-redis'
 
-/** Defaults of the binary (README.md / DESIGN §2; `y-redis help` for auth-example). */
+/** Defaults of the binary (README.md; `y-redis help` for auth-example). */
 const DEFAULT_PORTS = { PORT: 3002, WORKER_PORT: 3003, AUTH_EXAMPLE_PORT: 5173 }
 /** Which variable sets the listening port of each subcommand. */
 const PORT_VAR = { server: 'PORT', all: 'PORT', worker: 'WORKER_PORT', 'auth-example': 'AUTH_EXAMPLE_PORT' }

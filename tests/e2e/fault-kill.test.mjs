@@ -1,4 +1,4 @@
-// A server SIGKILLed behind a load balancer (DESIGN §1.3 stateless servers).
+// A server SIGKILLed behind a load balancer (ARCHITECTURE.md, "Failure handling").
 // Four y-websocket clients reach two servers through a round-robin TCP load
 // balancer that skips dead backends (faults.mjs LoadBalancer). The server
 // holding half of them is SIGKILLed while everyone keeps editing: its clients

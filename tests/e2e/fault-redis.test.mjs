@@ -1,4 +1,4 @@
-// Redis faults while clients keep editing (DESIGN §1.1; README "Operating notes").
+// Redis faults while clients keep editing (ARCHITECTURE.md, "Failure handling").
 // Four y-websocket clients on two servers edit one room continuously (edits go
 // on locally while the servers cannot reach Redis), a worker persists to the
 // filesystem. Each server and the worker use a PRIVATE redis-server of this file.

@@ -1,4 +1,4 @@
-// Storage outages (DESIGN §1.1): Postgres (a fresh database) and S3 (moto),
+// Storage outages (ARCHITECTURE.md, "Failure handling"): Postgres (a fresh database) and S3 (moto),
 // each behind a TCP proxy that is cut (connections destroyed, new ones
 // refused) for CUT_MS = 15 s. The issue speaks of a minute; 15 s keeps CI short and
 // is already longer than the clients' retry backoff and the servers' Postgres

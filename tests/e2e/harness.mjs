@@ -235,7 +235,7 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
   }
 }
 
-/** Small worker timings for tests (DESIGN §4 / issue "Worker and storage"). */
+/** Small worker timings for tests (ARCHITECTURE.md, "The worker's task protocol"). */
 export const FAST_WORKER_ENV = Object.freeze({
   REDIS_TASK_DEBOUNCE: '300',
   REDIS_MIN_MESSAGE_LIFETIME: '1000',

@@ -1,4 +1,4 @@
-// f. Redis layout, byte for byte compatible with @y/redis 0.1.x (DESIGN §4):
+// f. Redis layout, byte for byte compatible with @y/redis 0.1.x (ARCHITECTURE.md, "Redis layout"):
 //    room stream key, entry field `m`, message bytes, SyncStep2 rewritten to
 //    Update, the worker queue stream + consumer group + `pending` claim.
 import { describe, it, before, after } from 'node:test'

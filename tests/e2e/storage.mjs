@@ -1,4 +1,4 @@
-// Storage backends for the worker/storage e2e tests (DESIGN §5), inspected
+// Storage backends for the worker/storage e2e tests (ARCHITECTURE.md, "Storage layout"), inspected
 // from outside the server: Postgres through `pg`, S3 through a moto server
 // spoken to with plain HTTP, the filesystem through node:fs.
 //

@@ -1,4 +1,4 @@
-// Worker crashes and concurrent workers lose nothing (DESIGN §1.1, §4).
+// Worker crashes and concurrent workers lose nothing (ARCHITECTURE.md, "The worker's task protocol").
 // a. Clients edit continuously through two servers while the worker is
 //    SIGKILLed and restarted several times (Postgres storage); afterwards a
 //    fresh worker's final compaction leaves exactly one stored row per room

@@ -1,9 +1,9 @@
 // Worker and storage, end to end, once per backend (Postgres, S3 via moto,
 // filesystem): two servers + one worker; y-websocket clients edit through both
-// servers; the worker persists the document (DESIGN §5: one update v2 per
+// servers; the worker persists the document (ARCHITECTURE.md "Storage layout": one update v2 per
 // stored piece, merged on read) and, once the messages outlive
 // REDIS_MIN_MESSAGE_LIFETIME with no edits, removes the room stream and its
-// task from Redis (DESIGN §4). With this prefix's Redis keys deleted, a new
+// task from Redis ("The worker's task protocol"). With this prefix's Redis keys deleted, a new
 // client gets the whole document from storage alone.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'

@@ -141,6 +141,13 @@ impl FrameReader {
 
     /// Reads (part of) a header; answers the bytes after it.
     fn read_header<'a>(&mut self, bytes: &'a [u8]) -> Result<&'a [u8], FrameError> {
+        // Usually the whole header is there: nothing to keep.
+        if self.header.is_empty() {
+            if let Some((frame, header_len)) = parse_header(bytes)? {
+                self.start_frame(frame)?;
+                return Ok(&bytes[header_len..]);
+            }
+        }
         let before = self.header.len();
         let take = (MAX_HEADER_BYTES - before).min(bytes.len());
         self.header.extend_from_slice(&bytes[..take]);
@@ -148,8 +155,7 @@ impl FrameReader {
             // Not all of it yet: keep what came.
             return Ok(&bytes[take..]);
         };
-        self.header.clear();
-        self.header.shrink_to(MAX_HEADER_BYTES);
+        self.header = Vec::new();
         let consumed = header_len - before;
         self.start_frame(frame)?;
         Ok(&bytes[consumed..])
