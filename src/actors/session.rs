@@ -53,7 +53,7 @@ const INLINE_CHECK_BYTES: usize = 64 * 1024;
 static LARGE_CHECKS: Semaphore = Semaphore::const_new(2);
 /// Updates a session may hold while their dependencies have not reached the
 /// room (an honest client's wait for its own SyncStep2 is one or two).
-const MAX_HELD_UPDATES: usize = 256;
+const MAX_HELD_UPDATES: usize = 4096;
 const MAX_HELD_BYTES: usize = 8 << 20;
 
 /// What every session of the process shares.
@@ -394,20 +394,31 @@ impl WsSession {
         }
         held.held_bytes += update.len();
         held.held.push_back(update);
-        if held.held_since.is_none() {
-            held.held_since = Some(Instant::now());
-            self.ask_for_missing();
-            ctx.run_later(HOLD_TIMEOUT, |act, ctx| {
-                if act
-                    .updates
-                    .held_since
-                    .is_some_and(|since| since.elapsed() >= HOLD_TIMEOUT)
-                {
-                    tracing::info!(room = %act.room, conn = act.conn, held = act.updates.held.len(), "updates still miss their dependencies; asking the client to resync");
-                    act.close(ctx, CLOSE_TRY_AGAIN_LATER, "missing updates, please resync");
-                }
-            });
+        // Before the initial sync, updates wait for the room's document,
+        // however long loading it takes; the clock runs from then on.
+        if self.synced {
+            self.start_hold_clock(ctx);
         }
+    }
+
+    /// Updates wait for their dependencies from now: ask the client for what
+    /// the room lacks, and ask it to resync if they still wait after a while.
+    fn start_hold_clock(&mut self, ctx: &mut Context<Self>) {
+        if self.updates.held.is_empty() || self.updates.held_since.is_some() {
+            return;
+        }
+        self.updates.held_since = Some(Instant::now());
+        self.ask_for_missing();
+        ctx.run_later(HOLD_TIMEOUT, |act, ctx| {
+            if act
+                .updates
+                .held_since
+                .is_some_and(|since| since.elapsed() >= HOLD_TIMEOUT)
+            {
+                tracing::info!(room = %act.room, conn = act.conn, held = act.updates.held.len(), "updates still miss their dependencies; asking the client to resync");
+                act.close(ctx, CLOSE_TRY_AGAIN_LATER, "missing updates, please resync");
+            }
+        });
     }
 
     /// Sends the client a SyncStep1 with what the room holds: y-websocket
@@ -584,6 +595,7 @@ impl WsSession {
         tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
         // The room knows its document now: judge what waited for that.
         self.retry_held(ctx);
+        self.start_hold_clock(ctx);
         self.flush_presence(ctx);
     }
 
