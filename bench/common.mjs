@@ -91,6 +91,9 @@ export async function startServer ({ prefix, dir, name = 'server', env = {} }) {
     REDIS: REDIS_URL,
     REDIS_PREFIX: prefix,
     AUTH_DISABLED: 'true',
+    // every benchmark client connects from 127.0.0.1
+    MAX_UPGRADES_PER_IP_PER_SECOND: '1000000',
+    MAX_CONNECTIONS_PER_IP: '1000000',
     STORAGE_DIR: path.join(dir, 'data'),
     LOG: process.env.BENCH_LOG || 'warn',
     ...env

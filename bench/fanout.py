@@ -136,7 +136,10 @@ def main():
             if args.impl == "rust":
                 env = dict(os.environ, PORT=str(port), REDIS=redis_url, REDIS_PREFIX=prefix,
                            AUTH_DISABLED="true", LOG=os.environ.get("BENCH_LOG", "warn"),
-                           STORAGE_DIR=os.path.join(scratch, "data"))
+                           STORAGE_DIR=os.path.join(scratch, "data"),
+                           # every generated client connects from 127.0.0.1
+                           MAX_UPGRADES_PER_IP_PER_SECOND="1000000",
+                           MAX_CONNECTIONS_PER_IP="1000000")
                 env.update(kv.split("=", 1) for kv in args.env)
                 cmd = [server_bin, "server"]
             else:

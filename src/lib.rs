@@ -18,6 +18,7 @@ pub mod document;
 pub mod example_auth;
 pub mod health;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod redis;
 pub mod server;

@@ -435,8 +435,13 @@ pub async fn run(
                 .tcp()
         })?
         .disable_signals()
+        // Storage reads and large update checks run on the blocking pool; a
+        // few threads per worker serve them, where a burst of joins would
+        // otherwise leave dozens of idle threads behind.
+        .worker_max_blocking_threads(8)
         .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
         .run();
+    crate::memory::release_freed_memory_periodically();
     tracing::info!(addr = %public_addr, prefix = %config.redis_prefix, "y-redis server listening");
     let internal = match listeners.internal {
         Some(socket) => {

@@ -201,9 +201,7 @@ impl Outgoing {
             }
         }
         // Nothing queued: an idle connection keeps no buffer.
-        if self.pieces.capacity() > 16 {
-            self.pieces = VecDeque::new();
-        }
+        self.pieces = VecDeque::new();
         Flush::Done
     }
 
