@@ -21,6 +21,9 @@ use y_redis_protocol::websocket::{
 
 /// Bytes read per system call, into the thread's buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Reads in a row before the connection lets the thread's other sockets
+/// run: a client streaming a huge frame gets 256 KiB per turn.
+const READS_PER_TURN: u32 = 4;
 /// Pieces (headers and payloads) per vectored write.
 const WRITE_SLICES: usize = 64;
 
@@ -41,6 +44,7 @@ pub fn incoming(
         ready: VecDeque<Incoming>,
         early: Vec<u8>,
         done: bool,
+        reads_this_turn: u32,
     }
     let state = State {
         stream,
@@ -48,6 +52,7 @@ pub fn incoming(
         ready: VecDeque::new(),
         early,
         done: false,
+        reads_this_turn: 0,
     };
     stream::unfold(state, |mut st| async move {
         loop {
@@ -72,6 +77,11 @@ pub fn incoming(
                 }
                 continue;
             }
+            if st.reads_this_turn == READS_PER_TURN {
+                st.reads_this_turn = 0;
+                tokio::task::yield_now().await;
+            }
+            st.reads_this_turn += 1;
             if st.stream.readable().await.is_err() {
                 return None;
             }
@@ -94,7 +104,8 @@ pub fn incoming(
                 }
                 // The peer closed its side.
                 Ok(None) => return None,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Drained: the next bytes start a new turn.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.reads_this_turn = 0,
                 Err(_) => return None,
             }
         }
