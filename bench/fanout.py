@@ -164,6 +164,7 @@ def main():
             return {
                 "cpu": [sum(cpu_seconds(q) for q in descendants(p.pid)) for p in servers],
                 "redis_cpu": redis_cpu(redis_port),
+                "generator_cpu": cpu_seconds(gen.pid),
                 "calls": command_calls(redis_port),
                 "at": time.time(),
             }
@@ -196,6 +197,7 @@ def main():
         print("figure server CPU-seconds: " + " + ".join(f"{c:.2f}" for c in server_cpu) + f" = {sum(server_cpu):.2f}")
         print("figure server RSS MiB: " + ", ".join(f"{r:.1f}" for r in after["rss"]))
         print(f"figure Redis CPU-seconds: {redis_cpu_s:.2f}")
+        print(f"figure generator CPU-seconds: {after['generator_cpu'] - before['generator_cpu']:.2f}")
         print("figure Redis calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
         if delivered_mb > 0:
             print(f"figure server CPU-s per delivered MB: {sum(server_cpu) / delivered_mb:.4f} ({delivered_mb:.1f} MB of updates)")

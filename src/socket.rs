@@ -5,11 +5,11 @@
 //! shares with every session, and queues only what the socket did not take.
 //! An idle connection holds no buffer at all.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_rt::net::TcpStream;
 use bytes::Bytes;
@@ -26,6 +26,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: u32 = 4;
 /// Pieces (headers and payloads) per vectored write.
 const WRITE_SLICES: usize = 64;
+/// How long a closing connection may take to write its last frames and
+/// hear the client's end before its socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 thread_local! {
     static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
@@ -128,6 +131,10 @@ pub struct Outgoing {
     stream: Rc<TcpStream>,
     pieces: VecDeque<Bytes>,
     queued: usize,
+    /// A write failed: the connection is gone.
+    failed: bool,
+    /// A close frame is queued (or the socket was shut): nothing may follow.
+    closed: bool,
     /// When the socket last took bytes (or had nothing to take).
     progress: Instant,
 }
@@ -138,6 +145,8 @@ impl Outgoing {
             stream,
             pieces: VecDeque::new(),
             queued: 0,
+            failed: false,
+            closed: false,
             progress: Instant::now(),
         }
     }
@@ -164,6 +173,54 @@ impl Outgoing {
         self.push(payload);
     }
 
+    /// Sends frames encoded by [`binary_frame`] (shared: not copied). With
+    /// nothing queued they go straight from the shared buffers to the
+    /// socket; only what it does not take is queued.
+    pub fn frames(&mut self, frames: &[Bytes]) {
+        if self.closed {
+            return;
+        }
+        let mut rest = frames;
+        if self.pieces.is_empty() && !self.failed {
+            while !rest.is_empty() {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let count = rest.len().min(WRITE_SLICES);
+                for (slot, frame) in slices.iter_mut().zip(rest) {
+                    *slot = IoSlice::new(frame);
+                }
+                match self.stream.try_write_vectored(&slices[..count]) {
+                    Ok(0) => {
+                        self.failed = true;
+                        return;
+                    }
+                    Ok(mut n) => {
+                        self.progress = Instant::now();
+                        while let Some((first, others)) = rest.split_first() {
+                            if n < first.len() {
+                                self.push(first.slice(n..));
+                                rest = others;
+                                break;
+                            }
+                            n -= first.len();
+                            rest = others;
+                        }
+                        if !self.pieces.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.failed = true;
+                        return;
+                    }
+                }
+            }
+        }
+        for frame in rest {
+            self.push(frame.clone());
+        }
+    }
+
     pub fn ping(&mut self) {
         self.push(Bytes::from(encode_frame(OPCODE_PING, b"")));
     }
@@ -174,9 +231,13 @@ impl Outgoing {
 
     pub fn close(&mut self, code: u16, reason: &str) {
         self.push(Bytes::from(encode_close(code, reason)));
+        self.closed = true;
     }
 
     fn push(&mut self, piece: Bytes) {
+        if self.closed {
+            return;
+        }
         if self.queued == 0 {
             self.progress = Instant::now();
         }
@@ -186,6 +247,9 @@ impl Outgoing {
 
     /// Writes as much as the socket takes, several frames per system call.
     pub fn flush(&mut self) -> Flush {
+        if self.failed {
+            return Flush::Failed;
+        }
         while !self.pieces.is_empty() {
             let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
             let mut count = 0;
@@ -211,8 +275,12 @@ impl Outgoing {
                 Err(_) => return Flush::Failed,
             }
         }
-        // Nothing queued: an idle connection keeps no buffer.
-        self.pieces = VecDeque::new();
+        // Nothing queued: an idle connection keeps no big buffer (a small one
+        // is kept: it is reused by every write that the socket does not take
+        // whole).
+        if self.pieces.capacity() > 16 {
+            self.pieces = VecDeque::new();
+        }
         Flush::Done
     }
 
@@ -220,6 +288,7 @@ impl Outgoing {
     pub fn abort(&mut self) {
         self.pieces.clear();
         self.queued = 0;
+        self.closed = true;
         shutdown(&self.stream);
     }
 
@@ -228,10 +297,97 @@ impl Outgoing {
     }
 }
 
+/// A session's [`Outgoing`], shared with its room (they run on one
+/// thread): the room writes deliveries straight to the socket and wakes the
+/// session only when it has something to do, so a delivery to a reader
+/// costs one system call and no actor message.
+pub struct Outlet {
+    outgoing: RefCell<Outgoing>,
+    /// The session wants to hear of every delivery (it has updates in
+    /// flight or held, which a delivery may settle).
+    watching: Cell<bool>,
+}
+
+impl Outlet {
+    pub fn new(stream: Rc<TcpStream>) -> Rc<Self> {
+        Rc::new(Outlet {
+            outgoing: RefCell::new(Outgoing::new(stream)),
+            watching: Cell::new(false),
+        })
+    }
+
+    /// Writes a delivery's frames. True when the session must act: it
+    /// watches deliveries, or the socket did not take everything (the
+    /// session waits for it and cuts off a client that stopped reading),
+    /// or the connection is gone.
+    pub fn deliver(&self, frames: &[Bytes]) -> bool {
+        let mut out = self.outgoing.borrow_mut();
+        out.frames(frames);
+        self.watching.get() || out.queued > 0 || out.failed
+    }
+
+    pub fn set_watching(&self, watching: bool) {
+        self.watching.set(watching);
+    }
+
+    /// The session's own use of the socket (its sends, flushes, checks).
+    pub fn outgoing(&self) -> std::cell::RefMut<'_, Outgoing> {
+        self.outgoing.borrow_mut()
+    }
+}
+
+/// A whole binary frame for `payload`: what a batch's message becomes once,
+/// for every session that receives it.
+pub fn binary_frame(payload: &[u8]) -> Bytes {
+    Bytes::from(encode_frame(OPCODE_BINARY, payload))
+}
+
+/// Ends a stopped session's connection politely: writes what is still
+/// queued (its close frame last), sends FIN, and discards what the client
+/// still sends until it closes too, all within [`CLOSE_GRACE`]. Dropping a
+/// socket with unread bytes makes the kernel send a reset, which can
+/// destroy the close frame before the client reads it.
+pub async fn linger(outlet: Rc<Outlet>) {
+    let stream = outlet.outgoing().stream().clone();
+    let finish = async {
+        loop {
+            // The borrow ends here: the room may still write (and be ignored).
+            let flushed = outlet.outgoing().flush();
+            match flushed {
+                Flush::Done => break,
+                Flush::Failed => return,
+                Flush::Blocked => {
+                    if stream.writable().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        shut(&stream, std::net::Shutdown::Write);
+        let mut discard = [0u8; 4096];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut discard) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, finish).await;
+}
+
 /// Shuts both directions of the socket; the reading side then ends.
 pub fn shutdown(stream: &TcpStream) {
+    shut(stream, std::net::Shutdown::Both);
+}
+
+fn shut(stream: &TcpStream, how: std::net::Shutdown) {
     use std::os::fd::AsFd;
     if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
-        let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+        let _ = std::net::TcpStream::from(fd).shutdown(how);
     }
 }

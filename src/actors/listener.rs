@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
@@ -29,13 +29,16 @@ struct Subscription {
 
 /// Entries per stream per read; a busy room catches up over several reads.
 const READ_COUNT: usize = 1000;
+/// A read returning at least this many entries (over all streams) means
+/// the streams are busy.
+const BUSY_READ_ENTRIES: usize = 2;
 
 pub struct RedisListener {
     store: RedisStore,
     block: Duration,
     read_margin: Duration,
-    /// Pause after a read that found entries, so that under load one read
-    /// collects the entries of many publishes.
+    /// Least time between the starts of two reads while the streams are
+    /// busy, so that under load one read collects many publishes.
     read_interval: Duration,
     subscriptions: HashMap<String, Subscription>,
     /// The connection and its `CLIENT ID` while idle; it travels with the read future.
@@ -92,21 +95,24 @@ impl RedisListener {
             }));
             return;
         };
-        self.reading = Some(id);
         let streams: Vec<(String, StreamId)> = self
             .subscriptions
             .iter()
             .filter_map(|(k, s)| Some((k.clone(), s.after?)))
             .collect();
+        // Only subscriptions still loading their room: idle until one is
+        // ready (its Subscribe starts the read, as `reading` stays None).
         if streams.is_empty() {
             self.busy = false;
             self.connection = Some((conn, id));
             return;
         }
+        self.reading = Some(id);
         let block = self.block;
         // A connection whose peer vanished without a reset never answers;
         // past this the read counts as failed and the connection is replaced.
         let deadline = block + self.read_margin;
+        let started = Instant::now();
         let read = async move {
             let reading = read_streams_blocking(&mut conn, &streams, block, READ_COUNT);
             let result = match tokio::time::timeout(deadline, reading).await {
@@ -127,11 +133,15 @@ impl RedisListener {
                                 act.resync_rooms();
                             }
                             act.connection = Some((conn, id));
-                            let found = !batches.is_empty();
+                            let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
                             act.route(&asked, batches);
-                            if found && !act.read_interval.is_zero() {
+                            // One entry is light traffic (an edit at a time):
+                            // read again at once. Several: the streams are
+                            // busy, so space the reads out.
+                            let wait = act.read_interval.saturating_sub(started.elapsed());
+                            if entries >= BUSY_READ_ENTRIES && !wait.is_zero() {
                                 act.busy = true;
-                                ctx.run_later(act.read_interval, |act, ctx| {
+                                ctx.run_later(wait, |act, ctx| {
                                     act.busy = false;
                                     act.read_next(ctx);
                                 });

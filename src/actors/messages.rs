@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use bytes::Bytes;
 
 use crate::redis::{StreamEntry, StreamId};
 
@@ -79,27 +78,16 @@ pub enum Broadcast {
     Recheck { key: String, user: Option<String> },
 }
 
-/// Frames of one stream batch, encoded once and shared by every session.
-pub struct Delivery {
-    pub ids: Vec<StreamId>,
-    pub frames: Vec<Bytes>,
-}
-
 /// What a room tells one of its sessions.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum ToSession {
-    /// The document (step 2: all of it, or what the client lacks) and who is present.
-    InitialSync {
-        step1: Bytes,
-        step2: Bytes,
-        awareness: Option<Bytes>,
-    },
-    /// `delivery.frames[start..]`, written in one go.
-    Deliver {
-        delivery: Arc<Delivery>,
-        start: usize,
-    },
+    /// The room wrote the initial sync (the document, or what the client
+    /// lacks, and who is present) to the session's socket.
+    Synced,
+    /// The room wrote a delivery to the session's socket, and the session
+    /// has to act (see [`crate::socket::Outlet::deliver`]).
+    Delivered,
     Close {
         code: u16,
         reason: String,

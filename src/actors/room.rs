@@ -24,13 +24,14 @@ use y_redis_protocol::update::{analyze, index_document, Verdict};
 
 use super::listener::RedisListener;
 use super::messages::{
-    ConnId, Delivery, FromSession, RoomEvent, StreamBatch, Subscribe, ToSession, Unsubscribe,
+    ConnId, FromSession, RoomEvent, StreamBatch, Subscribe, ToSession, Unsubscribe,
     CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN_LATER,
 };
 use crate::auth::now_ms;
 use crate::document::{AssembledDoc, Documents, LoadError};
 use crate::metrics;
 use crate::redis::{RedisStore, StreamEntry, StreamId};
+use crate::socket::{binary_frame, Outlet};
 use crate::storage::Storage;
 
 /// What every room subscription of the process shares.
@@ -49,6 +50,9 @@ pub struct RoomView {
     /// What the document holds; None until the first load finished.
     pub doc: Option<DocState>,
     pub awareness: AwarenessStates,
+    /// Sockets of sessions that joined, until the room takes them with the
+    /// join (an `Rc` cannot travel in an actor message).
+    pub arriving: HashMap<ConnId, Rc<Outlet>>,
 }
 
 /// Shared by a room and its sessions; they run on one thread.
@@ -69,6 +73,7 @@ struct Loaded {
 
 struct Member {
     session: Recipient<ToSession>,
+    outlet: Rc<Outlet>,
     /// The stream position its initial sync covered; None while it waits for one.
     synced_through: Option<StreamId>,
 }
@@ -101,6 +106,7 @@ impl Room {
         let view = Rc::new(RefCell::new(RoomView {
             doc: None,
             awareness: AwarenessStates::new(context.awareness_max_clients),
+            arriving: HashMap::new(),
         }));
         Room {
             room,
@@ -199,29 +205,38 @@ impl Room {
         fresh
     }
 
-    /// Hands `entries` to every synced member past its own position.
+    /// Writes `entries` to every synced member past its own position.
     fn deliver(&mut self, entries: &[StreamEntry]) {
-        let (ids, frames): (Vec<StreamId>, Vec<Bytes>) = entries
-            .iter()
-            .filter(|e| !e.message.is_empty())
-            .map(|e| (e.id, e.message.clone()))
-            .unzip();
-        let Some(&last) = ids.last() else { return };
-        let delivery = Arc::new(Delivery { ids, frames });
+        let entries: Vec<&StreamEntry> = entries.iter().filter(|e| !e.message.is_empty()).collect();
+        let Some(last) = entries.last().map(|e| e.id) else {
+            return;
+        };
+        let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
+        // Each message becomes a websocket frame once, for every member.
+        let frames: Vec<Bytes> = entries.iter().map(|e| binary_frame(&e.message)).collect();
+        // bytes_from[i]: message bytes of entries[i..], for the metrics.
+        let mut bytes_from: Vec<usize> = entries.iter().map(|e| e.message.len()).collect();
+        for i in (1..bytes_from.len()).rev() {
+            bytes_from[i - 1] += bytes_from[i];
+        }
+        let (mut messages_out, mut bytes_out) = (0, 0);
         for member in self.members.values_mut() {
             let Some(through) = member.synced_through else {
                 continue;
             };
-            let start = delivery.ids.partition_point(|id| *id <= through);
-            if start == delivery.ids.len() {
+            let start = ids.partition_point(|id| *id <= through);
+            if start == ids.len() {
                 continue;
             }
             member.synced_through = Some(last);
-            member.session.do_send(ToSession::Deliver {
-                delivery: delivery.clone(),
-                start,
-            });
+            messages_out += ids.len() - start;
+            bytes_out += bytes_from[start];
+            if member.outlet.deliver(&frames[start..]) {
+                member.session.do_send(ToSession::Delivered);
+            }
         }
+        metrics::MESSAGES_OUT.add(messages_out as u64);
+        metrics::BYTES_OUT.add(bytes_out as u64);
     }
 
     fn close_members(&mut self, code: u16, reason: &str, waiting_only: bool) {
@@ -283,10 +298,15 @@ impl Handler<FromSession> for Room {
     fn handle(&mut self, msg: FromSession, ctx: &mut Context<Self>) {
         match msg {
             FromSession::Join { conn, session } => {
+                let Some(outlet) = self.view.borrow_mut().arriving.remove(&conn) else {
+                    tracing::error!(room = %self.room, conn, "a session joined without its socket; ignored");
+                    return;
+                };
                 self.members.insert(
                     conn,
                     Member {
                         session,
+                        outlet,
                         synced_through: None,
                     },
                 );
@@ -303,6 +323,7 @@ impl Handler<FromSession> for Room {
             }
             FromSession::Leave { conn } => {
                 self.members.remove(&conn);
+                self.view.borrow_mut().arriving.remove(&conn);
                 self.state_vectors.borrow_mut().remove(&conn);
             }
         }
@@ -344,6 +365,14 @@ impl Handler<Loaded> for Room {
                 }
             }
             self.position = doc.last_id;
+        } else {
+            // A later load (for members that joined since) may have read
+            // entries the listener has not brought yet. The joiners' sync
+            // covers them, so the listener's copy will pass them by: take
+            // them in now, for the view (its awareness goes into the sync)
+            // and for the members already here.
+            let fresh = self.advance(&entries);
+            self.deliver(&entries[fresh..]);
         }
         if !self.subscribed {
             self.subscribed = true;
@@ -359,15 +388,16 @@ impl Handler<Loaded> for Room {
             .into_iter()
             .filter(|e| e.id > doc.last_id)
             .collect();
-        let step1 = Bytes::from(encode_sync_step1(&doc.state_vector));
-        let full = Bytes::from(encode_sync_step2(&doc.update_v1));
+        // Whole websocket frames, encoded once for every member that gets them.
+        let step1 = binary_frame(&encode_sync_step1(&doc.state_vector));
+        let full = binary_frame(&encode_sync_step2(&doc.update_v1));
         let diffs: HashMap<ConnId, Bytes> = msg
             .diffs_for
             .iter()
             .zip(&doc.diffs)
             .filter_map(|(conn, diff)| {
                 diff.as_ref()
-                    .map(|d| (*conn, Bytes::from(encode_sync_step2(d))))
+                    .map(|d| (*conn, binary_frame(&encode_sync_step2(d))))
             })
             .collect();
         let awareness = self
@@ -375,7 +405,7 @@ impl Handler<Loaded> for Room {
             .borrow()
             .awareness
             .encode_present()
-            .map(Bytes::from);
+            .map(|message| binary_frame(&message));
         let mut synced = Vec::new();
         for (&conn, member) in self.members.iter_mut() {
             if member.synced_through.is_some() {
@@ -383,11 +413,13 @@ impl Handler<Loaded> for Room {
             }
             member.synced_through = Some(doc.last_id);
             synced.push(conn);
-            member.session.do_send(ToSession::InitialSync {
-                step1: step1.clone(),
-                step2: diffs.get(&conn).cloned().unwrap_or_else(|| full.clone()),
-                awareness: awareness.clone(),
-            });
+            let step2 = diffs.get(&conn).unwrap_or(&full);
+            let mut frames = vec![step1.clone(), step2.clone()];
+            frames.extend(awareness.clone());
+            metrics::MESSAGES_OUT.add(frames.len() as u64);
+            metrics::BYTES_OUT.add(frames.iter().map(|f| f.len() as u64).sum());
+            member.outlet.deliver(&frames);
+            member.session.do_send(ToSession::Synced);
         }
         {
             let mut vectors = self.state_vectors.borrow_mut();

@@ -37,7 +37,7 @@ use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Gr
 use crate::limits::{Admission, Limits, TokenBucket};
 use crate::metrics;
 use crate::redis::RedisStore;
-use crate::socket::{self, Flush, Outgoing};
+use crate::socket::{self, Flush, Outlet};
 use y_redis_protocol::websocket::{FrameError, Incoming};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -128,7 +128,7 @@ pub struct WsSession {
     context: Arc<SessionContext>,
     room_addr: Option<Addr<Room>>,
     view: Option<SharedView>,
-    out: Outgoing,
+    out: Rc<Outlet>,
     /// A write is waiting for the socket to take more.
     write_pending: bool,
     /// Until the session starts: the socket's reading side.
@@ -166,7 +166,7 @@ impl WsSession {
             rooms: p.rooms,
             room_addr: None,
             view: None,
-            out: Outgoing::new(stream.clone()),
+            out: Outlet::new(stream.clone()),
             write_pending: false,
             reading: Some((stream, p.early)),
             synced: false,
@@ -203,7 +203,7 @@ impl WsSession {
     /// Sends a close frame with `code` and `reason`, and stops the session
     /// (its socket closes once the frame is written, or after a grace).
     fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
-        self.out.close(code, reason);
+        self.out.outgoing().close(code, reason);
         self.flush(ctx);
         ctx.stop();
     }
@@ -212,43 +212,50 @@ impl WsSession {
     fn send(&mut self, message: impl Into<Bytes>) {
         let message = message.into();
         count_out(message.len());
-        self.out.binary(message);
+        self.out.outgoing().binary(message);
     }
 
     /// Writes what is queued; if the socket is full, waits until it takes
     /// more. A client that stops reading is cut off past the backlog cap.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.write_pending {
+            match self.out.outgoing().flush() {
+                Flush::Done => return,
+                Flush::Failed => return ctx.stop(),
+                Flush::Blocked => {}
+            }
+        }
+        let cap = self.context.max_send_queue_bytes;
+        let (queued, stalled) = {
+            let out = self.out.outgoing();
+            (out.queued(), out.stalled_for())
+        };
+        if queued > cap && (stalled > STALL_GRACE || queued > cap.saturating_mul(HARD_CAP_FACTOR)) {
+            metrics::SLOW_CLIENTS.inc();
+            tracing::warn!(room = %self.room, conn = self.conn, queued, stalled_ms = stalled.as_millis() as u64, "client is not reading its socket; disconnecting it");
+            self.out.outgoing().abort();
+            return ctx.stop();
+        }
         if self.write_pending {
             return;
         }
-        match self.out.flush() {
-            Flush::Done => {}
-            Flush::Failed => ctx.stop(),
-            Flush::Blocked => {
-                let cap = self.context.max_send_queue_bytes;
-                let queued = self.out.queued();
-                let stalled = self.out.stalled_for();
-                if queued > cap
-                    && (stalled > STALL_GRACE || queued > cap.saturating_mul(HARD_CAP_FACTOR))
-                {
-                    metrics::SLOW_CLIENTS.inc();
-                    tracing::warn!(room = %self.room, conn = self.conn, queued, stalled_ms = stalled.as_millis() as u64, "client is not reading its socket; disconnecting it");
-                    self.out.abort();
-                    ctx.stop();
-                    return;
-                }
-                self.write_pending = true;
-                let stream = self.out.stream().clone();
-                let writable = async move { stream.writable().await };
-                ctx.spawn(writable.into_actor(self).map(|ready, act, ctx| {
-                    act.write_pending = false;
-                    match ready {
-                        Ok(()) => act.flush(ctx),
-                        Err(_) => ctx.stop(),
-                    }
-                }));
+        self.write_pending = true;
+        let stream = self.out.outgoing().stream().clone();
+        let writable = async move { stream.writable().await };
+        ctx.spawn(writable.into_actor(self).map(|ready, act, ctx| {
+            act.write_pending = false;
+            match ready {
+                Ok(()) => act.flush(ctx),
+                Err(_) => ctx.stop(),
             }
-        }
+        }));
+    }
+
+    /// Whether the room should wake this session on every delivery: while
+    /// its own updates are in flight or held, a delivery may settle them.
+    fn watch_deliveries(&self) {
+        self.out
+            .set_watching(!self.own.is_empty() || !self.updates.held.is_empty());
     }
 
     fn reject(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
@@ -372,6 +379,7 @@ impl WsSession {
             Err(e) => self.reject(ctx, CLOSE_BAD_MESSAGE, &ProtocolError::from(e).to_string()),
             Ok(Verdict::Accept(effects)) => {
                 self.own.apply(&effects);
+                self.watch_deliveries();
                 self.updates.accepted += 1;
                 self.publish(Bytes::from(encode_sync_update(&update)), ctx);
             }
@@ -394,6 +402,7 @@ impl WsSession {
         }
         held.held_bytes += update.len();
         held.held.push_back(update);
+        self.watch_deliveries();
         // Before the initial sync, updates wait for the room's document,
         // however long loading it takes; the clock runs from then on.
         if self.synced {
@@ -579,18 +588,8 @@ impl WsSession {
         }));
     }
 
-    fn initial_sync(
-        &mut self,
-        step1: Bytes,
-        step2: Bytes,
-        awareness: Option<Bytes>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.send(step1);
-        self.send(step2);
-        if let Some(awareness) = awareness {
-            self.send(awareness);
-        }
+    /// The room wrote the initial sync to the socket.
+    fn synced(&mut self, ctx: &mut Context<Self>) {
         self.synced = true;
         tracing::debug!(room = %self.room, conn = self.conn, "initial sync sent");
         // The room knows its document now: judge what waited for that.
@@ -661,6 +660,9 @@ impl Actor for WsSession {
         metrics::CONNECTIONS_TOTAL.inc();
         tracing::info!(room = %self.room, conn = self.conn, "connection opened");
         let (room, view) = self.rooms.join(&self.room, &self.docid, &self.key);
+        view.borrow_mut()
+            .arriving
+            .insert(self.conn, self.out.clone());
         room.do_send(FromSession::Join {
             conn: self.conn,
             session: ctx.address().recipient(),
@@ -696,7 +698,7 @@ impl Actor for WsSession {
                 tracing::info!(room = %act.room, conn = act.conn, "client timed out");
                 ctx.stop();
             } else {
-                act.out.ping();
+                act.out.outgoing().ping();
                 act.flush(ctx);
             }
         });
@@ -722,6 +724,7 @@ impl Actor for WsSession {
             room.do_send(FromSession::Leave { conn: self.conn });
             self.rooms.leave(&self.key);
         }
+        actix::spawn(socket::linger(self.out.clone()));
         tracing::info!(room = %self.room, conn = self.conn, "connection closed");
     }
 }
@@ -731,21 +734,15 @@ impl Handler<ToSession> for WsSession {
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Self::Context) {
         match msg {
-            ToSession::InitialSync {
-                step1,
-                step2,
-                awareness,
-            } => self.initial_sync(step1, step2, awareness, ctx),
-            ToSession::Deliver { delivery, start } => {
-                for frame in &delivery.frames[start..] {
-                    self.send(frame.clone());
-                }
+            ToSession::Synced => self.synced(ctx),
+            ToSession::Delivered => {
                 if let (false, Some(view)) = (self.own.is_empty(), &self.view) {
                     if let Some(doc) = &view.borrow().doc {
                         self.own.forget_known(doc);
                     }
                 }
                 self.retry_held(ctx);
+                self.watch_deliveries();
             }
             ToSession::Close { code, reason } => self.close(ctx, code, &reason),
             ToSession::Recheck { user } => self.recheck(user, ctx),
@@ -769,7 +766,7 @@ impl StreamHandler<Result<Incoming, FrameError>> for WsSession {
                 CLOSE_BAD_MESSAGE,
                 "text frames are not part of the y-websocket protocol",
             ),
-            Ok(Incoming::Ping(payload)) => self.out.pong(&payload),
+            Ok(Incoming::Ping(payload)) => self.out.outgoing().pong(&payload),
             Ok(Incoming::Pong) => {}
             Ok(Incoming::Close(reason)) => {
                 // Answer with the client's code, as RFC 6455 asks, and end.

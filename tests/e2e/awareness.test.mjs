@@ -58,7 +58,7 @@ describe('awareness across servers', { timeout: 120000 }, () => {
     // B updates its state: A, C, D see it
     b.awareness.setLocalStateField('user', { name: 'bobby' })
     await waitFor(() => [a, c, d].every((x) => x.awareness.getStates().get(b.clientID)?.user?.name === 'bobby'),
-      { timeout: 10000, message: 'B\'s updated state (bobby) to reach A, C, D' })
+      { timeout: 10000, message: () => `B's updated state (bobby) to reach A, C, D; A: ${statesOf(a)} C: ${statesOf(c)} D: ${statesOf(d)}` })
 
     const t0 = Date.now()
     if (how === 'destroy') a.destroy()

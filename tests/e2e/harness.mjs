@@ -5,6 +5,7 @@
 //                     (default: ${CARGO_TARGET_DIR:-<repo>/target}/debug/y-redis)
 //   REDIS             redis URL (default redis://127.0.0.1:6379)
 //   E2E_KEEP_KEYS=1   do not delete the test's Redis keys at the end (debugging)
+//   E2E_LOG=...       the servers' LOG filter (default info)
 //
 // Every test file creates one Harness with a random REDIS_PREFIX, so files can
 // run in parallel against one Redis without seeing each other.
@@ -199,7 +200,7 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
     PORT: String(port),
     REDIS: REDIS_URL,
     REDIS_PREFIX: prefix,
-    LOG: 'info',
+    LOG: process.env.E2E_LOG || 'info',
     RUST_BACKTRACE: '1',
     AUTH_DISABLED: 'true',
     STORAGE_DIR: path.join(workDir, 'data'),

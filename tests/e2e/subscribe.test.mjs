@@ -2,7 +2,8 @@
 // XREAD (here with a 20 s block) still gets its first messages at once: the
 // listener interrupts the blocked read instead of waiting for the timeout.
 // Also: a room with no connections left is unsubscribed (its stream is no
-// longer read), and rejoining it works.
+// longer read), and rejoining it works; and a listener whose last room
+// closed while a new one was still loading keeps reading once it loaded.
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Harness, randomHex, sleep } from './harness.mjs'
@@ -39,5 +40,33 @@ describe('room subscriptions', { timeout: 90000 }, () => {
       reader.destroy()
     }
     busy.destroy()
+  }))
+})
+
+const churn = new Harness('subscribe-churn')
+
+describe('room churn on an otherwise idle server', { timeout: 120000 }, () => {
+  // Short blocking reads: the read in flight when a room closes ends while
+  // the next room is still loading, the moment a listener can lose track.
+  before(async () => { await churn.setup(2, { REDIS_BLOCK_MS: '10' }) })
+  after(async () => { await churn.teardown() })
+
+  it('each new room hears the other server, however the previous room closed', { timeout: 110000 }, churn.wrap(async () => {
+    const [s1, s2] = churn.servers
+    for (let round = 0; round < 40; round++) {
+      const room = `churn-${round}-${randomHex(4)}`
+      const a = churn.client(s1, room, { name: `a${round}` })
+      const b = churn.client(s2, room, { name: `b${round}` })
+      await Promise.all([a.synced(), b.synced()])
+      a.text.insert(0, 'a')
+      b.text.insert(0, 'b')
+      const started = Date.now()
+      while (a.text.length < 2 || b.text.length < 2) {
+        assert.ok(Date.now() - started < 3000, `round ${round}: edits did not cross servers within 3 s (a: ${a.text.toString()}, b: ${b.text.toString()})`)
+        await sleep(5)
+      }
+      a.destroy()
+      b.destroy()
+    }
   }))
 })

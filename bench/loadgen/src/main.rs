@@ -21,6 +21,7 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use y_redis_protocol::awareness::AwarenessEntries;
 use y_redis_protocol::lib0::{write_var_bytes, write_var_uint, Decoder};
@@ -66,6 +67,9 @@ struct Args {
     connect_concurrency: usize,
 }
 
+/// Bytes a client reads per system call.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// Runs of this character are payload; shorter runs may be varints.
 const PAYLOAD_CHAR: u8 = b'x';
 const MIN_PAYLOAD_RUN: usize = 8;
@@ -86,17 +90,20 @@ struct Run {
     args: Args,
     counters: Counters,
     latency_us: Mutex<Histogram<u64>>,
-    /// Recording starts here (after connecting and warming up).
-    measure_from: Mutex<Option<Instant>>,
-    measure_until: Mutex<Option<Instant>>,
 }
 
-impl Run {
-    fn recording(&self) -> bool {
+/// The measured window (after connecting and warming up): only what
+/// happens inside it is counted.
+#[derive(Clone, Copy)]
+struct Window {
+    from: Instant,
+    until: Instant,
+}
+
+impl Window {
+    fn now_inside(&self) -> bool {
         let now = Instant::now();
-        let from = *self.measure_from.lock().unwrap_or_else(|e| e.into_inner());
-        let until = *self.measure_until.lock().unwrap_or_else(|e| e.into_inner());
-        from.is_some_and(|f| now >= f) && until.is_none_or(|u| now < u)
+        now >= self.from && now < self.until
     }
 }
 
@@ -173,7 +180,11 @@ type Socket =
 
 async fn connect(run: &Run, url: &str, gate: &Semaphore) -> Option<Socket> {
     let _permit = gate.acquire().await.ok()?;
-    match tokio_tungstenite::connect_async(url).await {
+    // A small read buffer: tungstenite zero-fills it before every read, and
+    // the default 128 KiB made that the generator's main cost. No Nagle,
+    // as the `ws` package (y-websocket's socket) does.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
         Ok((socket, _)) => Some(socket),
         Err(e) => {
             if run.counters.connect_errors.fetch_add(1, Relaxed) < 3 {
@@ -184,29 +195,35 @@ async fn connect(run: &Run, url: &str, gate: &Semaphore) -> Option<Socket> {
     }
 }
 
-/// Listens until `stop`, counting payload and timing probes.
-async fn reader(run: Arc<Run>, mut socket: Socket, stop: Instant) {
+/// Listens until `stop`, counting payload and timing probes. Counts stay
+/// local until the end: a shared counter per frame would cost more than
+/// reading the frame.
+async fn reader(run: Arc<Run>, mut socket: Socket, window: Window, stop: Instant) {
     let mut latencies = Vec::new();
+    let (mut frames, mut bytes, mut chars) = (0u64, 0u64, 0u64);
+    let deadline = tokio::time::sleep_until(stop.into());
+    tokio::pin!(deadline);
     loop {
-        let next = tokio::time::timeout_at(stop.into(), socket.next()).await;
+        let next = tokio::select! {
+            next = socket.next() => next,
+            () = &mut deadline => break,
+        };
         let frame = match next {
-            Err(_) => break,
-            Ok(Some(Ok(Message::Binary(frame)))) => frame,
-            Ok(Some(Ok(_))) => continue,
-            Ok(_) => {
+            Some(Ok(Message::Binary(frame))) => frame,
+            Some(Ok(_)) => continue,
+            _ => {
                 run.counters.dropped_connections.fetch_add(1, Relaxed);
                 break;
             }
         };
-        if !run.recording() {
+        if !window.now_inside() {
             continue;
         }
         match frame.first() {
             Some(0) => {
-                let c = &run.counters;
-                c.doc_frames_received.fetch_add(1, Relaxed);
-                c.doc_bytes_received.fetch_add(frame.len() as u64, Relaxed);
-                c.chars_received.fetch_add(payload_chars(&frame), Relaxed);
+                frames += 1;
+                bytes += frame.len() as u64;
+                chars += payload_chars(&frame);
             }
             Some(1) => {
                 let now = micros_now();
@@ -223,6 +240,10 @@ async fn reader(run: Arc<Run>, mut socket: Socket, stop: Instant) {
         }
     }
     record(&run, &mut latencies);
+    let c = &run.counters;
+    c.doc_frames_received.fetch_add(frames, Relaxed);
+    c.doc_bytes_received.fetch_add(bytes, Relaxed);
+    c.chars_received.fetch_add(chars, Relaxed);
 }
 
 fn record(run: &Run, latencies: &mut Vec<u64>) {
@@ -233,7 +254,8 @@ fn record(run: &Run, latencies: &mut Vec<u64>) {
 }
 
 /// Sends inserts at the rate and probes every `probe_ms` until `stop`.
-async fn writer(run: Arc<Run>, socket: Socket, start: Instant, stop: Instant) {
+async fn writer(run: Arc<Run>, socket: Socket, start: Instant, window: Window) {
+    let stop = window.until;
     let (mut sink, mut stream) = socket.split();
     // Incoming traffic (the room's updates) is read and dropped.
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
@@ -258,7 +280,7 @@ async fn writer(run: Arc<Run>, socket: Socket, start: Instant, stop: Instant) {
             {
                 break;
             }
-            if run.recording() {
+            if window.now_inside() {
                 run.counters.probes_sent.fetch_add(1, Relaxed);
             }
             next_probe += probe_period;
@@ -266,8 +288,9 @@ async fn writer(run: Arc<Run>, socket: Socket, start: Instant, stop: Instant) {
         if now >= next_update {
             let update = {
                 let mut txn = doc.transact_mut();
-                // Keep the text short: the cost is the fan-out, not the document.
-                let at = text.len(&txn).min(4096);
+                // Appending keeps the writer's own document one squashed
+                // block, so computing each diff stays cheap.
+                let at = text.len(&txn);
                 text.insert(&mut txn, at, &chunk);
                 txn.encode_diff_v1(&before)
             };
@@ -279,7 +302,7 @@ async fn writer(run: Arc<Run>, socket: Socket, start: Instant, stop: Instant) {
             {
                 break;
             }
-            if run.recording() {
+            if window.now_inside() {
                 run.counters.updates_sent.fetch_add(1, Relaxed);
                 run.counters
                     .chars_sent
@@ -302,8 +325,6 @@ async fn main() {
         latency_us: Mutex::new(
             Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds"),
         ),
-        measure_from: Mutex::new(None),
-        measure_until: Mutex::new(None),
         args,
     });
     let args = &run.args;
@@ -354,8 +375,10 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let stop = measure_from + Duration::from_secs(args.duration);
-    *run.measure_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(measure_from);
-    *run.measure_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(stop);
+    let window = Window {
+        from: measure_from,
+        until: stop,
+    };
     // Markers for a script that measures server and Redis CPU over the window.
     let markers = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
@@ -368,11 +391,12 @@ async fn main() {
         tasks.push(tokio::spawn(reader(
             run.clone(),
             socket,
+            window,
             stop + Duration::from_millis(500),
         )));
     }
     for socket in writer_sockets {
-        tasks.push(tokio::spawn(writer(run.clone(), socket, start, stop)));
+        tasks.push(tokio::spawn(writer(run.clone(), socket, start, window)));
     }
     for task in tasks {
         let _ = task.await;
