@@ -7,6 +7,10 @@
 //   - a room name the filesystem cannot hold: one 4422, no loop; the worker gives up once
 //   - 2,000 upgrades per second from one address, 10,000 messages per second on one
 //     connection: limited and counted, other clients unaffected
+//   - the seven updates that crash yrs 0.28 (SIGSEGV): sent by a client they are held,
+//     never stored; written into the stream behind the server's back (as another
+//     server of a mixed fleet could), every process that reads the room survives,
+//     the room keeps working and its good edits persist
 //   - the smaller ones: admin secret checked before the body, rechecks in order and
 //     for sessions that joined during one, /readyz names only what is down
 import { describe, it, before, after } from 'node:test'
@@ -20,6 +24,7 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import * as encoding from 'lib0/encoding'
 import * as awarenessProtocol from 'y-protocols/awareness'
+import { FsStorage, decodeStored } from './storage.mjs'
 import {
   Harness, Y, WebSocket, waitFor, randomHex, sleep, RawSocket, xrangeRaw, freePort, roomStreamKey, redisRaw
 } from './harness.mjs'
@@ -168,6 +173,16 @@ ws.on('open', () => {
   ws.send(frame.subarray(0, p + size), () => console.log('sent'))
 })
 `
+/** y-websocket Update frames (also stream messages): yrs 0.28.1 crashes applying all seven to one Doc. */
+const YRS_SEGV = [
+  '00021b0101bf988b9c0f29a8bf988b9c0f0b017d0601bf988b9c40010b01',
+  '00021c0101bf988b9c009601a8bf988b9c0f73017d1601bf988b9c0f017301',
+  '0002150101bf988b9c0f0b2801036d6170026b31017d0000',
+  '00021b0101bf988b9c0f3ec4bf988b9c0f39bf988b9c003a046162313000',
+  '00021b0101bf988b9c0f49a8bf988b9c0f29017d0b01bf988b9c40012901',
+  '00021b0101bf988b9c0f6fc4bf988b9c0f68bf988b9c0f69046100313700',
+  '00021b0101bf988b9c0f400188bf988b9c0f9801027d007601016f7d1700'
+].map((hex) => Buffer.from(hex, 'hex'))
 const pct = (xs, p) => { const s = [...xs].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor(p * s.length))] }
 
 describe('hostile clients', { timeout: 300000 }, () => {
@@ -357,6 +372,53 @@ describe('hostile clients', { timeout: 300000 }, () => {
     assert.equal(failures, 2, 'each task given up once, not retried')
     assert.equal(await h.redis.exists(key), 1, 'the stream is kept for an operator')
     assert.ok(!fs.existsSync(path.resolve(h.workDir, 'fs-data', '..', '..', 'index')), 'nothing written above STORAGE_DIR')
+    await w.stop()
+  }))
+
+  it('the seven updates that crash yrs: held at the door, contained behind it; the room lives on and persists', { timeout: 90000 }, h.wrap(async (t) => {
+    const [s1, s2] = h.servers
+    const w = await h.startWorker('w-segv', { REDIS_TASK_DEBOUNCE: '500' })
+    const room = `segv-${randomHex(3)}`
+    perm.set(room, 'good', 'rw').set(room, 'evil', 'rw').set(room, 'late', 'rw').set(room, 'fresh', 'rw')
+    const good = await authed(s1, room, 'good')
+    await good.synced()
+    good.text.insert(0, 'before ')
+    const key = h.roomKey(room)
+    await waitFor(async () => (await xrangeRaw(h.redis, key)).length >= 1, { message: 'the first good edit in the stream' })
+
+    // 1. From a client: each frame is well-formed, but their dependencies never
+    // reached the room, so the session holds them and stores none.
+    const evil = await rawAuthed(s1, room, 'evil')
+    for (const frame of YRS_SEGV) evil.ws.send(frame)
+    await sleep(1000)
+    const stored = (await xrangeRaw(h.redis, key)).map((e) => Buffer.from(e.fields[1]))
+    assert.equal(stored.filter((m) => YRS_SEGV.some((f) => f.equals(m))).length, 0, 'none of the seven reached the stream')
+    evil.ws.close()
+
+    // 2. Behind the server's back, straight into the stream.
+    for (const frame of YRS_SEGV) await redisRaw(h.redis, ['XADD', key, '*', 'm', frame])
+    good.text.insert(good.text.length, 'after')
+    // a new room subscription on the other server loads the stream through the engine
+    const late = await authed(s2, room, 'late')
+    await late.synced()
+    await waitFor(() => late.text.toString() === 'before after', { timeout: 15000, message: () => `the late client to get the good edits; it has ${JSON.stringify(late.text.toString())}` })
+    late.text.insert(0, '> ')
+    await waitFor(() => good.text.toString() === '> before after', { timeout: 10000, message: () => `edits to keep flowing; good has ${JSON.stringify(good.text.toString())}` })
+    const fresh = await authed(s1, room, 'fresh')
+    await fresh.synced()
+    assert.equal(fresh.text.toString(), '> before after', 'a fresh client on the first server gets the room whole')
+
+    // the worker compacts the room with the seven in its stream
+    const storage = new FsStorage(path.join(h.workDir, 'data'))
+    await waitFor(async () => decodeStored(await storage.pieces(room)).text === '> before after', {
+      timeout: 20000, message: 'the worker to persist the good edits'
+    })
+    const crashes = []
+    for (const p of [s1, s2]) crashes.push(await metric(p, 'yredis_engine_crashes_total'))
+    crashes.push(await metric(w, 'yredis_engine_crashes_total', w.healthPort))
+    t.diagnostic(`seven yrs-crashing updates: 0 stored from the client; injected into the stream: late and fresh clients synced, edits flow, worker persisted ${JSON.stringify(decodeStored(await storage.pieces(room)).text)}; engine helper crashes (s1, s2, worker): ${crashes.join(', ')}`)
+    for (const p of [s1, s2, w]) assert.ok(p.running, `${p.name} is still running`)
+    for (const c of [good, late, fresh]) c.destroy()
     await w.stop()
   }))
 
