@@ -24,6 +24,8 @@ import {
 const CONNS = Number(process.env.CONNS || 1000)
 const ROOMS = Number(process.env.ROOMS || 100)
 const IDLE_MS = Number(process.env.IDLE_MS || 5000)
+// the server gives freed memory back to the OS every 30 s
+const CLOSED_MS = Number(process.env.CLOSED_MS || 35000)
 const PER_ROOM = Math.ceil(CONNS / ROOMS)
 const BATCH = 50
 
@@ -86,6 +88,8 @@ async function main () {
   for (const c of clients) { c.provider.destroy(); c.doc.destroy() }
   await sleep(3000)
   const afterClose = procStatus(pid)
+  await sleep(Math.max(0, CLOSED_MS - 3000))
+  const settled = procStatus(pid)
 
   const deltaKiB = idle.rssKiB - atStart.rssKiB
   const kib = (s) => `${s.rssKiB} KiB (${mib(s.rssKiB)})`
@@ -99,7 +103,8 @@ async function main () {
     [`RSS with ${CONNS} idle conns`, `${kib(idle)} after ${IDLE_MS} ms idle, ${idle.threads} threads`],
     ['peak RSS (VmHWM)', `${idle.hwmKiB} KiB (${mib(idle.hwmKiB)})`],
     [`(idle - start) / ${CONNS}`, `${(deltaKiB / CONNS).toFixed(1)} KiB per connection`],
-    ['RSS 3 s after all closed', kib(afterClose)]
+    ['RSS 3 s after all closed', kib(afterClose)],
+    [`RSS ${CLOSED_MS / 1000} s after all closed`, `${kib(settled)} (${(100 * settled.rssKiB / atStart.rssKiB - 100).toFixed(0)}% over the start)`]
   ]
   const w = Math.max(...rows.map(([k]) => k.length)) + 1
   console.log('y-redis idle memory')
