@@ -1,8 +1,9 @@
 //! Redis commands of the server and worker. The hot path (publishing a
 //! client's messages, reading a room for an initial sync) goes over one
-//! multiplexed, self-reconnecting connection per thread, pipelined; the
-//! worker and occasional commands use a deadpool pool; the blocking stream
-//! read gets its own connection (see [`RedisStore::dedicated_connection`]).
+//! multiplexed connection per thread, pipelined, replaced when it breaks;
+//! the worker and occasional commands use a deadpool pool; the blocking
+//! stream read gets its own connection (see [`RedisStore::dedicated_connection`]).
+//! Every connection is opened by [`Connector`] (standalone, TLS or Sentinel).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,12 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::{Manager, Pool};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use deadpool::managed::{self, Metrics, Object, RecycleResult};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::streams::StreamAutoClaimReply;
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 use thiserror::Error;
 
+use super::connect::{is_connection_unusable, is_tls_rejection, ConnectError, Connector};
 use super::{Keys, StreamId};
 
 #[derive(Debug, Error)]
@@ -24,6 +26,10 @@ pub enum RedisError {
     Command(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("TLS with redis failed ({0}); check REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE")]
+    Tls(redis::RedisError),
     #[error("redis did not answer a blocking read within {0:?}")]
     ReadTimeout(Duration),
     #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
@@ -41,9 +47,96 @@ impl RedisError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for RedisError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        RedisError::Pool(e.to_string())
+impl From<managed::PoolError<redis::RedisError>> for RedisError {
+    fn from(e: managed::PoolError<redis::RedisError>) -> Self {
+        match e {
+            managed::PoolError::Backend(e) => RedisError::Command(e),
+            other => RedisError::Pool(other.to_string()),
+        }
+    }
+}
+
+/// Opens the pool's connections through the [`Connector`], so they follow
+/// the deployment (a Sentinel failover included).
+struct PoolManager {
+    connector: Connector,
+    config: AsyncConnectionConfig,
+}
+
+impl managed::Manager for PoolManager {
+    type Type = MultiplexedConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        self.connector.connect(&self.config).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        redis::cmd("PING").query_async::<()>(conn).await?;
+        Ok(())
+    }
+}
+
+type Pool = managed::Pool<PoolManager>;
+
+/// A connection checked out of the pool. One that failed in a way that
+/// makes it unusable (broken, or talking to a demoted master) is dropped
+/// instead of going back to the pool.
+struct Pooled {
+    conn: Option<Object<PoolManager>>,
+    unusable: bool,
+}
+
+impl Pooled {
+    fn note(&mut self, result: &Result<impl Sized, redis::RedisError>) {
+        if let Err(e) = result {
+            self.unusable |= is_connection_unusable(e);
+        }
+    }
+
+    fn inner(&mut self) -> &mut MultiplexedConnection {
+        self.conn.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.unusable {
+            if let Some(conn) = self.conn.take() {
+                drop(Object::take(conn));
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Pooled {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.inner().req_packed_command(cmd).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.inner().req_packed_commands(cmd, offset, count).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.as_ref().map_or(0, |c| c.get_db())
     }
 }
 
@@ -118,7 +211,7 @@ static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread's multiplexed connection of each store.
-    static THREAD_CONNECTIONS: RefCell<HashMap<u64, ConnectionManager>> = RefCell::new(HashMap::new());
+    static THREAD_CONNECTIONS: RefCell<HashMap<u64, MultiplexedConnection>> = RefCell::new(HashMap::new());
 }
 
 /// Messages one pipeline carries at most.
@@ -128,7 +221,7 @@ const PUBLISH_BATCH: usize = 64;
 pub struct RedisStore {
     id: u64,
     pool: Pool,
-    client: redis::Client,
+    connector: Connector,
     command_timeout: Duration,
     keys: Keys,
     add_message: Script,
@@ -139,12 +232,16 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Creates the pool (connections open lazily) for `url`.
-    pub fn new(url: &str, keys: Keys, command_timeout: Duration) -> Result<Self, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(command_timeout))
-            .set_response_timeout(Some(command_timeout));
-        let manager = Manager::new_with_config(url, config)?;
+    /// Creates the pool (connections open lazily) over `connector`.
+    pub fn new(
+        connector: Connector,
+        keys: Keys,
+        command_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let manager = PoolManager {
+            connector: connector.clone(),
+            config: command_config(command_timeout),
+        };
         let pool = Pool::builder(manager)
             .max_size(32)
             .build()
@@ -152,7 +249,7 @@ impl RedisStore {
         Ok(RedisStore {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             pool,
-            client: redis::Client::open(url)?,
+            connector,
             command_timeout,
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
@@ -165,14 +262,22 @@ impl RedisStore {
 
     /// The store a process runs with: the pool for `config`, and the worker
     /// queue created if Redis answers (not fatal otherwise: publishing and
-    /// claiming recreate it once Redis is back).
+    /// claiming recreate it once Redis is back). TLS refusing the server
+    /// (a wrong CA, say) is fatal: no retry can fix it.
     pub async fn for_config(config: &crate::config::Config) -> Result<Self, RedisError> {
+        let connector = Connector::new(&config.redis, config.redis_command_timeout)?;
+        tracing::info!(redis = %connector.describe(), "redis");
         let store = RedisStore::new(
-            &config.redis_url.0,
+            connector,
             Keys::new(&config.redis_prefix),
             config.redis_command_timeout,
         )?;
         if let Err(e) = store.ensure_worker_group().await {
+            if let RedisError::Command(e) = &e {
+                if is_tls_rejection(e) {
+                    return Err(RedisError::Tls(e.clone()));
+                }
+            }
             tracing::warn!(error = %e, "cannot create the worker queue yet; will retry");
         }
         Ok(store)
@@ -182,23 +287,33 @@ impl RedisStore {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        Ok(self.pool.get().await?)
+    async fn conn(&self) -> Result<Pooled, RedisError> {
+        Ok(Pooled {
+            conn: Some(self.pool.get().await?),
+            unusable: false,
+        })
     }
 
     /// This thread's multiplexed connection: commands from every session of
     /// the thread share it and are pipelined, with no checkout per command.
-    async fn thread_connection(&self) -> Result<ConnectionManager, RedisError> {
+    async fn thread_connection(&self) -> Result<MultiplexedConnection, RedisError> {
         if let Some(conn) = THREAD_CONNECTIONS.with(|c| c.borrow().get(&self.id).cloned()) {
             return Ok(conn);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(self.command_timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        let conn = self
+            .connector
+            .connect(&command_config(self.command_timeout))
+            .await?;
         THREAD_CONNECTIONS.with(|c| c.borrow_mut().insert(self.id, conn.clone()));
         Ok(conn)
+    }
+
+    /// Forgets this thread's connection if `error` made it unusable; the
+    /// next command opens a new one (after a failover: to the new master).
+    fn check_thread_connection(&self, error: &redis::RedisError) {
+        if is_connection_unusable(error) {
+            THREAD_CONNECTIONS.with(|c| c.borrow_mut().remove(&self.id));
+        }
     }
 
     /// A connection outside the pool with no response timeout, for `XREAD BLOCK`.
@@ -206,15 +321,12 @@ impl RedisStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(None);
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        Ok(self.connector.connect(&config).await?)
     }
 
     /// A fresh pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
-        Ok(self.client.get_async_pubsub().await?)
+        Ok(self.connector.pubsub().await?)
     }
 
     /// Publishes on a channel; answers how many subscribers got it.
@@ -276,7 +388,13 @@ impl RedisStore {
                     .arg(&worker)
                     .arg(message.as_ref());
             }
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
+                Ok(replies) => replies,
+                Err(e) => {
+                    self.check_thread_connection(&e);
+                    return Err(e.into());
+                }
+            };
             // Failures come as a suffix (a missing script or queue fails every
             // later call too): repair, then send the rest again, keeping the order.
             let failure = replies.into_iter().find_map(|reply| match reply {
@@ -288,11 +406,13 @@ impl RedisStore {
             });
             let Some(failure) = failure else { continue };
             repairs += 1;
-            let error = RedisError::Command(failure.clone().into());
+            let failure: redis::RedisError = failure.into();
+            self.check_thread_connection(&failure);
+            let error = RedisError::Command(failure.clone());
             if repairs > 2 {
                 return Err(error);
             }
-            match failure.code() {
+            match failure.code().unwrap_or_default() {
                 "NOSCRIPT" => {
                     self.add_message.load_async(&mut conn).await?;
                 }
@@ -313,7 +433,8 @@ impl RedisStore {
             .arg("-")
             .arg("+")
             .query_async(&mut conn)
-            .await?;
+            .await
+            .inspect_err(|e| self.check_thread_connection(e))?;
         parse_entries(stream_key, reply)
     }
 
@@ -480,6 +601,13 @@ impl RedisStore {
             .await?;
         Ok(())
     }
+}
+
+/// Timeouts of a connection for ordinary (non-blocking) commands.
+fn command_config(timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
 }
 
 /// Records a command's latency when dropped.

@@ -1,0 +1,318 @@
+// Redis deployments for the e2e suite (README, "Redis deployments"): a TLS
+// Redis with a CA made by openssl in the test, and a Sentinel set (one master,
+// one replica, three sentinels). Every redis-server process is started here on
+// free ports and SIGKILLed by PID when the test process exits.
+//
+// E2E_REDIS_MODE=tls | sentinel makes harness.mjs start one of these per test
+// file (each file is its own process) and point every server, worker and the
+// test's own Redis client at it; unset or `standalone` keeps the shared Redis
+// of REDIS. Nothing is skipped: a redis-server without TLS fails the test with
+// the reason.
+//
+// Self-contained (no import of harness.mjs) so that harness.mjs can import it.
+
+import fs from 'node:fs'
+import net from 'node:net'
+import path from 'node:path'
+import crypto from 'node:crypto'
+import { spawn, execFileSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createClient } from 'redis'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const LOG_DIR = path.join(here, '.logs')
+const REDIS_SERVER = process.env.REDIS_SERVER_BIN || 'redis-server'
+
+export const MODES = ['standalone', 'tls', 'sentinel']
+
+/** @type {Set<RedisNode>} */
+const liveNodes = new Set()
+process.on('exit', () => { for (const n of liveNodes) { try { n.proc?.kill('SIGKILL') } catch {} } })
+
+async function freePort () {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = /** @type {net.AddressInfo} */ (srv.address())
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+const tail = (file, lines = 30) => {
+  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n') } catch (e) { return `(${e.message})` }
+}
+
+/** One RESP command over a plain TCP connection; resolves with the raw reply text. */
+export function respCommand (port, args, { timeout = 2000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: '127.0.0.1' })
+    let buf = ''
+    const done = (err, v) => { sock.removeAllListeners(); sock.destroy(); err ? reject(err) : resolve(v) }
+    sock.once('connect', () => {
+      sock.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join(''))
+    })
+    sock.on('data', (d) => {
+      buf += d.toString('latin1')
+      // enough for the small replies used here: a simple string, an error, an
+      // integer, a nil, or an array of bulk strings
+      const lines = buf.split('\r\n')
+      if (/^[+\-:]/.test(buf) && lines.length > 1) return done(null, buf)
+      if (/^\*-1\r\n/.test(buf) || /^\$-1\r\n/.test(buf)) return done(null, buf)
+      const m = /^\*(\d+)\r\n/.exec(buf)
+      if (m && lines.filter((l) => !l.startsWith('$') && !l.startsWith('*')).length > Number(m[1])) done(null, buf)
+    })
+    sock.once('error', (e) => done(e))
+    sock.setTimeout(timeout, () => done(new Error(`no reply from port ${port} to ${args[0]}`)))
+  })
+}
+
+/** A redis-server (or sentinel) process of this test. */
+export class RedisNode {
+  /** @param {{ name: string, port: number, args: string[], dir: string, tlsPing?: () => Promise<boolean> }} o */
+  constructor ({ name, port, args, dir, ping }) {
+    this.name = name
+    this.port = port
+    this.args = args
+    this.dir = dir
+    this.logPath = path.join(dir, `${name}.log`)
+    this.ping = ping || (async () => (await respCommand(this.port, ['PING'])).startsWith('+PONG'))
+    /** @type {import('node:child_process').ChildProcess | null} */
+    this.proc = null
+  }
+
+  get running () { return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null }
+
+  async start (timeout = 15000) {
+    fs.mkdirSync(this.dir, { recursive: true })
+    const fd = fs.openSync(this.logPath, 'a')
+    fs.writeSync(fd, `# ${REDIS_SERVER} ${this.args.join(' ')}\n`)
+    const proc = spawn(REDIS_SERVER, this.args, { stdio: ['ignore', fd, fd], cwd: this.dir })
+    fs.closeSync(fd)
+    proc.unref()
+    this.proc = proc
+    this.exited = new Promise((resolve) => proc.once('exit', resolve))
+    liveNodes.add(this)
+    let spawnError = null
+    proc.once('error', (e) => { spawnError = e })
+    const deadline = Date.now() + timeout
+    for (;;) {
+      if (spawnError) throw new Error(`cannot start ${REDIS_SERVER}: ${spawnError.message}`)
+      if (!this.running) throw new Error(`${this.name} (${REDIS_SERVER}) exited at start:\n${tail(this.logPath)}`)
+      try { if (await this.ping()) return this } catch {}
+      if (Date.now() > deadline) throw new Error(`${this.name} on port ${this.port} did not answer within ${timeout} ms:\n${tail(this.logPath)}`)
+      await sleep(50)
+    }
+  }
+
+  /** SIGKILL and wait until it is gone. */
+  async kill () {
+    if (!this.proc) return
+    if (this.running) { try { this.proc.kill('SIGKILL') } catch {} }
+    await this.exited
+    liveNodes.delete(this)
+  }
+}
+
+/**
+ * A CA, a server certificate for 127.0.0.1/localhost and a client
+ * certificate signed by it, plus an unrelated CA (for the wrong-CA test).
+ * EC P-256 keys (fast to make).
+ */
+export function makeCertificates (dir) {
+  fs.mkdirSync(dir, { recursive: true })
+  const f = (n) => path.join(dir, n)
+  const ssl = (...args) => execFileSync('openssl', args, { stdio: 'pipe', cwd: dir })
+  const newKey = (name) => ssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', f(name))
+  const ca = (name, cn) => {
+    newKey(`${name}.key`)
+    ssl('req', '-x509', '-new', '-key', f(`${name}.key`), '-out', f(`${name}.pem`), '-days', '2', '-subj', `/CN=${cn}`,
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign')
+  }
+  const leaf = (name, cn, ext) => {
+    newKey(`${name}.key`)
+    ssl('req', '-new', '-key', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', `/CN=${cn}`)
+    fs.writeFileSync(f(`${name}.ext`), ext)
+    ssl('x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial',
+      '-out', f(`${name}.pem`), '-days', '2', '-extfile', f(`${name}.ext`))
+  }
+  ca('ca', 'y-redis e2e CA')
+  ca('other-ca', 'some other CA')
+  leaf('server', 'localhost', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n')
+  leaf('client', 'y-redis e2e client', 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n')
+  return {
+    ca: f('ca.pem'),
+    otherCa: f('other-ca.pem'),
+    serverCert: f('server.pem'),
+    serverKey: f('server.key'),
+    clientCert: f('client.pem'),
+    clientKey: f('client.key')
+  }
+}
+
+const ACL_USER = 'yredis'
+const ACL_PASSWORD = 'e2e-acl-secret'
+
+/**
+ * A TLS-only redis-server (`--port 0 --tls-port`) requiring client
+ * certificates, with an ACL user; `env` is what y-redis processes get.
+ */
+export async function startTlsRedis ({ tag = 'tls' } = {}) {
+  const dir = path.join(LOG_DIR, `${tag}-${crypto.randomBytes(3).toString('hex')}`)
+  const certs = makeCertificates(path.join(dir, 'certs'))
+  const port = await freePort()
+  const tlsOptions = () => ({
+    tls: true,
+    host: '127.0.0.1',
+    port,
+    ca: fs.readFileSync(certs.ca),
+    cert: fs.readFileSync(certs.clientCert),
+    key: fs.readFileSync(certs.clientKey)
+  })
+  const url = `rediss://${ACL_USER}:${ACL_PASSWORD}@127.0.0.1:${port}`
+  const node = new RedisNode({
+    name: 'redis-tls',
+    port,
+    dir,
+    args: ['--port', '0', '--tls-port', String(port), '--bind', '127.0.0.1',
+      '--tls-cert-file', certs.serverCert, '--tls-key-file', certs.serverKey, '--tls-ca-cert-file', certs.ca,
+      '--tls-auth-clients', 'yes', '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
+      '--user', 'default', 'off',
+      '--user', ACL_USER, 'on', `>${ACL_PASSWORD}`, '~*', '&*', '+@all'],
+    ping: async () => {
+      const c = createClient({ url, socket: { ...tlsOptions(), reconnectStrategy: false } })
+      c.on('error', () => {})
+      try { await c.connect(); return (await c.ping()) === 'PONG' } finally { try { await c.disconnect() } catch {} }
+    }
+  })
+  try {
+    await node.start()
+  } catch (e) {
+    // a build without TLS does not know the option
+    if (/Bad directive|tls-port/i.test(e.message)) {
+      let version = ''
+      try { version = execFileSync(REDIS_SERVER, ['--version'], { encoding: 'utf8' }).trim() } catch {}
+      throw new Error(`${REDIS_SERVER} (${version}) cannot serve TLS; the TLS tests need a redis-server built with TLS (BUILD_TLS=yes; Debian's is):\n${e.message}`)
+    }
+    throw e
+  }
+  return {
+    mode: 'tls',
+    nodes: [node],
+    certs,
+    url,
+    env: {
+      REDIS: url,
+      REDIS_TLS_CA_FILE: certs.ca,
+      REDIS_TLS_CERT_FILE: certs.clientCert,
+      REDIS_TLS_KEY_FILE: certs.clientKey
+    },
+    /** a node-redis client of this Redis */
+    async client () {
+      const c = createClient({ url, socket: { ...tlsOptions(), reconnectStrategy: (n) => Math.min(50 * (n + 1), 500) } })
+      c.on('error', () => {})
+      await c.connect()
+      return c
+    },
+    describe: () => `TLS redis-server on port ${port} (client certificates required, ACL user ${ACL_USER}); log ${node.logPath}`,
+    async stop () { await node.kill() },
+    dir
+  }
+}
+
+export const SENTINEL_MASTER = 'e2emaster'
+
+/**
+ * One master, one replica and three sentinels (quorum 2, the master counted
+ * down after 1 s). `env` is what y-redis processes get.
+ */
+export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
+  const dir = path.join(LOG_DIR, `${tag}-${crypto.randomBytes(3).toString('hex')}`)
+  const common = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no']
+  const masterPort = await freePort()
+  const replicaPort = await freePort()
+  const master = new RedisNode({ name: 'master', port: masterPort, dir: path.join(dir, 'master'), args: ['--port', String(masterPort), ...common] })
+  const replica = new RedisNode({
+    name: 'replica',
+    port: replicaPort,
+    dir: path.join(dir, 'replica'),
+    args: ['--port', String(replicaPort), ...common, '--replicaof', '127.0.0.1', String(masterPort)]
+  })
+  await master.start()
+  await replica.start()
+  const sentinels = []
+  for (let i = 1; i <= 3; i++) {
+    const port = await freePort()
+    const sdir = path.join(dir, `sentinel${i}`)
+    fs.mkdirSync(sdir, { recursive: true })
+    const conf = path.join(sdir, 'sentinel.conf')
+    fs.writeFileSync(conf, [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      'protected-mode no',
+      `dir ${sdir}`,
+      `sentinel monitor ${SENTINEL_MASTER} 127.0.0.1 ${masterPort} 2`,
+      `sentinel down-after-milliseconds ${SENTINEL_MASTER} 1000`,
+      `sentinel failover-timeout ${SENTINEL_MASTER} 10000`,
+      `sentinel parallel-syncs ${SENTINEL_MASTER} 1`,
+      ''
+    ].join('\n'))
+    const s = new RedisNode({ name: `sentinel${i}`, port, dir: sdir, args: [conf, '--sentinel'] })
+    await s.start()
+    sentinels.push(s)
+  }
+  const set = {
+    mode: 'sentinel',
+    nodes: [master, replica, ...sentinels],
+    master,
+    replica,
+    sentinels,
+    env: {
+      REDIS: 'redis://127.0.0.1:6379',
+      REDIS_SENTINELS: sentinels.map((s) => `127.0.0.1:${s.port}`).join(','),
+      REDIS_SENTINEL_MASTER: SENTINEL_MASTER
+    },
+    /** the master's port as the first answering sentinel names it */
+    async masterPort () {
+      for (const s of sentinels) {
+        if (!s.running) continue
+        try {
+          const reply = await respCommand(s.port, ['SENTINEL', 'get-master-addr-by-name', SENTINEL_MASTER])
+          const parts = reply.split('\r\n')
+          if (parts[0] === '*2') return Number(parts[4])
+        } catch {}
+      }
+      throw new Error('no sentinel names a master')
+    },
+    /** a node-redis client of the present master */
+    async client () {
+      const port = await set.masterPort()
+      const c = createClient({ url: `redis://127.0.0.1:${port}`, socket: { reconnectStrategy: (n) => Math.min(50 * (n + 1), 500) } })
+      c.on('error', () => {})
+      await c.connect()
+      return c
+    },
+    describe: () => `Sentinel set: master ${masterPort}, replica ${replicaPort}, sentinels ${sentinels.map((s) => s.port).join(',')}; logs in ${dir}`,
+    async stop () { for (const n of set.nodes) await n.kill() },
+    dir
+  }
+  // the sentinels found the replica (so a failover has somewhere to go)
+  const deadline = Date.now() + 20000
+  for (;;) {
+    const reply = await respCommand(sentinels[0].port, ['SENTINEL', 'replicas', SENTINEL_MASTER]).catch(() => '')
+    if (reply.includes(String(replicaPort))) break
+    if (Date.now() > deadline) throw new Error(`sentinels did not find the replica within 20 s; ${set.describe()}`)
+    await sleep(200)
+  }
+  return set
+}
+
+/** Starts the deployment `mode` names (not `standalone`). */
+export async function startTopology (mode, opts = {}) {
+  if (mode === 'tls') return startTlsRedis(opts)
+  if (mode === 'sentinel') return startSentinelSet(opts)
+  throw new Error(`E2E_REDIS_MODE: expected one of ${MODES.join(', ')}, got ${JSON.stringify(mode)}`)
+}
