@@ -111,6 +111,9 @@ export class RedisNode {
   /** SIGKILL and wait until it is gone. */
   async kill () {
     if (!this.proc) return
+    // unref'd at start (a test process must not wait for it); waiting for
+    // its exit event needs the loop to stay alive
+    this.proc.ref()
     if (this.running) { try { this.proc.kill('SIGKILL') } catch {} }
     await this.exited
     liveNodes.delete(this)
