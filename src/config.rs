@@ -209,6 +209,7 @@ pub const VARIABLES: &[&str] = &[
     "POSTGRES",
     "REDIS",
     "REDIS_BLOCK_MS",
+    "REDIS_CLUSTER",
     "REDIS_COMMAND_TIMEOUT_MS",
     "REDIS_MIN_MESSAGE_LIFETIME",
     "REDIS_PREFIX",
@@ -341,6 +342,13 @@ impl Config {
     pub fn load(src: &Source) -> Result<Self, ConfigError> {
         let redis = redis_settings(src)?;
         let redis_prefix = src.string("REDIS_PREFIX", "y");
+        if redis.cluster && redis_prefix.contains(['{', '}']) {
+            // A brace would open a hash tag and put every key in one slot.
+            return Err(ConfigError {
+                var: "REDIS_PREFIX",
+                reason: format!("must not contain braces with REDIS_CLUSTER, got {redis_prefix:?}"),
+            });
+        }
         if redis_prefix.contains(':') {
             // Stream names are split on ':' to recover the room; a prefix with
             // one would make worker tasks unparseable.
@@ -443,13 +451,41 @@ impl Config {
 /// `REDIS` and the TLS and Sentinel variables (README, "Redis deployments").
 fn redis_settings(src: &Source) -> Result<RedisSettings, ConfigError> {
     let url = src.string("REDIS", "redis://127.0.0.1:6379");
-    let tls = url.starts_with("rediss://");
-    if !(tls || url.starts_with("redis://")) {
-        // The value may hold a password: name only its scheme.
-        let scheme = url.split_once("://").map_or("none", |(scheme, _)| scheme);
+    let cluster = src.bool("REDIS_CLUSTER", false)?;
+    let urls: Vec<&str> = if cluster {
+        url.split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    } else {
+        vec![url.as_str()]
+    };
+    let tls = urls.first().is_some_and(|u| u.starts_with("rediss://"));
+    for u in &urls {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            // The value may hold a password: name only its scheme.
+            let scheme = u.split_once("://").map_or("none", |(scheme, _)| scheme);
+            let what = if cluster {
+                "redis:// or rediss:// URLs, comma-separated"
+            } else {
+                "a redis:// or rediss:// URL (several seed nodes only with REDIS_CLUSTER=true)"
+            };
+            return Err(ConfigError {
+                var: "REDIS",
+                reason: format!("expected {what}, got scheme {scheme:?}"),
+            });
+        }
+        if u.starts_with("rediss://") != tls {
+            return Err(ConfigError {
+                var: "REDIS",
+                reason: "seed nodes mix redis:// and rediss://".into(),
+            });
+        }
+    }
+    if urls.is_empty() {
         return Err(ConfigError {
             var: "REDIS",
-            reason: format!("expected a redis:// or rediss:// URL, got scheme {scheme:?}"),
+            reason: "no seed node".into(),
         });
     }
     let file = |var: &'static str| -> Result<Option<std::path::PathBuf>, ConfigError> {
@@ -507,10 +543,17 @@ fn redis_settings(src: &Source) -> Result<RedisSettings, ConfigError> {
             password: password.map(|p| Secret(p.to_owned())),
         }),
     };
+    if cluster && sentinel.is_some() {
+        return Err(ConfigError {
+            var: "REDIS_CLUSTER",
+            reason: "a cluster has no Sentinels: unset REDIS_SENTINELS or REDIS_CLUSTER".into(),
+        });
+    }
     Ok(RedisSettings {
         url: Secret(url),
         tls: TlsFiles { ca_file, client },
         sentinel,
+        cluster,
     })
 }
 

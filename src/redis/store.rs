@@ -2,22 +2,27 @@
 //! client's messages, reading a room for an initial sync) goes over one
 //! multiplexed connection per thread, pipelined, replaced when it breaks;
 //! the worker and occasional commands use a deadpool pool; the blocking
-//! stream read gets its own connection (see [`RedisStore::dedicated_connection`]).
-//! Every connection is opened by [`Connector`] (standalone, TLS or Sentinel).
+//! stream read gets its own connection (see [`RedisStore::reader_connection`]).
+//! Every connection is opened by [`Connector`] (standalone, TLS, Sentinel or
+//! Cluster); with Cluster the keys follow the bucket layout ([`Keys::clustered`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool::managed::{self, Metrics, Object, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::StreamAutoClaimReply;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 use thiserror::Error;
 
-use super::connect::{is_connection_unusable, is_tls_rejection, ConnectError, Connector};
+use super::connect::{
+    is_connection_unusable, is_tls_rejection, ConnectError, Connection, Connector,
+};
 use super::{Keys, StreamId};
 
 #[derive(Debug, Error)]
@@ -64,16 +69,16 @@ struct PoolManager {
 }
 
 impl managed::Manager for PoolManager {
-    type Type = MultiplexedConnection;
+    type Type = Connection;
     type Error = redis::RedisError;
 
-    async fn create(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+    async fn create(&self) -> Result<Connection, redis::RedisError> {
         self.connector.connect(&self.config).await
     }
 
     async fn recycle(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         _: &Metrics,
     ) -> RecycleResult<redis::RedisError> {
         redis::cmd("PING").query_async::<()>(conn).await?;
@@ -98,7 +103,7 @@ impl Pooled {
         }
     }
 
-    fn inner(&mut self) -> &mut MultiplexedConnection {
+    fn inner(&mut self) -> &mut Connection {
         self.conn.as_mut().expect("present until dropped")
     }
 }
@@ -204,14 +209,20 @@ return 0
 pub struct Task {
     pub id: StreamId,
     pub stream_key: String,
+    /// The worker queue it was claimed from (in the stream's slot).
+    pub queue: String,
 }
+
+/// The node a blocking read connection talks to, with Cluster (to send it
+/// `CLIENT UNBLOCK`); None otherwise.
+pub type ReaderNode = Option<(String, u16)>;
 
 /// Stores ever created in this process, to key the per-thread connections.
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread's multiplexed connection of each store.
-    static THREAD_CONNECTIONS: RefCell<HashMap<u64, MultiplexedConnection>> = RefCell::new(HashMap::new());
+    static THREAD_CONNECTIONS: RefCell<HashMap<u64, Connection>> = RefCell::new(HashMap::new());
 }
 
 /// Messages one pipeline carries at most.
@@ -229,6 +240,8 @@ pub struct RedisStore {
     finish_compaction: Script,
     renew: Script,
     unlock: Script,
+    /// Where the next claim round starts among the worker queues (cluster).
+    claim_cursor: Arc<AtomicUsize>,
 }
 
 impl RedisStore {
@@ -257,6 +270,7 @@ impl RedisStore {
             finish_compaction: Script::new(FINISH_COMPACTION_LUA),
             renew: Script::new(RENEW_LUA),
             unlock: Script::new(UNLOCK_LUA),
+            claim_cursor: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -267,11 +281,12 @@ impl RedisStore {
     pub async fn for_config(config: &crate::config::Config) -> Result<Self, RedisError> {
         let connector = Connector::new(&config.redis, config.redis_command_timeout)?;
         tracing::info!(redis = %connector.describe(), "redis");
-        let store = RedisStore::new(
-            connector,
-            Keys::new(&config.redis_prefix),
-            config.redis_command_timeout,
-        )?;
+        let keys = if connector.is_cluster() {
+            Keys::clustered(&config.redis_prefix)
+        } else {
+            Keys::new(&config.redis_prefix)
+        };
+        let store = RedisStore::new(connector, keys, config.redis_command_timeout)?;
         if let Err(e) = store.ensure_worker_group().await {
             if let RedisError::Command(e) = &e {
                 if is_tls_rejection(e) {
@@ -296,7 +311,7 @@ impl RedisStore {
 
     /// This thread's multiplexed connection: commands from every session of
     /// the thread share it and are pipelined, with no checkout per command.
-    async fn thread_connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    async fn thread_connection(&self) -> Result<Connection, RedisError> {
         if let Some(conn) = THREAD_CONNECTIONS.with(|c| c.borrow().get(&self.id).cloned()) {
             return Ok(conn);
         }
@@ -316,12 +331,42 @@ impl RedisStore {
         }
     }
 
-    /// A connection outside the pool with no response timeout, for `XREAD BLOCK`.
-    pub async fn dedicated_connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// A connection outside the pool with no response timeout, for `XREAD
+    /// BLOCK` on the streams of `bucket` (None: all streams, standalone).
+    /// With Cluster it goes to the node serving the bucket's slot now.
+    pub async fn reader_connection(
+        &self,
+        bucket: Option<u16>,
+    ) -> Result<(MultiplexedConnection, ReaderNode), RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(None);
-        Ok(self.connector.connect(&config).await?)
+        let Some(bucket) = bucket else {
+            return Ok((self.connector.connect_single(&config).await?, None));
+        };
+        let (host, port) = self.slot_owner(bucket_slot(bucket)).await?;
+        let conn = self
+            .connector
+            .node_client(&host, port)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok((conn, Some((host, port))))
+    }
+
+    /// The master serving `slot`, as the cluster says now (`CLUSTER SLOTS`).
+    async fn slot_owner(&self, slot: u16) -> Result<(String, u16), RedisError> {
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
+        parse_slot_owner(reply, slot).ok_or_else(|| {
+            malformed(
+                "CLUSTER SLOTS",
+                "-",
+                format!("no master serves slot {slot}"),
+            )
+        })
     }
 
     /// A fresh pub/sub connection.
@@ -339,14 +384,21 @@ impl RedisStore {
             .await?)
     }
 
-    /// Creates the worker queue and its consumer group if missing.
+    /// Creates the worker queues and their consumer groups if missing.
     pub async fn ensure_worker_group(&self) -> Result<(), RedisError> {
+        for queue in self.keys.worker_streams() {
+            self.ensure_queue(&queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates one worker queue and its consumer group if missing.
+    async fn ensure_queue(&self, stream: &str) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        let stream = self.keys.worker_stream();
         let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&stream)
-            .arg(&stream)
+            .arg(stream)
+            .arg(stream)
             .arg("0")
             .arg("MKSTREAM")
             .query_async(&mut conn)
@@ -373,7 +425,12 @@ impl RedisStore {
     ) -> Result<(), RedisError> {
         let _timer = CommandTimer::start();
         let mut conn = self.thread_connection().await?;
-        let worker = self.keys.worker_stream();
+        let worker = self.keys.worker_stream_of(stream_key);
+        if let Connection::Cluster(_) = conn {
+            return self
+                .add_messages_one_by_one(&mut conn, stream_key, &worker, messages)
+                .await;
+        }
         let mut done = 0;
         let mut repairs = 0;
         while done < messages.len() {
@@ -417,8 +474,45 @@ impl RedisStore {
                     self.add_message.load_async(&mut conn).await?;
                 }
                 // Redis lost the worker group (restarted empty).
-                "NOGROUP" => self.ensure_worker_group().await?,
+                "NOGROUP" => self.ensure_queue(&worker).await?,
                 _ => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::add_messages`] on a cluster: one script call at a time, in
+    /// order, so that the cluster connection can follow a `MOVED` or `ASK`
+    /// (or wait out a `TRYAGAIN`) for each; a pipeline would be sent again
+    /// whole after a redirect and could store messages twice.
+    async fn add_messages_one_by_one(
+        &self,
+        conn: &mut Connection,
+        stream_key: &str,
+        worker: &str,
+        messages: &[Bytes],
+    ) -> Result<(), RedisError> {
+        for message in messages {
+            let mut repaired = false;
+            loop {
+                let added = self
+                    .add_message
+                    .key(stream_key)
+                    .key(worker)
+                    .arg(message.as_ref())
+                    .invoke_async::<Value>(conn)
+                    .await;
+                match added {
+                    Ok(_) => break,
+                    Err(e) if !repaired && e.code() == Some("NOGROUP") => {
+                        repaired = true;
+                        self.ensure_queue(worker).await?;
+                    }
+                    Err(e) => {
+                        self.check_thread_connection(&e);
+                        return Err(e.into());
+                    }
+                }
             }
         }
         Ok(())
@@ -438,14 +532,30 @@ impl RedisStore {
         parse_entries(stream_key, reply)
     }
 
-    /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed out).
-    pub async fn unblock_client(&self, client_id: i64) -> Result<(), RedisError> {
+    /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed
+    /// out); with Cluster, on the node it reads from.
+    pub async fn unblock_client(
+        &self,
+        node: &ReaderNode,
+        client_id: i64,
+    ) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async::<Value>(&mut conn)
-            .await?;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(client_id);
+        match (node, conn.inner()) {
+            (Some((host, port)), Connection::Cluster(cluster)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let result = cluster.route_command(cmd, routing).await;
+                conn.note(&result);
+                result?;
+            }
+            _ => {
+                cmd.query_async::<Value>(&mut conn).await?;
+            }
+        }
         Ok(())
     }
 }
@@ -453,17 +563,47 @@ impl RedisStore {
 impl RedisStore {
     /// Claims up to `count` tasks that waited at least `min_idle` (`XAUTOCLAIM`),
     /// recreating the queue if Redis lost it.
+    /// With Cluster, the bucket queues are visited in turn from a rotating
+    /// start until `count` tasks are found, so every bucket's tasks get claimed.
     pub async fn claim_tasks(
         &self,
         consumer: &str,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Task>, RedisError> {
-        match self.try_claim_tasks(consumer, min_idle, count).await {
+        let queues = self.keys.worker_streams();
+        let start = self.claim_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut tasks = Vec::new();
+        for i in 0..queues.len() {
+            let queue = &queues[(start + i) % queues.len()];
+            let wanted = count - tasks.len();
+            tasks.extend(self.claim_from(queue, consumer, min_idle, wanted).await?);
+            if tasks.len() >= count {
+                break;
+            }
+        }
+        Ok(tasks)
+    }
+
+    async fn claim_from(
+        &self,
+        queue: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Task>, RedisError> {
+        match self.try_claim_tasks(queue, consumer, min_idle, count).await {
+            // A bucket queue that is gone holds no task: the next publish to
+            // one of its rooms recreates it. Claiming would bring back all 32
+            // queues of a cluster after every flush of the prefix.
+            Err(e) if e.is_missing_group() && self.keys.is_clustered() => Ok(Vec::new()),
             Err(e) if e.is_missing_group() => {
-                tracing::warn!("worker queue was missing (Redis restarted empty?); recreated it");
-                self.ensure_worker_group().await?;
-                self.try_claim_tasks(consumer, min_idle, count).await
+                tracing::warn!(
+                    queue,
+                    "worker queue was missing (Redis restarted empty?); recreated it"
+                );
+                self.ensure_queue(queue).await?;
+                self.try_claim_tasks(queue, consumer, min_idle, count).await
             }
             other => other,
         }
@@ -471,15 +611,15 @@ impl RedisStore {
 
     async fn try_claim_tasks(
         &self,
+        queue: &str,
         consumer: &str,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Task>, RedisError> {
         let mut conn = self.conn().await?;
-        let queue = self.keys.worker_stream();
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&queue)
-            .arg(&queue)
+            .arg(queue)
+            .arg(queue)
             .arg(consumer)
             .arg(min_idle.as_millis() as u64)
             .arg("0")
@@ -493,12 +633,13 @@ impl RedisStore {
                 (Ok(id), Some(Value::BulkString(key))) => tasks.push(Task {
                     id,
                     stream_key: String::from_utf8_lossy(key).into_owned(),
+                    queue: queue.to_owned(),
                 }),
                 // Not a task of ours: drop it rather than claim it forever.
                 _ => {
                     tracing::warn!(id = %raw.id, "dropping worker queue entry without a compact field");
                     redis::cmd("XDEL")
-                        .arg(&queue)
+                        .arg(queue)
                         .arg(&raw.id)
                         .query_async::<()>(&mut conn)
                         .await?;
@@ -514,7 +655,7 @@ impl RedisStore {
         let deleted: i64 = self
             .delete_empty_room
             .key(&task.stream_key)
-            .key(self.keys.worker_stream())
+            .key(&task.queue)
             .arg(task.id.to_string())
             .invoke_async(&mut conn)
             .await?;
@@ -534,7 +675,7 @@ impl RedisStore {
         let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
         self.finish_compaction
             .key(&task.stream_key)
-            .key(self.keys.worker_stream())
+            .key(&task.queue)
             .arg(task.id.to_string())
             .arg(min_id)
             .invoke_async::<()>(&mut conn)
@@ -547,7 +688,7 @@ impl RedisStore {
     pub async fn drop_task(&self, task: &Task) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let removed: i64 = redis::cmd("XDEL")
-            .arg(self.keys.worker_stream())
+            .arg(&task.queue)
             .arg(task.id.to_string())
             .query_async(&mut conn)
             .await?;
@@ -623,6 +764,44 @@ impl Drop for CommandTimer {
     fn drop(&mut self) {
         crate::metrics::REDIS_COMMAND_SECONDS.observe(self.0.elapsed());
     }
+}
+
+/// The cluster slot of a bucket's hash tag `{bN}` (CRC16 of `bN`, as Redis
+/// Cluster computes key slots).
+fn bucket_slot(bucket: u16) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(format!("b{bucket}").as_bytes()) % 16384
+}
+
+/// The master address serving `slot` in a `CLUSTER SLOTS` reply
+/// (`[[start, end, [host, port, id, …], replicas…], …]`).
+fn parse_slot_owner(reply: Value, slot: u16) -> Option<(String, u16)> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges.into_iter().find_map(|range| {
+        let Value::Array(parts) = range else {
+            return None;
+        };
+        let mut parts = parts.into_iter();
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if !(start..=end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let mut master = master.into_iter();
+        let host = match master.next()? {
+            Value::BulkString(host) => String::from_utf8(host).ok()?,
+            Value::SimpleString(host) => host,
+            _ => return None,
+        };
+        let Value::Int(port) = master.next()? else {
+            return None;
+        };
+        Some((host, u16::try_from(port).ok()?))
+    })
 }
 
 /// `CLIENT ID` of a connection, so another connection can unblock it.

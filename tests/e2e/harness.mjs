@@ -4,7 +4,7 @@
 //   Y_REDIS_BIN       path of the server binary
 //                     (default: ${CARGO_TARGET_DIR:-<repo>/target}/debug/y-redis)
 //   REDIS             redis URL (default redis://127.0.0.1:6379)
-//   E2E_REDIS_MODE    standalone (default: the Redis of REDIS) | tls | sentinel:
+//   E2E_REDIS_MODE    standalone (default: the Redis of REDIS) | tls | sentinel | cluster:
 //                     each test file starts that deployment itself
 //                     (redis-topology.mjs) and every server, worker and the
 //                     test's own client use it
@@ -89,6 +89,29 @@ export const randomHex = (n = 6) => crypto.randomBytes(n).toString('hex')
 /** Redis key of a room stream, exactly as @y/redis computes it. */
 export const roomStreamKey = (prefix, room, docid = 'index') =>
   `${prefix}:room:${encodeURIComponent(room)}:${encodeURIComponent(docid)}`
+
+/** Buckets of the Redis Cluster layout (crates/protocol/src/names.rs). */
+export const CLUSTER_BUCKETS = 32
+
+/** A room's bucket in the cluster layout: FNV-1a 32 of `enc(room):enc(docid)` mod 32. */
+export function roomBucket (room, docid = 'index') {
+  let h = 0x811c9dc5
+  for (const b of Buffer.from(`${encodeURIComponent(room)}:${encodeURIComponent(docid)}`)) {
+    h ^= b
+    h = Math.imul(h, 0x01000193) >>> 0
+  }
+  return h % CLUSTER_BUCKETS
+}
+
+/** Redis key of a room stream in the cluster layout (ARCHITECTURE.md, "Redis Cluster layout"). */
+export const clusterRoomStreamKey = (prefix, room, docid = 'index') =>
+  `${prefix}:{b${roomBucket(room, docid)}}:room:${encodeURIComponent(room)}:${encodeURIComponent(docid)}`
+
+/** The worker queue holding the task of a room stream: PREFIX:worker, or its bucket's queue. */
+export function workerQueueOf (prefix, streamKey) {
+  const m = /^[^:]*:(\{b\d+\}):room:/.exec(streamKey)
+  return m ? `${prefix}:${m[1]}:worker` : `${prefix}:worker`
+}
 
 export async function freePort () {
   return new Promise((resolve, reject) => {
@@ -423,7 +446,10 @@ export async function connectRedis () {
 }
 
 /** Run a command and get binary-safe replies (bulk strings as Buffers). */
-export const redisRaw = (client, args) => client.sendCommand(args, BUF)
+export const redisRaw = (client, args) => client.masters
+  // a node-redis cluster client routes by the first key (args[1] in the commands used here)
+  ? client.sendCommand(args[1], false, args, BUF)
+  : client.sendCommand(args, BUF)
 
 /**
  * XRANGE key - + with raw bytes.
@@ -434,17 +460,23 @@ export async function xrangeRaw (client, key) {
   return (r || []).map(([id, fields]) => ({ id: id.toString('utf8'), fields }))
 }
 
+/** SCAN for `pattern`; on a node-redis cluster client, over every master. */
 export async function scanKeys (client, pattern) {
   const keys = []
-  for await (const batch of client.scanIterator({ MATCH: pattern, COUNT: 500 })) {
-    keys.push(...(Array.isArray(batch) ? batch : [batch]))
+  const nodes = client.masters ? await Promise.all(client.masters.map((m) => client.nodeClient(m))) : [client]
+  for (const node of nodes) {
+    for await (const batch of node.scanIterator({ MATCH: pattern, COUNT: 500 })) {
+      keys.push(...(Array.isArray(batch) ? batch : [batch]))
+    }
   }
   return keys
 }
 
 export async function deletePrefix (client, prefix) {
   const keys = await scanKeys(client, `${prefix}*`)
-  for (let i = 0; i < keys.length; i += 100) await client.del(keys.slice(i, i + 100))
+  // a cluster refuses a DEL across slots
+  const step = client.masters ? 1 : 100
+  for (let i = 0; i < keys.length; i += step) await client.del(keys.slice(i, i + step))
   return keys.length
 }
 
@@ -563,7 +595,13 @@ export class Harness {
     return r
   }
 
-  roomKey (room) { return roomStreamKey(this.prefix, room) }
+  /** the room's stream key in the layout of this run (cluster or not) */
+  roomKey (room) {
+    return REDIS_MODE === 'cluster' ? clusterRoomStreamKey(this.prefix, room) : roomStreamKey(this.prefix, room)
+  }
+
+  /** the worker queue holding the task of `streamKey` */
+  workerKeyOf (streamKey) { return workerQueueOf(this.prefix, streamKey) }
 
   logInfo () {
     return this.procs.map((s) => s.describe()).join('\n')

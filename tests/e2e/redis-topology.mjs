@@ -1,9 +1,10 @@
 // Redis deployments for the e2e suite (README, "Redis deployments"): a TLS
-// Redis with a CA made by openssl in the test, and a Sentinel set (one master,
-// one replica, three sentinels). Every redis-server process is started here on
-// free ports and SIGKILLed by PID when the test process exits.
+// Redis with a CA made by openssl in the test, a Sentinel set (one master,
+// one replica, three sentinels) and a 3-master Redis Cluster. Every
+// redis-server process is started here on free ports and SIGKILLed by PID
+// when the test process exits.
 //
-// E2E_REDIS_MODE=tls | sentinel makes harness.mjs start one of these per test
+// E2E_REDIS_MODE=tls | sentinel | cluster makes harness.mjs start one of these per test
 // file (each file is its own process) and point every server, worker and the
 // test's own Redis client at it; unset or `standalone` keeps the shared Redis
 // of REDIS. Nothing is skipped: a redis-server without TLS fails the test with
@@ -18,13 +19,13 @@ import crypto from 'node:crypto'
 import { spawn, execFileSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createClient } from 'redis'
+import { createClient, createCluster } from 'redis'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const LOG_DIR = path.join(here, '.logs')
 const REDIS_SERVER = process.env.REDIS_SERVER_BIN || 'redis-server'
 
-export const MODES = ['standalone', 'tls', 'sentinel']
+export const MODES = ['standalone', 'tls', 'sentinel', 'cluster']
 
 /** @type {Set<RedisNode>} */
 const liveNodes = new Set()
@@ -58,10 +59,12 @@ export function respCommand (port, args, { timeout = 2000 } = {}) {
     sock.on('data', (d) => {
       buf += d.toString('latin1')
       // enough for the small replies used here: a simple string, an error, an
-      // integer, a nil, or an array of bulk strings
+      // integer, a nil, a bulk string, or an array of bulk strings
       const lines = buf.split('\r\n')
       if (/^[+\-:]/.test(buf) && lines.length > 1) return done(null, buf)
       if (/^\*-1\r\n/.test(buf) || /^\$-1\r\n/.test(buf)) return done(null, buf)
+      const bulk = /^\$(\d+)\r\n/.exec(buf)
+      if (bulk && Buffer.byteLength(buf, 'latin1') >= bulk[0].length + Number(bulk[1]) + 2) return done(null, buf)
       const m = /^\*(\d+)\r\n/.exec(buf)
       if (m && lines.filter((l) => !l.startsWith('$') && !l.startsWith('*')).length > Number(m[1])) done(null, buf)
     })
@@ -313,9 +316,84 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
   return set
 }
 
+/**
+ * Three masters (`--cluster-enabled yes`) joined by `redis-cli --cluster
+ * create`, no replicas. `env` is what y-redis processes get: two of the
+ * three as seed nodes.
+ */
+export async function startCluster ({ tag = 'cluster', masters = 3 } = {}) {
+  const dir = path.join(LOG_DIR, `${tag}-${crypto.randomBytes(3).toString('hex')}`)
+  const nodes = []
+  for (let i = 1; i <= masters; i++) {
+    const port = await freePort()
+    const ndir = path.join(dir, `node${i}`)
+    const n = new RedisNode({
+      name: `node${i}`,
+      port,
+      dir: ndir,
+      args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
+        '--cluster-enabled', 'yes', '--cluster-config-file', path.join(ndir, 'nodes.conf'), '--cluster-node-timeout', '3000']
+    })
+    await n.start()
+    nodes.push(n)
+  }
+  try {
+    execFileSync('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
+      { stdio: 'pipe', timeout: 30000 })
+  } catch (e) {
+    throw new Error(`redis-cli --cluster create failed: ${e.stderr || ''}${e.stdout || ''}${e.message}`)
+  }
+  const deadline = Date.now() + 20000
+  for (const n of nodes) {
+    for (;;) {
+      const info = await respCommand(n.port, ['CLUSTER', 'INFO']).catch(() => '')
+      if (info.includes('cluster_state:ok')) break
+      if (Date.now() > deadline) throw new Error(`cluster node ${n.port} not ok within 20 s: ${info}`)
+      await sleep(100)
+    }
+  }
+  const url = (n) => `redis://127.0.0.1:${n.port}`
+  const cluster = {
+    mode: 'cluster',
+    nodes,
+    env: {
+      REDIS: nodes.slice(0, 2).map(url).join(','),
+      REDIS_CLUSTER: 'true'
+    },
+    /** a node-redis cluster client */
+    async client () {
+      const c = createCluster({ rootNodes: nodes.map((n) => ({ url: url(n) })) })
+      c.on('error', () => {})
+      await c.connect()
+      return c
+    },
+    /** a plain client of one node */
+    async nodeClient (n) {
+      const c = createClient({ url: url(n), socket: { reconnectStrategy: false } })
+      c.on('error', () => {})
+      await c.connect()
+      return c
+    },
+    /** node id of each node */
+    async nodeIds () {
+      const ids = []
+      for (const n of nodes) {
+        const c = await cluster.nodeClient(n)
+        try { ids.push(await c.sendCommand(['CLUSTER', 'MYID'])) } finally { await c.disconnect() }
+      }
+      return ids
+    },
+    describe: () => `Redis Cluster of ${nodes.length} masters on ports ${nodes.map((n) => n.port).join(',')}; logs in ${dir}`,
+    async stop () { for (const n of nodes) await n.kill() },
+    dir
+  }
+  return cluster
+}
+
 /** Starts the deployment `mode` names (not `standalone`). */
 export async function startTopology (mode, opts = {}) {
   if (mode === 'tls') return startTlsRedis(opts)
   if (mode === 'sentinel') return startSentinelSet(opts)
+  if (mode === 'cluster') return startCluster(opts)
   throw new Error(`E2E_REDIS_MODE: expected one of ${MODES.join(', ')}, got ${JSON.stringify(mode)}`)
 }
