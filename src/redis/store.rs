@@ -280,7 +280,7 @@ impl RedisStore {
     /// (a wrong CA, say) is fatal: no retry can fix it.
     pub async fn for_config(config: &crate::config::Config) -> Result<Self, RedisError> {
         let connector = Connector::new(&config.redis, config.redis_command_timeout)?;
-        tracing::info!(redis = %connector.describe(), "redis");
+        tracing::info!(redis = %connector.describe(), "redis deployment");
         let keys = if connector.is_cluster() {
             Keys::clustered(&config.redis_prefix)
         } else {
