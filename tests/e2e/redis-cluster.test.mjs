@@ -48,7 +48,7 @@ describe('Redis Cluster', { timeout: 300000 }, () => {
 
   before(async () => {
     cluster = await startCluster({ tag: 'redis-cluster' })
-    h = new Harness('redis-cluster', { env: { ...cluster.env, REDIS_COMMAND_TIMEOUT_MS: '5000', LOG: process.env.E2E_CLUSTER_LOG || 'info' } })
+    h = new Harness('redis-cluster', { env: { ...cluster.env, REDIS_COMMAND_TIMEOUT_MS: '5000' } })
     storage = new FsStorage(path.join(h.workDir, 'data'))
     h.redis = await cluster.client()
     await h.startServer('s1')
