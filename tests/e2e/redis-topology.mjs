@@ -326,13 +326,16 @@ export async function startCluster ({ tag = 'cluster', masters = 3 } = {}) {
   const nodes = []
   for (let i = 1; i <= masters; i++) {
     const port = await freePort()
+    // the cluster bus port, by default port + 10000, which may be taken or past 65535
+    const busPort = await freePort()
     const ndir = path.join(dir, `node${i}`)
     const n = new RedisNode({
       name: `node${i}`,
       port,
       dir: ndir,
       args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
-        '--cluster-enabled', 'yes', '--cluster-config-file', path.join(ndir, 'nodes.conf'), '--cluster-node-timeout', '3000']
+        '--cluster-enabled', 'yes', '--cluster-port', String(busPort),
+        '--cluster-config-file', path.join(ndir, 'nodes.conf'), '--cluster-node-timeout', '3000']
     })
     await n.start()
     nodes.push(n)
