@@ -163,6 +163,22 @@ end
 return redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
 "#;
 
+/// [`ADD_MESSAGE_LUA`] for several messages of one room in one call, with
+/// the same effect as calling it once per message in order. Used on a
+/// cluster, where a redirected (`MOVED`/`ASK`) or refused (`TRYAGAIN`)
+/// script ran not at all, so following the redirect and sending it again
+/// can neither lose nor repeat a message, and the order holds.
+const ADD_MESSAGES_LUA: &str = r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
+  redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
+end
+for i = 1, #ARGV do
+  redis.call("XADD", KEYS[1], "*", "m", ARGV[i])
+end
+return #ARGV
+"#;
+
 /// Deletes a room stream and its task only if the stream is (still) empty,
 /// in one step, so a message added meanwhile never loses its task.
 const DELETE_EMPTY_ROOM_LUA: &str = r#"
@@ -236,6 +252,7 @@ pub struct RedisStore {
     command_timeout: Duration,
     keys: Keys,
     add_message: Script,
+    add_messages: Script,
     delete_empty_room: Script,
     finish_compaction: Script,
     renew: Script,
@@ -266,6 +283,7 @@ impl RedisStore {
             command_timeout,
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
+            add_messages: Script::new(ADD_MESSAGES_LUA),
             delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
             finish_compaction: Script::new(FINISH_COMPACTION_LUA),
             renew: Script::new(RENEW_LUA),
@@ -428,7 +446,7 @@ impl RedisStore {
         let worker = self.keys.worker_stream_of(stream_key);
         if let Connection::Cluster(_) = conn {
             return self
-                .add_messages_one_by_one(&mut conn, stream_key, &worker, messages)
+                .add_messages_in_scripts(&mut conn, stream_key, &worker, messages)
                 .await;
         }
         let mut done = 0;
@@ -481,27 +499,27 @@ impl RedisStore {
         Ok(())
     }
 
-    /// [`Self::add_messages`] on a cluster: one script call at a time, in
-    /// order, so that the cluster connection can follow a `MOVED` or `ASK`
-    /// (or wait out a `TRYAGAIN`) for each; a pipeline would be sent again
-    /// whole after a redirect and could store messages twice.
-    async fn add_messages_one_by_one(
+    /// [`Self::add_messages`] on a cluster: up to [`PUBLISH_BATCH`]
+    /// messages per call of [`ADD_MESSAGES_LUA`], one call at a time, so
+    /// that the cluster connection can follow a `MOVED` or `ASK` (or wait
+    /// out a `TRYAGAIN`) for each. A pipeline would not do: redirected
+    /// mid-way, it would be sent again whole and store messages twice.
+    async fn add_messages_in_scripts(
         &self,
         conn: &mut Connection,
         stream_key: &str,
         worker: &str,
         messages: &[Bytes],
     ) -> Result<(), RedisError> {
-        for message in messages {
+        for batch in messages.chunks(PUBLISH_BATCH) {
             let mut repaired = false;
             loop {
-                let added = self
-                    .add_message
-                    .key(stream_key)
-                    .key(worker)
-                    .arg(message.as_ref())
-                    .invoke_async::<Value>(conn)
-                    .await;
+                let mut call = self.add_messages.key(stream_key);
+                call.key(worker);
+                for message in batch {
+                    call.arg(message.as_ref());
+                }
+                let added = call.invoke_async::<Value>(conn).await;
                 match added {
                     Ok(_) => break,
                     Err(e) if !repaired && e.code() == Some("NOGROUP") => {
