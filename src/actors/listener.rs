@@ -76,10 +76,11 @@ pub struct RedisListener {
 
 /// Whether a read failed only because its slot moved or is moving between
 /// cluster nodes (resharding): nothing was lost, so read again soon (from
-/// the node serving it now) without counting an outage.
+/// the node serving it now) without counting an outage. (`CLUSTERDOWN` is
+/// an outage: a failed node may come back without its data.)
 fn is_redirect(error: &RedisError) -> bool {
     matches!(error, RedisError::Command(e)
-        if matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")))
+        if matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN")))
 }
 
 impl RedisListener {
