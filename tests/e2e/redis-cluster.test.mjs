@@ -210,3 +210,55 @@ describe('Redis Cluster', { timeout: 300000 }, () => {
     for (const p of h.procs) assert.ok(p.running, `${p.describe()} still running`)
   })(t))
 })
+
+// c. The cluster over TLS only (`--tls-port`, `--tls-cluster yes`, a CA made
+//    by openssl here): servers and worker reach every node through
+//    `rediss://` seeds and REDIS_TLS_CA_FILE, the blocking reads included.
+describe('Redis Cluster over TLS', { timeout: 120000 }, () => {
+  let cluster
+  /** @type {Harness} */
+  let h
+  /** @type {FsStorage} */
+  let storage
+
+  before(async () => {
+    cluster = await startCluster({ tag: 'redis-cluster-tls', tls: true })
+    h = new Harness('redis-cluster-tls', { env: { ...cluster.env, REDIS_COMMAND_TIMEOUT_MS: '5000' } })
+    storage = new FsStorage(path.join(h.workDir, 'data'))
+    await h.startServer('s1')
+    await h.startServer('s2')
+    await h.startWorker('w1')
+  })
+  after(async () => {
+    await h?.teardown()
+    await cluster?.stop()
+  })
+
+  it('30 rooms with a client on each server converge and are persisted', { timeout: 90000 }, async (t) => h.wrap(async () => {
+    const [s1, s2] = h.servers
+    const rooms = Array.from({ length: 30 }, (_, i) => `cltls-${i}-${randomHex(2)}`)
+    const pairs = rooms.map((room) => [h.client(s1, room, { name: `${room}-a` }), h.client(s2, room, { name: `${room}-b` })])
+    await Promise.all(pairs.flat().map((c) => c.synced(30000)))
+    for (const [a, b] of pairs) {
+      for (const c of [a, b]) {
+        c.text.insert(c.text.length, `[${c.name}]`)
+        c.map.set(c.name, 1)
+      }
+    }
+    await waitFor(() => pairs.every(([a, b]) => {
+      const sa = a.snapshot()
+      return sameContent(sa, b.snapshot()) && sa.text.includes(`[${a.name}]`) && sa.text.includes(`[${b.name}]`)
+    }), { timeout: 30000, interval: 100, message: 'every room to converge over the TLS cluster' })
+    const buckets = new Set(rooms.map((r) => roomBucket(r)))
+    let missing = []
+    await waitFor(async () => {
+      missing = []
+      for (const [a] of pairs) {
+        if (!sameContent(decodeStored(await storage.pieces(a.room)), a.snapshot())) missing.push(a.room)
+      }
+      return missing.length === 0
+    }, { timeout: 60000, interval: 500, message: () => `every room persisted; not yet: ${missing.join(', ')}; worker: ${workerStory(h.workers[0])}` })
+    t.diagnostic(`30 rooms in ${buckets.size} buckets converged and persisted over a TLS-only 3-master cluster`)
+    for (const p of h.procs) assert.ok(p.running, `${p.describe()} still running`)
+  })(t))
+})

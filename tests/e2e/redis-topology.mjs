@@ -321,8 +321,15 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
  * create`, no replicas. `env` is what y-redis processes get: two of the
  * three as seed nodes.
  */
-export async function startCluster ({ tag = 'cluster', masters = 3 } = {}) {
+export async function startCluster ({ tag = 'cluster', masters = 3, tls = false } = {}) {
   const dir = path.join(LOG_DIR, `${tag}-${crypto.randomBytes(3).toString('hex')}`)
+  // with `tls`: TLS-only nodes (clients and the cluster bus), a CA made here
+  const certs = tls ? makeCertificates(path.join(dir, 'certs')) : null
+  const tlsArgs = certs
+    ? ['--tls-cert-file', certs.serverCert, '--tls-key-file', certs.serverKey, '--tls-ca-cert-file', certs.ca,
+        '--tls-auth-clients', 'no', '--tls-cluster', 'yes', '--tls-replication', 'yes']
+    : []
+  const cliTls = certs ? ['--tls', '--cacert', certs.ca] : []
   const nodes = []
   for (let i = 1; i <= masters; i++) {
     const port = await freePort()
@@ -333,15 +340,19 @@ export async function startCluster ({ tag = 'cluster', masters = 3 } = {}) {
       name: `node${i}`,
       port,
       dir: ndir,
-      args: ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
+      args: [...(certs ? ['--port', '0', '--tls-port', String(port)] : ['--port', String(port)]),
+        '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no',
         '--cluster-enabled', 'yes', '--cluster-port', String(busPort),
-        '--cluster-config-file', path.join(ndir, 'nodes.conf'), '--cluster-node-timeout', '3000']
+        '--cluster-config-file', path.join(ndir, 'nodes.conf'), '--cluster-node-timeout', '3000', ...tlsArgs],
+      ping: certs
+        ? async () => execFileSync('redis-cli', [...cliTls, '-p', String(port), 'PING'], { encoding: 'utf8', timeout: 3000 }).trim() === 'PONG'
+        : undefined
     })
     await n.start()
     nodes.push(n)
   }
   try {
-    execFileSync('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
+    execFileSync('redis-cli', [...cliTls, '--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
       { stdio: 'pipe', timeout: 30000 })
   } catch (e) {
     throw new Error(`redis-cli --cluster create failed: ${e.stderr || ''}${e.stdout || ''}${e.message}`)
@@ -349,19 +360,26 @@ export async function startCluster ({ tag = 'cluster', masters = 3 } = {}) {
   const deadline = Date.now() + 20000
   for (const n of nodes) {
     for (;;) {
-      const info = await respCommand(n.port, ['CLUSTER', 'INFO']).catch(() => '')
+      let info = ''
+      try {
+        info = certs
+          ? execFileSync('redis-cli', [...cliTls, '-p', String(n.port), 'CLUSTER', 'INFO'], { encoding: 'utf8', timeout: 3000 })
+          : await respCommand(n.port, ['CLUSTER', 'INFO'])
+      } catch {}
       if (info.includes('cluster_state:ok')) break
       if (Date.now() > deadline) throw new Error(`cluster node ${n.port} not ok within 20 s: ${info}`)
       await sleep(100)
     }
   }
-  const url = (n) => `redis://127.0.0.1:${n.port}`
+  const url = (n) => `${certs ? 'rediss' : 'redis'}://127.0.0.1:${n.port}`
   const cluster = {
     mode: 'cluster',
     nodes,
+    certs,
     env: {
       REDIS: nodes.slice(0, 2).map(url).join(','),
-      REDIS_CLUSTER: 'true'
+      REDIS_CLUSTER: 'true',
+      ...(certs ? { REDIS_TLS_CA_FILE: certs.ca } : {})
     },
     /** a node-redis cluster client */
     async client () {
