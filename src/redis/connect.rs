@@ -167,10 +167,16 @@ impl Connector {
                 None => redis::Client::open(info).map_err(ConnectError::Url)?,
             }),
             Some(sentinel) => {
-                let addrs = sentinel
-                    .sentinels
-                    .iter()
-                    .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+                // With `rediss://` the Sentinels are spoken to over TLS too.
+                let addrs = sentinel.sentinels.iter().map(|(host, port)| match tls {
+                    true => ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: false,
+                        tls_params: None,
+                    },
+                    false => ConnectionAddr::Tcp(host.clone(), *port),
+                });
                 let node = info.redis_settings();
                 let mut builder =
                     SentinelClientBuilder::new(addrs, &sentinel.master, SentinelServerType::Master)
@@ -463,6 +469,9 @@ mod tests {
         });
         let c = Connector::new(&s, Duration::from_secs(1)).unwrap();
         assert_eq!(c.describe(), "redis master \"mymaster\" via Sentinel");
+        // rediss://: master and Sentinels over TLS (the Sentinels' addresses become TLS ones)
+        s.url = Secret("rediss://:pw@ignored:1".into());
+        assert!(Connector::new(&s, Duration::from_secs(1)).is_ok());
         let mut s = settings("redis://u:hunter2@a:7000, redis://u:hunter2@b:7001");
         s.cluster = true;
         let c = Connector::new(&s, Duration::from_secs(1)).unwrap();

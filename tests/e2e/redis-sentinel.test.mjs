@@ -6,7 +6,8 @@
 // publishing connections and pool, and the worker, reconnect to it, sessions
 // resync (which brings back what the old master had not replicated), and
 // every edit reaches every client and storage. Prints the failover and
-// convergence times.
+// convergence times. Run twice: plain, and with every Redis and Sentinel
+// speaking TLS only (a CA made by openssl here, REDIS=rediss://…).
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
@@ -15,7 +16,7 @@ import { FsStorage, decodeStored } from './storage.mjs'
 import { Editors, httpGet, streamMessages, waitConverged, sameContent, workerStory } from './faults.mjs'
 import { startSentinelSet } from './redis-topology.mjs'
 
-describe('Redis Sentinel failover', { timeout: 150000 }, () => {
+for (const tls of [false, true]) describe(`Redis Sentinel failover${tls ? ' over TLS' : ''}`, { timeout: 150000 }, () => {
   let set
   /** @type {Harness} */
   let h
@@ -23,8 +24,8 @@ describe('Redis Sentinel failover', { timeout: 150000 }, () => {
   let storage
 
   before(async () => {
-    set = await startSentinelSet({ tag: 'redis-sentinel' })
-    h = new Harness('redis-sentinel', { env: { ...set.env, REDIS_COMMAND_TIMEOUT_MS: '2000' } })
+    set = await startSentinelSet({ tag: tls ? 'redis-sentinel-tls' : 'redis-sentinel', tls })
+    h = new Harness(tls ? 'redis-sentinel-tls' : 'redis-sentinel', { env: { ...set.env, REDIS_COMMAND_TIMEOUT_MS: '2000' } })
     storage = new FsStorage(path.join(h.workDir, 'data'))
     h.redis = await set.client()
     await h.startServer('s1')
@@ -77,7 +78,7 @@ describe('Redis Sentinel failover', { timeout: 150000 }, () => {
     const final = await waitConverged(clients, editors, { timeout: 20000 })
     const tAgree = Date.now()
     const closes = clients.map((c) => `${c.name}:${c.closeEvents.map((e) => e?.code ?? 'local').join(',')}`).join(' ')
-    t.diagnostic(`sentinel failover: master SIGKILL -> replica promoted ${tPromoted - tKill} ms; ` +
+    t.diagnostic(`sentinel failover${tls ? ' (TLS)' : ''}: master SIGKILL -> replica promoted ${tPromoted - tKill} ms; ` +
       `SIGKILL -> every client holds every edit made before the promotion ${tAgreeOld - tKill} ms; ` +
       `editing stopped -> all identical ${tAgree - tStop} ms; ${editors.edits.length} edits in all; close codes ${closes}`)
 

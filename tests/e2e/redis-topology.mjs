@@ -235,17 +235,32 @@ export const SENTINEL_MASTER = 'e2emaster'
  * One master, one replica and three sentinels (quorum 2, the master counted
  * down after 1 s). `env` is what y-redis processes get.
  */
-export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
+export async function startSentinelSet ({ tag = 'sentinel', tls = false } = {}) {
   const dir = path.join(LOG_DIR, `${tag}-${crypto.randomBytes(3).toString('hex')}`)
-  const common = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no']
+  // with `tls`: master, replica (replication included) and sentinels speak
+  // TLS only, with a CA made here; clients need no certificate
+  const certs = tls ? makeCertificates(path.join(dir, 'certs')) : null
+  const tlsFiles = certs
+    ? ['--tls-cert-file', certs.serverCert, '--tls-key-file', certs.serverKey, '--tls-ca-cert-file', certs.ca,
+        '--tls-auth-clients', 'no', '--tls-replication', 'yes']
+    : []
+  const portArgs = (port) => certs ? ['--port', '0', '--tls-port', String(port)] : ['--port', String(port)]
+  const cliTls = certs ? ['--tls', '--cacert', certs.ca] : []
+  /** one command; with TLS through redis-cli, else a plain RESP exchange; reply lines */
+  const command = async (port, args) => certs
+    ? execFileSync('redis-cli', [...cliTls, '-p', String(port), ...args], { encoding: 'utf8', timeout: 3000, stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n')
+    : (await respCommand(port, args)).split('\r\n').filter((l) => l && !/^[*$]/.test(l)).map((l) => l.replace(/^[+:]/, ''))
+  const ping = (port) => async () => (await command(port, ['PING']))[0] === 'PONG'
+  const common = ['--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'no', ...tlsFiles]
   const masterPort = await freePort()
   const replicaPort = await freePort()
-  const master = new RedisNode({ name: 'master', port: masterPort, dir: path.join(dir, 'master'), args: ['--port', String(masterPort), ...common] })
+  const master = new RedisNode({ name: 'master', port: masterPort, dir: path.join(dir, 'master'), args: [...portArgs(masterPort), ...common], ping: ping(masterPort) })
   const replica = new RedisNode({
     name: 'replica',
     port: replicaPort,
     dir: path.join(dir, 'replica'),
-    args: ['--port', String(replicaPort), ...common, '--replicaof', '127.0.0.1', String(masterPort)]
+    args: [...portArgs(replicaPort), ...common, '--replicaof', '127.0.0.1', String(masterPort)],
+    ping: ping(replicaPort)
   })
   await master.start()
   await replica.start()
@@ -256,7 +271,10 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
     fs.mkdirSync(sdir, { recursive: true })
     const conf = path.join(sdir, 'sentinel.conf')
     fs.writeFileSync(conf, [
-      `port ${port}`,
+      ...(certs
+        ? ['port 0', `tls-port ${port}`, `tls-cert-file ${certs.serverCert}`, `tls-key-file ${certs.serverKey}`,
+            `tls-ca-cert-file ${certs.ca}`, 'tls-auth-clients no', 'tls-replication yes']
+        : [`port ${port}`]),
       'bind 127.0.0.1',
       'protected-mode no',
       `dir ${sdir}`,
@@ -266,7 +284,7 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
       `sentinel parallel-syncs ${SENTINEL_MASTER} 1`,
       ''
     ].join('\n'))
-    const s = new RedisNode({ name: `sentinel${i}`, port, dir: sdir, args: [conf, '--sentinel'] })
+    const s = new RedisNode({ name: `sentinel${i}`, port, dir: sdir, args: [conf, '--sentinel'], ping: ping(port) })
     await s.start()
     sentinels.push(s)
   }
@@ -276,19 +294,20 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
     master,
     replica,
     sentinels,
+    certs,
     env: {
-      REDIS: 'redis://127.0.0.1:6379',
+      REDIS: certs ? 'rediss://localhost:6379' : 'redis://127.0.0.1:6379',
       REDIS_SENTINELS: sentinels.map((s) => `127.0.0.1:${s.port}`).join(','),
-      REDIS_SENTINEL_MASTER: SENTINEL_MASTER
+      REDIS_SENTINEL_MASTER: SENTINEL_MASTER,
+      ...(certs ? { REDIS_TLS_CA_FILE: certs.ca } : {})
     },
     /** the master's port as the first answering sentinel names it */
     async masterPort () {
       for (const s of sentinels) {
         if (!s.running) continue
         try {
-          const reply = await respCommand(s.port, ['SENTINEL', 'get-master-addr-by-name', SENTINEL_MASTER])
-          const parts = reply.split('\r\n')
-          if (parts[0] === '*2') return Number(parts[4])
+          const lines = await command(s.port, ['SENTINEL', 'get-master-addr-by-name', SENTINEL_MASTER])
+          if (lines.length === 2) return Number(lines[1])
         } catch {}
       }
       throw new Error('no sentinel names a master')
@@ -296,7 +315,8 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
     /** a node-redis client of the present master */
     async client () {
       const port = await set.masterPort()
-      const c = createClient({ url: `redis://127.0.0.1:${port}`, socket: { reconnectStrategy: (n) => Math.min(50 * (n + 1), 500) } })
+      const tlsSocket = certs ? { tls: true, host: '127.0.0.1', port, ca: fs.readFileSync(certs.ca) } : {}
+      const c = createClient({ url: `${certs ? 'rediss' : 'redis'}://127.0.0.1:${port}`, socket: { ...tlsSocket, reconnectStrategy: (n) => Math.min(50 * (n + 1), 500) } })
       c.on('error', () => {})
       await c.connect()
       return c
@@ -308,7 +328,7 @@ export async function startSentinelSet ({ tag = 'sentinel' } = {}) {
   // the sentinels found the replica (so a failover has somewhere to go)
   const deadline = Date.now() + 20000
   for (;;) {
-    const reply = await respCommand(sentinels[0].port, ['SENTINEL', 'replicas', SENTINEL_MASTER]).catch(() => '')
+    const reply = (await command(sentinels[0].port, ['SENTINEL', 'replicas', SENTINEL_MASTER]).catch(() => [])).join(' ')
     if (reply.includes(String(replicaPort))) break
     if (Date.now() > deadline) throw new Error(`sentinels did not find the replica within 20 s; ${set.describe()}`)
     await sleep(200)
@@ -345,7 +365,7 @@ export async function startCluster ({ tag = 'cluster', masters = 3, tls = false 
         '--cluster-enabled', 'yes', '--cluster-port', String(busPort),
         '--cluster-config-file', path.join(ndir, 'nodes.conf'), '--cluster-node-timeout', '3000', ...tlsArgs],
       ping: certs
-        ? async () => execFileSync('redis-cli', [...cliTls, '-p', String(port), 'PING'], { encoding: 'utf8', timeout: 3000 }).trim() === 'PONG'
+        ? async () => execFileSync('redis-cli', [...cliTls, '-p', String(port), 'PING'], { encoding: 'utf8', timeout: 3000, stdio: ['ignore', 'pipe', 'pipe'] }).trim() === 'PONG'
         : undefined
     })
     await n.start()
@@ -363,7 +383,7 @@ export async function startCluster ({ tag = 'cluster', masters = 3, tls = false 
       let info = ''
       try {
         info = certs
-          ? execFileSync('redis-cli', [...cliTls, '-p', String(n.port), 'CLUSTER', 'INFO'], { encoding: 'utf8', timeout: 3000 })
+          ? execFileSync('redis-cli', [...cliTls, '-p', String(n.port), 'CLUSTER', 'INFO'], { encoding: 'utf8', timeout: 3000, stdio: ['ignore', 'pipe', 'pipe'] })
           : await respCommand(n.port, ['CLUSTER', 'INFO'])
       } catch {}
       if (info.includes('cluster_state:ok')) break
