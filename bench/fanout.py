@@ -17,6 +17,13 @@ target/release/y-redis; AUTH_DISABLED). --impl js runs another y-websocket
 server through two commands you provide (e.g. a local @y/redis checkout):
 YREDIS_JS_SERVER (started as `$YREDIS_JS_SERVER <port> <redis url> <prefix>`)
 and YREDIS_JS_TOKEN (prints a token; sent as ?yauth=).
+--redis-masters N (default 1) runs the servers on a Redis Cluster of N
+masters instead (`redis-server --cluster-enabled yes` each, joined by
+`redis-cli --cluster create`; REDIS_CLUSTER=true) and reports Redis CPU per
+master; Redis figures are then sums over the masters. "stream entries
+added/s" counts the XADDs Redis ran: the messages it accepted (plus one
+task entry per new room).
+
 Needs redis-server on PATH and a built generator
 (cargo build --release -p y-redis-loadgen; FANOUT_BIN overrides).
 """
@@ -76,11 +83,41 @@ def redis_cpu(port):
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def command_calls(port):
+def command_calls(ports):
+    """`INFO commandstats` calls, summed over the Redis processes on `ports`."""
     calls = {}
-    for key, value in redis_info(port, "commandstats").items():
-        calls[key.removeprefix("cmdstat_")] = int(re.search(r"calls=(\d+)", value).group(1))
+    for port in ports:
+        for key, value in redis_info(port, "commandstats").items():
+            name = key.removeprefix("cmdstat_")
+            calls[name] = calls.get(name, 0) + int(re.search(r"calls=(\d+)", value).group(1))
     return calls
+
+
+def start_cluster(masters, scratch, procs):
+    """N cluster-enabled redis-servers joined into one cluster; their ports."""
+    ports = []
+    for i in range(masters):
+        port = free_port()
+        node_dir = os.path.join(scratch, f"node{i}")
+        os.makedirs(node_dir)
+        procs.append(subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", node_dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+             # the bus port is port + 10000 by default, which may be taken or past 65535
+             "--cluster-port", str(free_port())],
+            stdout=subprocess.DEVNULL, start_new_session=True))
+        wait_port(port)
+        ports.append(port)
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True)
+    deadline = time.time() + 20
+    for port in ports:
+        while "cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(port), "CLUSTER", "INFO"],
+                                                       capture_output=True, text=True).stdout:
+            if time.time() > deadline:
+                sys.exit(f"fanout: cluster node {port} not ok after 20 s")
+            time.sleep(0.1)
+    return ports
 
 
 def descendants(pid):
@@ -98,6 +135,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--impl", choices=["rust", "js"], default="rust")
+    parser.add_argument("--redis-masters", type=int, default=1,
+                        help="more than 1: a Redis Cluster of that many masters")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the rust servers")
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args()
@@ -121,13 +160,22 @@ def main():
                 os.killpg(p.pid, signal.SIGKILL)
 
     try:
-        redis_port = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no", "--dir", scratch],
-                                 stdout=subprocess.DEVNULL, start_new_session=True)
-        procs.append(redis)
-        wait_port(redis_port)
-        redis_url = f"redis://127.0.0.1:{redis_port}"
+        cluster_env = {}
+        if args.redis_masters > 1:
+            if args.impl != "rust":
+                sys.exit("fanout: --redis-masters needs --impl rust")
+            redis_ports = start_cluster(args.redis_masters, scratch, procs)
+            redis_url = ",".join(f"redis://127.0.0.1:{p}" for p in redis_ports)
+            cluster_env = {"REDIS_CLUSTER": "true"}
+        else:
+            redis_port = free_port()
+            redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", scratch],
+                                     stdout=subprocess.DEVNULL, start_new_session=True)
+            procs.append(redis)
+            wait_port(redis_port)
+            redis_ports = [redis_port]
+            redis_url = f"redis://127.0.0.1:{redis_port}"
         prefix = f"bench{os.getpid()}"
         servers, urls = [], []
         for i in range(args.servers):
@@ -139,7 +187,7 @@ def main():
                            STORAGE_DIR=os.path.join(scratch, "data"),
                            # every generated client connects from 127.0.0.1
                            MAX_UPGRADES_PER_IP_PER_SECOND="1000000",
-                           MAX_CONNECTIONS_PER_IP="1000000")
+                           MAX_CONNECTIONS_PER_IP="1000000", **cluster_env)
                 env.update(kv.split("=", 1) for kv in args.env)
                 cmd = [server_bin, "server"]
             else:
@@ -163,9 +211,9 @@ def main():
         def snapshot():
             return {
                 "cpu": [sum(cpu_seconds(q) for q in descendants(p.pid)) for p in servers],
-                "redis_cpu": redis_cpu(redis_port),
+                "redis_cpu": [redis_cpu(p) for p in redis_ports],
                 "generator_cpu": cpu_seconds(gen.pid),
-                "calls": command_calls(redis_port),
+                "calls": command_calls(redis_ports),
                 "at": time.time(),
             }
 
@@ -186,7 +234,8 @@ def main():
             sys.exit("fanout: the generator ended before its measured window")
         window = after["at"] - before["at"]
         server_cpu = [a - b for a, b in zip(after["cpu"], before["cpu"])]
-        redis_cpu_s = after["redis_cpu"] - before["redis_cpu"]
+        redis_cpu_per = [a - b for a, b in zip(after["redis_cpu"], before["redis_cpu"])]
+        redis_cpu_s = sum(redis_cpu_per)
         calls = {k: v - before["calls"].get(k, 0) for k, v in after["calls"].items()}
         calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
         delivered_mb = float(figures.get("doc bytes delivered/s", "0")) * window / 1e6
@@ -197,6 +246,11 @@ def main():
         print("figure server CPU-seconds: " + " + ".join(f"{c:.2f}" for c in server_cpu) + f" = {sum(server_cpu):.2f}")
         print("figure server RSS MiB: " + ", ".join(f"{r:.1f}" for r in after["rss"]))
         print(f"figure Redis CPU-seconds: {redis_cpu_s:.2f}")
+        if len(redis_ports) > 1:
+            print("figure Redis CPU-seconds per master: " + " / ".join(f"{c:.2f}" for c in redis_cpu_per))
+        # every stored message is one XADD (inside the add-message script; on a
+        # cluster one script call adds a batch); new rooms add a task entry each
+        print(f"figure stream entries added/s (XADD): {calls.get('xadd', 0) / window:.0f}")
         print(f"figure generator CPU-seconds: {after['generator_cpu'] - before['generator_cpu']:.2f}")
         print("figure Redis calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
         if delivered_mb > 0:

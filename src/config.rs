@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::auth::TokenVerifier;
 use crate::limits::{IpNet, Limits};
+use crate::redis::{RedisSettings, SentinelSettings, TlsFiles};
 use crate::storage::{S3Config, S3Keys, StorageConfig, DEFAULT_REGION};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -24,8 +25,8 @@ pub struct ConfigError {
 pub struct Config {
     pub host: String,
     pub port: u16,
-    /// May carry a password.
-    pub redis_url: Secret,
+    /// Where Redis is (`REDIS`, which may carry a password, `REDIS_TLS_*`, `REDIS_SENTINEL*`).
+    pub redis: RedisSettings,
     pub redis_prefix: String,
     pub log: String,
     /// `LOG_FORMAT=json`: one JSON object per line instead of text.
@@ -208,11 +209,18 @@ pub const VARIABLES: &[&str] = &[
     "POSTGRES",
     "REDIS",
     "REDIS_BLOCK_MS",
+    "REDIS_CLUSTER",
     "REDIS_COMMAND_TIMEOUT_MS",
     "REDIS_MIN_MESSAGE_LIFETIME",
     "REDIS_PREFIX",
     "REDIS_READ_INTERVAL_MS",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
     "REDIS_TASK_DEBOUNCE",
+    "REDIS_TLS_CA_FILE",
+    "REDIS_TLS_CERT_FILE",
+    "REDIS_TLS_KEY_FILE",
     "S3_ACCESS_KEY",
     "S3_BUCKET",
     "S3_ENDPOINT",
@@ -332,14 +340,15 @@ impl Source {
 
 impl Config {
     pub fn load(src: &Source) -> Result<Self, ConfigError> {
-        let redis_url = src.string("REDIS", "redis://127.0.0.1:6379");
-        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+        let redis = redis_settings(src)?;
+        let redis_prefix = src.string("REDIS_PREFIX", "y");
+        if redis.cluster && redis_prefix.contains(['{', '}']) {
+            // A brace would open a hash tag and put every key in one slot.
             return Err(ConfigError {
-                var: "REDIS",
-                reason: format!("expected a redis:// or rediss:// URL, got {redis_url:?}"),
+                var: "REDIS_PREFIX",
+                reason: format!("must not contain braces with REDIS_CLUSTER, got {redis_prefix:?}"),
             });
         }
-        let redis_prefix = src.string("REDIS_PREFIX", "y");
         if redis_prefix.contains(':') {
             // Stream names are split on ':' to recover the room; a prefix with
             // one would make worker tasks unparseable.
@@ -395,7 +404,7 @@ impl Config {
         Ok(Config {
             host: src.string("HOST", "0.0.0.0"),
             port,
-            redis_url: Secret(redis_url),
+            redis,
             redis_prefix,
             log: src.string("LOG", "info"),
             log_json: match src.string("LOG_FORMAT", "text").as_str() {
@@ -437,6 +446,138 @@ impl Config {
             worker_port: src.number("WORKER_PORT", 3003, "a port number 0-65535")?,
         })
     }
+}
+
+/// `REDIS` and the TLS and Sentinel variables (README, "Redis deployments").
+fn redis_settings(src: &Source) -> Result<RedisSettings, ConfigError> {
+    let url = src.string("REDIS", "redis://127.0.0.1:6379");
+    let cluster = src.bool("REDIS_CLUSTER", false)?;
+    let urls: Vec<&str> = if cluster {
+        url.split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    } else {
+        vec![url.as_str()]
+    };
+    let tls = urls.first().is_some_and(|u| u.starts_with("rediss://"));
+    for u in &urls {
+        if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+            // The value may hold a password: name only its scheme.
+            let scheme = u.split_once("://").map_or("none", |(scheme, _)| scheme);
+            let what = if cluster {
+                "redis:// or rediss:// URLs, comma-separated"
+            } else {
+                "a redis:// or rediss:// URL (several seed nodes only with REDIS_CLUSTER=true)"
+            };
+            return Err(ConfigError {
+                var: "REDIS",
+                reason: format!("expected {what}, got scheme {scheme:?}"),
+            });
+        }
+        if u.starts_with("rediss://") != tls {
+            return Err(ConfigError {
+                var: "REDIS",
+                reason: "seed nodes mix redis:// and rediss://".into(),
+            });
+        }
+    }
+    if urls.is_empty() {
+        return Err(ConfigError {
+            var: "REDIS",
+            reason: "no seed node".into(),
+        });
+    }
+    let file = |var: &'static str| -> Result<Option<std::path::PathBuf>, ConfigError> {
+        match src.get(var) {
+            Some(path) if !tls => Err(ConfigError {
+                var,
+                reason: format!("{path:?} is set but REDIS is not a rediss:// URL"),
+            }),
+            other => Ok(other.map(|p| p.trim().into())),
+        }
+    };
+    let ca_file = file("REDIS_TLS_CA_FILE")?;
+    let client = match (file("REDIS_TLS_CERT_FILE")?, file("REDIS_TLS_KEY_FILE")?) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err(half_pair("REDIS_TLS_KEY_FILE", "REDIS_TLS_CERT_FILE")),
+        (None, Some(_)) => return Err(half_pair("REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE")),
+    };
+    let sentinels = src.get("REDIS_SENTINELS");
+    let master = src.get("REDIS_SENTINEL_MASTER");
+    let password = src.get("REDIS_SENTINEL_PASSWORD");
+    let sentinel = match (sentinels, master) {
+        (None, None) if password.is_some() => {
+            return Err(ConfigError {
+                var: "REDIS_SENTINEL_PASSWORD",
+                reason: "set without REDIS_SENTINELS".into(),
+            })
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError {
+                var: "REDIS_SENTINEL_MASTER",
+                reason: "required with REDIS_SENTINELS (the master name the Sentinels monitor)"
+                    .into(),
+            })
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError {
+                var: "REDIS_SENTINELS",
+                reason: "required with REDIS_SENTINEL_MASTER (host:port,host:port,...)".into(),
+            })
+        }
+        (Some(list), Some(master)) => Some(SentinelSettings {
+            sentinels: list
+                .split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(parse_host_port)
+                .collect::<Result<_, _>>()
+                .map_err(|reason| ConfigError {
+                    var: "REDIS_SENTINELS",
+                    reason,
+                })?,
+            master: master.trim().to_owned(),
+            password: password.map(|p| Secret(p.to_owned())),
+        }),
+    };
+    if cluster && sentinel.is_some() {
+        return Err(ConfigError {
+            var: "REDIS_CLUSTER",
+            reason: "a cluster has no Sentinels: unset REDIS_SENTINELS or REDIS_CLUSTER".into(),
+        });
+    }
+    Ok(RedisSettings {
+        url: Secret(url),
+        tls: TlsFiles { ca_file, client },
+        sentinel,
+        cluster,
+    })
+}
+
+/// A client certificate needs its key, and the other way round.
+fn half_pair(missing: &'static str, given: &str) -> ConfigError {
+    ConfigError {
+        var: missing,
+        reason: format!("required with {given} (a client certificate and its key)"),
+    }
+}
+
+/// `host:port` or `[v6]:port`.
+fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected host:port, got {s:?}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port
+        .parse()
+        .map_err(|_| format!("expected host:port, got {s:?}"))?;
+    if host.is_empty() {
+        return Err(format!("expected host:port, got {s:?}"));
+    }
+    Ok((host.to_owned(), port))
 }
 
 fn storage_config(src: &Source) -> Result<StorageConfig, ConfigError> {
@@ -508,7 +649,8 @@ mod tests {
     fn defaults_match_y_redis() {
         let cfg = Config::load(&Source::from_pairs([])).expect("defaults are valid");
         assert_eq!(cfg.port, 3002);
-        assert_eq!(cfg.redis_url.0, "redis://127.0.0.1:6379");
+        assert_eq!(cfg.redis.url.0, "redis://127.0.0.1:6379");
+        assert!(cfg.redis.sentinel.is_none() && cfg.redis.tls.is_empty());
         assert_eq!(cfg.redis_prefix, "y");
     }
 
@@ -526,6 +668,54 @@ mod tests {
         assert_eq!(err.var, "REDIS_PREFIX");
         let err = Config::load(&Source::from_pairs([("REDIS_BLOCK_MS", "-1")])).unwrap_err();
         assert_eq!(err.var, "REDIS_BLOCK_MS");
+    }
+
+    #[test]
+    fn redis_tls_and_sentinel_settings() {
+        let err = Config::load(&Source::from_pairs([("REDIS", "http://u:hunter2@h")])).unwrap_err();
+        assert_eq!(err.var, "REDIS");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err =
+            Config::load(&Source::from_pairs([("REDIS_TLS_CA_FILE", "/ca.pem")])).unwrap_err();
+        assert_eq!(err.var, "REDIS_TLS_CA_FILE");
+        let err = Config::load(&Source::from_pairs([
+            ("REDIS", "rediss://h:6380"),
+            ("REDIS_TLS_CERT_FILE", "/c.pem"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "REDIS_TLS_KEY_FILE");
+        let cfg = Config::load(&Source::from_pairs([
+            ("REDIS", "rediss://h:6380"),
+            ("REDIS_TLS_CA_FILE", "/ca.pem"),
+            ("REDIS_TLS_CERT_FILE", "/c.pem"),
+            ("REDIS_TLS_KEY_FILE", "/k.pem"),
+        ]))
+        .expect("valid");
+        assert_eq!(cfg.redis.tls.ca_file.as_deref(), Some("/ca.pem".as_ref()));
+        assert!(cfg.redis.tls.client.is_some());
+        let err = Config::load(&Source::from_pairs([("REDIS_SENTINELS", "a:1")])).unwrap_err();
+        assert_eq!(err.var, "REDIS_SENTINEL_MASTER");
+        let err = Config::load(&Source::from_pairs([("REDIS_SENTINEL_MASTER", "m")])).unwrap_err();
+        assert_eq!(err.var, "REDIS_SENTINELS");
+        let err = Config::load(&Source::from_pairs([
+            ("REDIS_SENTINELS", "a"),
+            ("REDIS_SENTINEL_MASTER", "m"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.var, "REDIS_SENTINELS");
+        let cfg = Config::load(&Source::from_pairs([
+            ("REDIS_SENTINELS", "s1:26379, [::1]:26380"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_SENTINEL_PASSWORD", "hunter2"),
+        ]))
+        .expect("valid");
+        let sentinel = cfg.redis.sentinel.as_ref().expect("sentinel");
+        assert_eq!(
+            sentinel.sentinels,
+            vec![("s1".into(), 26379), ("::1".into(), 26380)]
+        );
+        assert_eq!(sentinel.master, "mymaster");
+        assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The `y-redis` binary: parses the subcommand and configuration, sets up
 //! logging, and runs the chosen process.
 
+// The server's top-level future nests deeply (actix, the Redis client's TLS and
+// Sentinel connection futures); computing its layout needs more than 128 levels.
+#![recursion_limit = "256"]
+
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;

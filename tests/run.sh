@@ -70,3 +70,15 @@ export Y_REDIS_BIN="$target_dir/debug/y-redis"
 cd tests/e2e
 npm_ci
 npm test
+
+# The same convergence, worker-persist and fault suites against each other
+# Redis deployment, every redis-server of it started by the test file itself
+# (tests/e2e/redis-topology.mjs): TLS (CA made by openssl), Sentinel (master,
+# replica, three sentinels), a 3-master Cluster. (`npm test` above already ran
+# redis-tls, redis-sentinel and redis-cluster.test.mjs: TLS refusals, a
+# master SIGKILLed under Sentinel, 200 rooms and a reshard on the Cluster.)
+for mode in tls sentinel cluster; do
+  echo "== end-to-end against E2E_REDIS_MODE=$mode"
+  E2E_REDIS_MODE=$mode node --test --test-concurrency=1 --test-timeout=120000 \
+    convergence.test.mjs worker-persist.test.mjs fault-kill.test.mjs
+done

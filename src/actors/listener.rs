@@ -1,10 +1,14 @@
-//! `RedisListener`: one dedicated connection looping `XREAD BLOCK` over
-//! every room stream this process serves, handing each batch once to each
-//! room subscription of that stream (one per thread with sessions of the
-//! room). A new subscription interrupts the blocked read (`CLIENT UNBLOCK`),
-//! so it never waits for the block timeout. It also knows every room
-//! subscription of the process, so process-wide requests (close everything,
-//! recheck permissions) go through it.
+//! `RedisListener`: loops `XREAD BLOCK` over every room stream this process
+//! serves, handing each batch once to each room subscription of that stream
+//! (one per thread with sessions of the room). Streams are read in groups,
+//! each over its own dedicated connection: one group for all streams on a
+//! single Redis, one per bucket on a Redis Cluster (a bucket's streams share
+//! a slot, so one `XREAD` may name them all; ARCHITECTURE.md, "Redis Cluster
+//! layout"). A group exists only while it has subscribed streams, so quiet
+//! buckets cost nothing. A new subscription interrupts its group's blocked
+//! read (`CLIENT UNBLOCK`), so it never waits for the block timeout. It also
+//! knows every room subscription of the process, so process-wide requests
+//! (close everything, recheck permissions) go through it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use super::messages::{
 };
 use crate::backoff::Backoff;
 use crate::redis::{
-    client_id, read_streams_blocking, RedisError, RedisStore, StreamEntry, StreamId,
+    client_id, read_streams_blocking, ReaderNode, RedisError, RedisStore, StreamEntry, StreamId,
 };
 
 struct Subscription {
@@ -33,21 +37,50 @@ const READ_COUNT: usize = 1000;
 /// the streams are busy.
 const BUSY_READ_ENTRIES: usize = 2;
 
+/// Streams read together, and the connection reading them: all streams
+/// (key None), or one cluster bucket's.
+type GroupKey = Option<u16>;
+
+struct Group {
+    subscriptions: HashMap<String, Subscription>,
+    /// The connection, its `CLIENT ID` and node while idle; it travels with the read future.
+    connection: Option<(MultiplexedConnection, i64, ReaderNode)>,
+    /// Connecting, reading or waiting to retry.
+    busy: bool,
+    /// `CLIENT ID` and node of the connection inside the running read, if one runs.
+    reading: Option<(i64, ReaderNode)>,
+    backoff: Backoff,
+}
+
+impl Group {
+    fn new() -> Self {
+        Group {
+            subscriptions: HashMap::new(),
+            connection: None,
+            busy: false,
+            reading: None,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+}
+
 pub struct RedisListener {
     store: RedisStore,
     block: Duration,
     read_margin: Duration,
-    /// Least time between the starts of two reads while the streams are
-    /// busy, so that under load one read collects many publishes.
+    /// Least time between the starts of two reads of a group while its
+    /// streams are busy, so that under load one read collects many publishes.
     read_interval: Duration,
-    subscriptions: HashMap<String, Subscription>,
-    /// The connection and its `CLIENT ID` while idle; it travels with the read future.
-    connection: Option<(MultiplexedConnection, i64)>,
-    /// Connecting, reading or waiting to retry.
-    busy: bool,
-    /// `CLIENT ID` of the connection inside the running read, if one runs.
-    reading: Option<i64>,
-    backoff: Backoff,
+    groups: HashMap<GroupKey, Group>,
+}
+
+/// Whether a read failed only because its slot moved or is moving between
+/// cluster nodes (resharding): nothing was lost, so read again soon (from
+/// the node serving it now) without counting an outage. (`CLUSTERDOWN` is
+/// an outage: a failed node may come back without its data.)
+fn is_redirect(error: &RedisError) -> bool {
+    matches!(error, RedisError::Command(e)
+        if matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN")))
 }
 
 impl RedisListener {
@@ -63,39 +96,52 @@ impl RedisListener {
             block,
             read_margin,
             read_interval,
-            subscriptions: HashMap::new(),
-            connection: None,
-            busy: false,
-            reading: None,
-            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            groups: HashMap::new(),
         }
     }
 
-    fn read_next(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || self.subscriptions.is_empty() {
+    fn group_of(&self, key: &str) -> GroupKey {
+        self.store.keys().bucket_of(key)
+    }
+
+    fn read_next(&mut self, key: GroupKey, ctx: &mut Context<Self>) {
+        let Some(group) = self.groups.get_mut(&key) else {
+            return;
+        };
+        if group.busy {
             return;
         }
-        self.busy = true;
-        let Some((mut conn, id)) = self.connection.take() else {
+        if group.subscriptions.is_empty() {
+            // A cluster bucket nobody here reads any more: close its connection.
+            if key.is_some() {
+                self.groups.remove(&key);
+            }
+            return;
+        }
+        group.busy = true;
+        let Some((mut conn, id, node)) = group.connection.take() else {
             let store = self.store.clone();
             let connect = async move {
-                let mut conn = store.dedicated_connection().await?;
+                let (mut conn, node) = store.reader_connection(key).await?;
                 let id = client_id(&mut conn).await?;
-                Ok::<_, RedisError>((conn, id))
+                Ok::<_, RedisError>((conn, id, node))
             };
-            ctx.spawn(connect.into_actor(self).map(|result, act, ctx| {
-                act.busy = false;
+            ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
+                let Some(group) = act.groups.get_mut(&key) else {
+                    return;
+                };
+                group.busy = false;
                 match result {
                     Ok(connection) => {
-                        act.connection = Some(connection);
-                        act.read_next(ctx);
+                        group.connection = Some(connection);
+                        act.read_next(key, ctx);
                     }
-                    Err(e) => act.retry_later(e, ctx),
+                    Err(e) => act.retry_later(key, e, ctx),
                 }
             }));
             return;
         };
-        let streams: Vec<(String, StreamId)> = self
+        let streams: Vec<(String, StreamId)> = group
             .subscriptions
             .iter()
             .filter_map(|(k, s)| Some((k.clone(), s.after?)))
@@ -103,11 +149,11 @@ impl RedisListener {
         // Only subscriptions still loading their room: idle until one is
         // ready (its Subscribe starts the read, as `reading` stays None).
         if streams.is_empty() {
-            self.busy = false;
-            self.connection = Some((conn, id));
+            group.busy = false;
+            group.connection = Some((conn, id, node));
             return;
         }
-        self.reading = Some(id);
+        group.reading = Some((id, node.clone()));
         let block = self.block;
         // A connection whose peer vanished without a reset never answers;
         // past this the read counts as failed and the connection is replaced.
@@ -124,77 +170,119 @@ impl RedisListener {
         ctx.spawn(
             read.into_actor(self)
                 .map(move |(conn, asked, result), act, ctx| {
-                    act.busy = false;
-                    act.reading = None;
+                    let Some(group) = act.groups.get_mut(&key) else {
+                        return;
+                    };
+                    group.busy = false;
+                    group.reading = None;
                     match result {
                         Ok(batches) => {
-                            if act.backoff.failures() > 0 {
-                                act.backoff.reset();
-                                act.resync_rooms();
+                            let recovered = group.backoff.failures() > 0;
+                            if recovered {
+                                group.backoff.reset();
                             }
-                            act.connection = Some((conn, id));
+                            group.connection = Some((conn, id, node));
+                            if recovered {
+                                act.resync_rooms(key);
+                            }
                             let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
-                            act.route(&asked, batches);
+                            act.route(key, &asked, batches);
                             // One entry is light traffic (an edit at a time):
                             // read again at once. Several: the streams are
                             // busy, so space the reads out.
                             let wait = act.read_interval.saturating_sub(started.elapsed());
                             if entries >= BUSY_READ_ENTRIES && !wait.is_zero() {
-                                act.busy = true;
-                                ctx.run_later(wait, |act, ctx| {
-                                    act.busy = false;
-                                    act.read_next(ctx);
+                                if let Some(group) = act.groups.get_mut(&key) {
+                                    group.busy = true;
+                                }
+                                ctx.run_later(wait, move |act, ctx| {
+                                    if let Some(group) = act.groups.get_mut(&key) {
+                                        group.busy = false;
+                                    }
+                                    act.read_next(key, ctx);
                                 });
                             } else {
-                                act.read_next(ctx);
+                                act.read_next(key, ctx);
                             }
                         }
-                        Err(e) => act.retry_later(e, ctx),
+                        Err(e) => act.retry_later(key, e, ctx),
                     }
                 }),
         );
     }
 
-    /// Drops the connection and tries again with backoff; logs once per outage.
-    fn retry_later(&mut self, error: RedisError, ctx: &mut Context<Self>) {
-        if self.backoff.failures() == 0 {
-            tracing::error!(error = %error, "redis listener cannot read; retrying with backoff");
-        }
-        self.connection = None;
-        self.busy = true;
-        ctx.run_later(self.backoff.next_delay(), |act, ctx| {
-            act.busy = false;
-            act.read_next(ctx);
+    /// Drops the connection and tries again with backoff; logs once per
+    /// outage. A slot moving between cluster nodes is no outage: read again
+    /// shortly from the node serving it.
+    fn retry_later(&mut self, key: GroupKey, error: RedisError, ctx: &mut Context<Self>) {
+        let Some(group) = self.groups.get_mut(&key) else {
+            return;
+        };
+        group.connection = None;
+        group.busy = true;
+        let delay = if is_redirect(&error) {
+            tracing::debug!(error = %error, bucket = ?key, "stream read redirected; reading again");
+            Duration::from_millis(50)
+        } else {
+            if group.backoff.failures() == 0 {
+                tracing::error!(error = %error, bucket = ?key, "redis listener cannot read; retrying with backoff");
+            }
+            group.backoff.next_delay()
+        };
+        ctx.run_later(delay, move |act, ctx| {
+            if let Some(group) = act.groups.get_mut(&key) {
+                group.busy = false;
+            }
+            act.read_next(key, ctx);
         });
     }
 
     /// After an outage the stream may have lost entries (Redis restarted
     /// empty) and sessions may have edits that never reached it: clients
     /// reconnect and run a full sync both ways, which restores both.
-    fn resync_rooms(&mut self) {
+    fn resync_rooms(&mut self, key: GroupKey) {
+        let Some(group) = self.groups.get(&key) else {
+            return;
+        };
         tracing::info!(
-            rooms = self.subscriptions.len(),
+            rooms = group.subscriptions.len(),
+            bucket = ?key,
             "redis listener reading again; asking clients to resync"
         );
-        self.broadcast(RoomEvent::CloseAll {
+        let event = RoomEvent::CloseAll {
             code: CLOSE_TRY_AGAIN_LATER,
             reason: "redis connection restored, resyncing",
-        });
-    }
-
-    fn broadcast(&self, event: RoomEvent) {
-        for sub in self.subscriptions.values() {
+        };
+        for sub in group.subscriptions.values() {
             for (_, room) in &sub.rooms {
                 room.do_send(event.clone());
             }
         }
     }
 
-    fn route(&mut self, asked: &[(String, StreamId)], batches: Vec<(String, Vec<StreamEntry>)>) {
+    fn broadcast(&self, event: RoomEvent) {
+        for group in self.groups.values() {
+            for sub in group.subscriptions.values() {
+                for (_, room) in &sub.rooms {
+                    room.do_send(event.clone());
+                }
+            }
+        }
+    }
+
+    fn route(
+        &mut self,
+        key: GroupKey,
+        asked: &[(String, StreamId)],
+        batches: Vec<(String, Vec<StreamEntry>)>,
+    ) {
+        let Some(group) = self.groups.get_mut(&key) else {
+            return;
+        };
         let asked: HashMap<&str, StreamId> =
             asked.iter().map(|(k, id)| (k.as_str(), *id)).collect();
         for (key, entries) in batches {
-            let Some(sub) = self.subscriptions.get_mut(&key) else {
+            let Some(sub) = group.subscriptions.get_mut(&key) else {
                 continue;
             };
             // A subscription rewound while this read ran: the next read
@@ -213,19 +301,22 @@ impl RedisListener {
         }
     }
 
-    /// Interrupts the running read so the next one sees new subscriptions.
-    fn interrupt_read(&mut self, ctx: &mut Context<Self>) {
-        match self.reading {
-            Some(client_id) => {
-                let store = self.store.clone();
+    /// Interrupts the group's running read so the next one sees new subscriptions.
+    fn interrupt_read(&mut self, key: GroupKey, ctx: &mut Context<Self>) {
+        let Some(group) = self.groups.get(&key) else {
+            return;
+        };
+        match &group.reading {
+            Some((client_id, node)) => {
+                let (store, client_id, node) = (self.store.clone(), *client_id, node.clone());
                 actix::spawn(async move {
-                    if let Err(e) = store.unblock_client(client_id).await {
+                    if let Err(e) = store.unblock_client(&node, client_id).await {
                         tracing::warn!(error = %e, "could not interrupt the blocked stream read");
                     }
                 });
             }
             // Idle: start reading; connecting or backing off: the next read includes it.
-            None => self.read_next(ctx),
+            None => self.read_next(key, ctx),
         }
     }
 }
@@ -238,7 +329,11 @@ impl Handler<Subscribe> for RedisListener {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        let key = self.group_of(&msg.key);
         let sub = self
+            .groups
+            .entry(key)
+            .or_insert_with(Group::new)
             .subscriptions
             .entry(msg.key)
             .or_insert_with(|| Subscription {
@@ -255,7 +350,7 @@ impl Handler<Subscribe> for RedisListener {
         let rewind = sub.after.is_none_or(|current| after < current);
         if rewind {
             sub.after = Some(after);
-            self.interrupt_read(ctx);
+            self.interrupt_read(key, ctx);
         }
     }
 }
@@ -264,11 +359,20 @@ impl Handler<Unsubscribe> for RedisListener {
     type Result = ();
 
     fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        if let Some(sub) = self.subscriptions.get_mut(&msg.key) {
+        let key = self.group_of(&msg.key);
+        let Some(group) = self.groups.get_mut(&key) else {
+            return;
+        };
+        if let Some(sub) = group.subscriptions.get_mut(&msg.key) {
             sub.rooms.retain(|(id, _)| *id != msg.room_id);
             if sub.rooms.is_empty() {
-                self.subscriptions.remove(&msg.key);
+                group.subscriptions.remove(&msg.key);
             }
+        }
+        // A bucket without streams closes its connection once no read runs
+        // (see `read_next`).
+        if group.subscriptions.is_empty() && !group.busy && key.is_some() {
+            self.groups.remove(&key);
         }
     }
 }
@@ -282,7 +386,12 @@ impl Handler<Broadcast> for RedisListener {
                 self.broadcast(RoomEvent::CloseAll { code, reason })
             }
             Broadcast::Recheck { key, user } => {
-                if let Some(sub) = self.subscriptions.get(&key) {
+                let group = self.group_of(&key);
+                let sub = self
+                    .groups
+                    .get(&group)
+                    .and_then(|g| g.subscriptions.get(&key));
+                if let Some(sub) = sub {
                     for (_, room) in &sub.rooms {
                         room.do_send(RoomEvent::Recheck { user: user.clone() });
                     }

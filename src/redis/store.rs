@@ -1,21 +1,28 @@
 //! Redis commands of the server and worker. The hot path (publishing a
 //! client's messages, reading a room for an initial sync) goes over one
-//! multiplexed, self-reconnecting connection per thread, pipelined; the
-//! worker and occasional commands use a deadpool pool; the blocking stream
-//! read gets its own connection (see [`RedisStore::dedicated_connection`]).
+//! multiplexed connection per thread, pipelined, replaced when it breaks;
+//! the worker and occasional commands use a deadpool pool; the blocking
+//! stream read gets its own connection (see [`RedisStore::reader_connection`]).
+//! Every connection is opened by [`Connector`] (standalone, TLS, Sentinel or
+//! Cluster); with Cluster the keys follow the bucket layout ([`Keys::clustered`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_redis::{Manager, Pool};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use deadpool::managed::{self, Metrics, Object, RecycleResult};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::StreamAutoClaimReply;
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 use thiserror::Error;
 
+use super::connect::{
+    is_connection_unusable, is_tls_rejection, ConnectError, Connection, Connector,
+};
 use super::{Keys, StreamId};
 
 #[derive(Debug, Error)]
@@ -24,6 +31,10 @@ pub enum RedisError {
     Command(#[from] redis::RedisError),
     #[error("redis pool: {0}")]
     Pool(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("TLS with redis failed ({0}); check REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE")]
+    Tls(redis::RedisError),
     #[error("redis did not answer a blocking read within {0:?}")]
     ReadTimeout(Duration),
     #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
@@ -41,9 +52,96 @@ impl RedisError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for RedisError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        RedisError::Pool(e.to_string())
+impl From<managed::PoolError<redis::RedisError>> for RedisError {
+    fn from(e: managed::PoolError<redis::RedisError>) -> Self {
+        match e {
+            managed::PoolError::Backend(e) => RedisError::Command(e),
+            other => RedisError::Pool(other.to_string()),
+        }
+    }
+}
+
+/// Opens the pool's connections through the [`Connector`], so they follow
+/// the deployment (a Sentinel failover included).
+struct PoolManager {
+    connector: Connector,
+    config: AsyncConnectionConfig,
+}
+
+impl managed::Manager for PoolManager {
+    type Type = Connection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<Connection, redis::RedisError> {
+        self.connector.connect(&self.config).await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut Connection,
+        _: &Metrics,
+    ) -> RecycleResult<redis::RedisError> {
+        redis::cmd("PING").query_async::<()>(conn).await?;
+        Ok(())
+    }
+}
+
+type Pool = managed::Pool<PoolManager>;
+
+/// A connection checked out of the pool. One that failed in a way that
+/// makes it unusable (broken, or talking to a demoted master) is dropped
+/// instead of going back to the pool.
+struct Pooled {
+    conn: Option<Object<PoolManager>>,
+    unusable: bool,
+}
+
+impl Pooled {
+    fn note(&mut self, result: &Result<impl Sized, redis::RedisError>) {
+        if let Err(e) = result {
+            self.unusable |= is_connection_unusable(e);
+        }
+    }
+
+    fn inner(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if self.unusable {
+            if let Some(conn) = self.conn.take() {
+                drop(Object::take(conn));
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Pooled {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.inner().req_packed_command(cmd).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.inner().req_packed_commands(cmd, offset, count).await;
+            self.note(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.as_ref().map_or(0, |c| c.get_db())
     }
 }
 
@@ -63,6 +161,22 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
   redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
 end
 return redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
+"#;
+
+/// [`ADD_MESSAGE_LUA`] for several messages of one room in one call, with
+/// the same effect as calling it once per message in order. Used on a
+/// cluster, where a redirected (`MOVED`/`ASK`) or refused (`TRYAGAIN`)
+/// script ran not at all, so following the redirect and sending it again
+/// can neither lose nor repeat a message, and the order holds.
+const ADD_MESSAGES_LUA: &str = r#"
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
+  redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
+end
+for i = 1, #ARGV do
+  redis.call("XADD", KEYS[1], "*", "m", ARGV[i])
+end
+return #ARGV
 "#;
 
 /// Deletes a room stream and its task only if the stream is (still) empty,
@@ -111,14 +225,20 @@ return 0
 pub struct Task {
     pub id: StreamId,
     pub stream_key: String,
+    /// The worker queue it was claimed from (in the stream's slot).
+    pub queue: String,
 }
+
+/// The node a blocking read connection talks to, with Cluster (to send it
+/// `CLIENT UNBLOCK`); None otherwise.
+pub type ReaderNode = Option<(String, u16)>;
 
 /// Stores ever created in this process, to key the per-thread connections.
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread's multiplexed connection of each store.
-    static THREAD_CONNECTIONS: RefCell<HashMap<u64, ConnectionManager>> = RefCell::new(HashMap::new());
+    static THREAD_CONNECTIONS: RefCell<HashMap<u64, Connection>> = RefCell::new(HashMap::new());
 }
 
 /// Messages one pipeline carries at most.
@@ -128,23 +248,30 @@ const PUBLISH_BATCH: usize = 64;
 pub struct RedisStore {
     id: u64,
     pool: Pool,
-    client: redis::Client,
+    connector: Connector,
     command_timeout: Duration,
     keys: Keys,
     add_message: Script,
+    add_messages: Script,
     delete_empty_room: Script,
     finish_compaction: Script,
     renew: Script,
     unlock: Script,
+    /// Where the next claim round starts among the worker queues (cluster).
+    claim_cursor: Arc<AtomicUsize>,
 }
 
 impl RedisStore {
-    /// Creates the pool (connections open lazily) for `url`.
-    pub fn new(url: &str, keys: Keys, command_timeout: Duration) -> Result<Self, RedisError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(command_timeout))
-            .set_response_timeout(Some(command_timeout));
-        let manager = Manager::new_with_config(url, config)?;
+    /// Creates the pool (connections open lazily) over `connector`.
+    pub fn new(
+        connector: Connector,
+        keys: Keys,
+        command_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let manager = PoolManager {
+            connector: connector.clone(),
+            config: command_config(command_timeout),
+        };
         let pool = Pool::builder(manager)
             .max_size(32)
             .build()
@@ -152,27 +279,38 @@ impl RedisStore {
         Ok(RedisStore {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             pool,
-            client: redis::Client::open(url)?,
+            connector,
             command_timeout,
             keys,
             add_message: Script::new(ADD_MESSAGE_LUA),
+            add_messages: Script::new(ADD_MESSAGES_LUA),
             delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
             finish_compaction: Script::new(FINISH_COMPACTION_LUA),
             renew: Script::new(RENEW_LUA),
             unlock: Script::new(UNLOCK_LUA),
+            claim_cursor: Arc::new(AtomicUsize::new(0)),
         })
     }
 
     /// The store a process runs with: the pool for `config`, and the worker
     /// queue created if Redis answers (not fatal otherwise: publishing and
-    /// claiming recreate it once Redis is back).
+    /// claiming recreate it once Redis is back). TLS refusing the server
+    /// (a wrong CA, say) is fatal: no retry can fix it.
     pub async fn for_config(config: &crate::config::Config) -> Result<Self, RedisError> {
-        let store = RedisStore::new(
-            &config.redis_url.0,
-            Keys::new(&config.redis_prefix),
-            config.redis_command_timeout,
-        )?;
+        let connector = Connector::new(&config.redis, config.redis_command_timeout)?;
+        tracing::info!(redis = %connector.describe(), "redis deployment");
+        let keys = if connector.is_cluster() {
+            Keys::clustered(&config.redis_prefix)
+        } else {
+            Keys::new(&config.redis_prefix)
+        };
+        let store = RedisStore::new(connector, keys, config.redis_command_timeout)?;
         if let Err(e) = store.ensure_worker_group().await {
+            if let RedisError::Command(e) = &e {
+                if is_tls_rejection(e) {
+                    return Err(RedisError::Tls(e.clone()));
+                }
+            }
             tracing::warn!(error = %e, "cannot create the worker queue yet; will retry");
         }
         Ok(store)
@@ -182,39 +320,76 @@ impl RedisStore {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, RedisError> {
-        Ok(self.pool.get().await?)
+    async fn conn(&self) -> Result<Pooled, RedisError> {
+        Ok(Pooled {
+            conn: Some(self.pool.get().await?),
+            unusable: false,
+        })
     }
 
     /// This thread's multiplexed connection: commands from every session of
     /// the thread share it and are pipelined, with no checkout per command.
-    async fn thread_connection(&self) -> Result<ConnectionManager, RedisError> {
+    async fn thread_connection(&self) -> Result<Connection, RedisError> {
         if let Some(conn) = THREAD_CONNECTIONS.with(|c| c.borrow().get(&self.id).cloned()) {
             return Ok(conn);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.command_timeout))
-            .set_response_timeout(Some(self.command_timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        let conn = self
+            .connector
+            .connect(&command_config(self.command_timeout))
+            .await?;
         THREAD_CONNECTIONS.with(|c| c.borrow_mut().insert(self.id, conn.clone()));
         Ok(conn)
     }
 
-    /// A connection outside the pool with no response timeout, for `XREAD BLOCK`.
-    pub async fn dedicated_connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    /// Forgets this thread's connection if `error` made it unusable; the
+    /// next command opens a new one (after a failover: to the new master).
+    fn check_thread_connection(&self, error: &redis::RedisError) {
+        if is_connection_unusable(error) {
+            THREAD_CONNECTIONS.with(|c| c.borrow_mut().remove(&self.id));
+        }
+    }
+
+    /// A connection outside the pool with no response timeout, for `XREAD
+    /// BLOCK` on the streams of `bucket` (None: all streams, standalone).
+    /// With Cluster it goes to the node serving the bucket's slot now.
+    pub async fn reader_connection(
+        &self,
+        bucket: Option<u16>,
+    ) -> Result<(MultiplexedConnection, ReaderNode), RedisError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(None);
-        Ok(self
-            .client
+        let Some(bucket) = bucket else {
+            return Ok((self.connector.connect_single(&config).await?, None));
+        };
+        let (host, port) = self.slot_owner(bucket_slot(bucket)).await?;
+        let conn = self
+            .connector
+            .node_client(&host, port)?
             .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+            .await?;
+        Ok((conn, Some((host, port))))
+    }
+
+    /// The master serving `slot`, as the cluster says now (`CLUSTER SLOTS`).
+    async fn slot_owner(&self, slot: u16) -> Result<(String, u16), RedisError> {
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await?;
+        parse_slot_owner(reply, slot).ok_or_else(|| {
+            malformed(
+                "CLUSTER SLOTS",
+                "-",
+                format!("no master serves slot {slot}"),
+            )
+        })
     }
 
     /// A fresh pub/sub connection.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, RedisError> {
-        Ok(self.client.get_async_pubsub().await?)
+        Ok(self.connector.pubsub().await?)
     }
 
     /// Publishes on a channel; answers how many subscribers got it.
@@ -227,14 +402,21 @@ impl RedisStore {
             .await?)
     }
 
-    /// Creates the worker queue and its consumer group if missing.
+    /// Creates the worker queues and their consumer groups if missing.
     pub async fn ensure_worker_group(&self) -> Result<(), RedisError> {
+        for queue in self.keys.worker_streams() {
+            self.ensure_queue(&queue).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates one worker queue and its consumer group if missing.
+    async fn ensure_queue(&self, stream: &str) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        let stream = self.keys.worker_stream();
         let created: Result<Value, redis::RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&stream)
-            .arg(&stream)
+            .arg(stream)
+            .arg(stream)
             .arg("0")
             .arg("MKSTREAM")
             .query_async(&mut conn)
@@ -261,7 +443,12 @@ impl RedisStore {
     ) -> Result<(), RedisError> {
         let _timer = CommandTimer::start();
         let mut conn = self.thread_connection().await?;
-        let worker = self.keys.worker_stream();
+        let worker = self.keys.worker_stream_of(stream_key);
+        if let Connection::Cluster(_) = conn {
+            return self
+                .add_messages_in_scripts(&mut conn, stream_key, &worker, messages)
+                .await;
+        }
         let mut done = 0;
         let mut repairs = 0;
         while done < messages.len() {
@@ -276,7 +463,13 @@ impl RedisStore {
                     .arg(&worker)
                     .arg(message.as_ref());
             }
-            let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+            let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
+                Ok(replies) => replies,
+                Err(e) => {
+                    self.check_thread_connection(&e);
+                    return Err(e.into());
+                }
+            };
             // Failures come as a suffix (a missing script or queue fails every
             // later call too): repair, then send the rest again, keeping the order.
             let failure = replies.into_iter().find_map(|reply| match reply {
@@ -288,17 +481,56 @@ impl RedisStore {
             });
             let Some(failure) = failure else { continue };
             repairs += 1;
-            let error = RedisError::Command(failure.clone().into());
+            let failure: redis::RedisError = failure.into();
+            self.check_thread_connection(&failure);
+            let error = RedisError::Command(failure.clone());
             if repairs > 2 {
                 return Err(error);
             }
-            match failure.code() {
+            match failure.code().unwrap_or_default() {
                 "NOSCRIPT" => {
                     self.add_message.load_async(&mut conn).await?;
                 }
                 // Redis lost the worker group (restarted empty).
-                "NOGROUP" => self.ensure_worker_group().await?,
+                "NOGROUP" => self.ensure_queue(&worker).await?,
                 _ => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::add_messages`] on a cluster: up to [`PUBLISH_BATCH`]
+    /// messages per call of [`ADD_MESSAGES_LUA`], one call at a time, so
+    /// that the cluster connection can follow a `MOVED` or `ASK` (or wait
+    /// out a `TRYAGAIN`) for each. A pipeline would not do: redirected
+    /// mid-way, it would be sent again whole and store messages twice.
+    async fn add_messages_in_scripts(
+        &self,
+        conn: &mut Connection,
+        stream_key: &str,
+        worker: &str,
+        messages: &[Bytes],
+    ) -> Result<(), RedisError> {
+        for batch in messages.chunks(PUBLISH_BATCH) {
+            let mut repaired = false;
+            loop {
+                let mut call = self.add_messages.key(stream_key);
+                call.key(worker);
+                for message in batch {
+                    call.arg(message.as_ref());
+                }
+                let added = call.invoke_async::<Value>(conn).await;
+                match added {
+                    Ok(_) => break,
+                    Err(e) if !repaired && e.code() == Some("NOGROUP") => {
+                        repaired = true;
+                        self.ensure_queue(worker).await?;
+                    }
+                    Err(e) => {
+                        self.check_thread_connection(&e);
+                        return Err(e.into());
+                    }
+                }
             }
         }
         Ok(())
@@ -313,18 +545,35 @@ impl RedisStore {
             .arg("-")
             .arg("+")
             .query_async(&mut conn)
-            .await?;
+            .await
+            .inspect_err(|e| self.check_thread_connection(e))?;
         parse_entries(stream_key, reply)
     }
 
-    /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed out).
-    pub async fn unblock_client(&self, client_id: i64) -> Result<(), RedisError> {
+    /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed
+    /// out); with Cluster, on the node it reads from.
+    pub async fn unblock_client(
+        &self,
+        node: &ReaderNode,
+        client_id: i64,
+    ) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async::<Value>(&mut conn)
-            .await?;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(client_id);
+        match (node, conn.inner()) {
+            (Some((host, port)), Connection::Cluster(cluster)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let result = cluster.route_command(cmd, routing).await;
+                conn.note(&result);
+                result?;
+            }
+            _ => {
+                cmd.query_async::<Value>(&mut conn).await?;
+            }
+        }
         Ok(())
     }
 }
@@ -332,17 +581,47 @@ impl RedisStore {
 impl RedisStore {
     /// Claims up to `count` tasks that waited at least `min_idle` (`XAUTOCLAIM`),
     /// recreating the queue if Redis lost it.
+    /// With Cluster, the bucket queues are visited in turn from a rotating
+    /// start until `count` tasks are found, so every bucket's tasks get claimed.
     pub async fn claim_tasks(
         &self,
         consumer: &str,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Task>, RedisError> {
-        match self.try_claim_tasks(consumer, min_idle, count).await {
+        let queues = self.keys.worker_streams();
+        let start = self.claim_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut tasks = Vec::new();
+        for i in 0..queues.len() {
+            let queue = &queues[(start + i) % queues.len()];
+            let wanted = count - tasks.len();
+            tasks.extend(self.claim_from(queue, consumer, min_idle, wanted).await?);
+            if tasks.len() >= count {
+                break;
+            }
+        }
+        Ok(tasks)
+    }
+
+    async fn claim_from(
+        &self,
+        queue: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<Task>, RedisError> {
+        match self.try_claim_tasks(queue, consumer, min_idle, count).await {
+            // A bucket queue that is gone holds no task: the next publish to
+            // one of its rooms recreates it. Claiming would bring back all 32
+            // queues of a cluster after every flush of the prefix.
+            Err(e) if e.is_missing_group() && self.keys.is_clustered() => Ok(Vec::new()),
             Err(e) if e.is_missing_group() => {
-                tracing::warn!("worker queue was missing (Redis restarted empty?); recreated it");
-                self.ensure_worker_group().await?;
-                self.try_claim_tasks(consumer, min_idle, count).await
+                tracing::warn!(
+                    queue,
+                    "worker queue was missing (Redis restarted empty?); recreated it"
+                );
+                self.ensure_queue(queue).await?;
+                self.try_claim_tasks(queue, consumer, min_idle, count).await
             }
             other => other,
         }
@@ -350,15 +629,15 @@ impl RedisStore {
 
     async fn try_claim_tasks(
         &self,
+        queue: &str,
         consumer: &str,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Task>, RedisError> {
         let mut conn = self.conn().await?;
-        let queue = self.keys.worker_stream();
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&queue)
-            .arg(&queue)
+            .arg(queue)
+            .arg(queue)
             .arg(consumer)
             .arg(min_idle.as_millis() as u64)
             .arg("0")
@@ -372,12 +651,13 @@ impl RedisStore {
                 (Ok(id), Some(Value::BulkString(key))) => tasks.push(Task {
                     id,
                     stream_key: String::from_utf8_lossy(key).into_owned(),
+                    queue: queue.to_owned(),
                 }),
                 // Not a task of ours: drop it rather than claim it forever.
                 _ => {
                     tracing::warn!(id = %raw.id, "dropping worker queue entry without a compact field");
                     redis::cmd("XDEL")
-                        .arg(&queue)
+                        .arg(queue)
                         .arg(&raw.id)
                         .query_async::<()>(&mut conn)
                         .await?;
@@ -393,7 +673,7 @@ impl RedisStore {
         let deleted: i64 = self
             .delete_empty_room
             .key(&task.stream_key)
-            .key(self.keys.worker_stream())
+            .key(&task.queue)
             .arg(task.id.to_string())
             .invoke_async(&mut conn)
             .await?;
@@ -413,7 +693,7 @@ impl RedisStore {
         let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
         self.finish_compaction
             .key(&task.stream_key)
-            .key(self.keys.worker_stream())
+            .key(&task.queue)
             .arg(task.id.to_string())
             .arg(min_id)
             .invoke_async::<()>(&mut conn)
@@ -426,7 +706,7 @@ impl RedisStore {
     pub async fn drop_task(&self, task: &Task) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let removed: i64 = redis::cmd("XDEL")
-            .arg(self.keys.worker_stream())
+            .arg(&task.queue)
             .arg(task.id.to_string())
             .query_async(&mut conn)
             .await?;
@@ -482,6 +762,13 @@ impl RedisStore {
     }
 }
 
+/// Timeouts of a connection for ordinary (non-blocking) commands.
+fn command_config(timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+}
+
 /// Records a command's latency when dropped.
 struct CommandTimer(std::time::Instant);
 
@@ -495,6 +782,44 @@ impl Drop for CommandTimer {
     fn drop(&mut self) {
         crate::metrics::REDIS_COMMAND_SECONDS.observe(self.0.elapsed());
     }
+}
+
+/// The cluster slot of a bucket's hash tag `{bN}` (CRC16 of `bN`, as Redis
+/// Cluster computes key slots).
+fn bucket_slot(bucket: u16) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(format!("b{bucket}").as_bytes()) % 16384
+}
+
+/// The master address serving `slot` in a `CLUSTER SLOTS` reply
+/// (`[[start, end, [host, port, id, …], replicas…], …]`).
+fn parse_slot_owner(reply: Value, slot: u16) -> Option<(String, u16)> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    ranges.into_iter().find_map(|range| {
+        let Value::Array(parts) = range else {
+            return None;
+        };
+        let mut parts = parts.into_iter();
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        if !(start..=end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let mut master = master.into_iter();
+        let host = match master.next()? {
+            Value::BulkString(host) => String::from_utf8(host).ok()?,
+            Value::SimpleString(host) => host,
+            _ => return None,
+        };
+        let Value::Int(port) = master.next()? else {
+            return None;
+        };
+        Some((host, u16::try_from(port).ok()?))
+    })
 }
 
 /// `CLIENT ID` of a connection, so another connection can unblock it.

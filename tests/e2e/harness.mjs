@@ -4,6 +4,10 @@
 //   Y_REDIS_BIN       path of the server binary
 //                     (default: ${CARGO_TARGET_DIR:-<repo>/target}/debug/y-redis)
 //   REDIS             redis URL (default redis://127.0.0.1:6379)
+//   E2E_REDIS_MODE    standalone (default: the Redis of REDIS) | tls | sentinel | cluster:
+//                     each test file starts that deployment itself
+//                     (redis-topology.mjs) and every server, worker and the
+//                     test's own client use it
 //   E2E_KEEP_KEYS=1   do not delete the test's Redis keys at the end (debugging)
 //   E2E_LOG=...       the servers' LOG filter (default info)
 //
@@ -23,6 +27,7 @@ import { WebsocketProvider } from 'y-websocket'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import { createClient, RESP_TYPES } from 'redis'
+import { MODES, startTopology } from './redis-topology.mjs'
 
 export { Y, WebSocket, WebsocketProvider, sleep }
 
@@ -30,6 +35,26 @@ const here = path.dirname(fileURLToPath(import.meta.url))
 export const REPO_ROOT = path.resolve(here, '..', '..')
 export const LOG_DIR = path.join(here, '.logs')
 export const REDIS_URL = process.env.REDIS || 'redis://127.0.0.1:6379'
+export const REDIS_MODE = process.env.E2E_REDIS_MODE || 'standalone'
+if (!MODES.includes(REDIS_MODE)) throw new Error(`E2E_REDIS_MODE: expected one of ${MODES.join(', ')}, got ${JSON.stringify(REDIS_MODE)}`)
+
+/** @type {Promise<any> | null} */
+let topology = null
+/** The deployment of E2E_REDIS_MODE, started once per test file (process); null for standalone. */
+export async function redisTopology () {
+  if (REDIS_MODE === 'standalone') return null
+  if (!topology) {
+    topology = startTopology(REDIS_MODE, { tag: `mode-${REDIS_MODE}` })
+    topology.then((t) => console.log(`# E2E_REDIS_MODE=${REDIS_MODE}: ${t.describe()}`), () => {})
+  }
+  return topology
+}
+
+/** Settings naming the Redis of this run, for y-redis processes. */
+export async function redisEnv () {
+  const t = await redisTopology()
+  return t ? { ...t.env } : { REDIS: REDIS_URL }
+}
 
 // many providers each add a process 'exit' listener
 process.setMaxListeners(200)
@@ -64,6 +89,29 @@ export const randomHex = (n = 6) => crypto.randomBytes(n).toString('hex')
 /** Redis key of a room stream, exactly as @y/redis computes it. */
 export const roomStreamKey = (prefix, room, docid = 'index') =>
   `${prefix}:room:${encodeURIComponent(room)}:${encodeURIComponent(docid)}`
+
+/** Buckets of the Redis Cluster layout (crates/protocol/src/names.rs). */
+export const CLUSTER_BUCKETS = 32
+
+/** A room's bucket in the cluster layout: FNV-1a 32 of `enc(room):enc(docid)` mod 32. */
+export function roomBucket (room, docid = 'index') {
+  let h = 0x811c9dc5
+  for (const b of Buffer.from(`${encodeURIComponent(room)}:${encodeURIComponent(docid)}`)) {
+    h ^= b
+    h = Math.imul(h, 0x01000193) >>> 0
+  }
+  return h % CLUSTER_BUCKETS
+}
+
+/** Redis key of a room stream in the cluster layout (ARCHITECTURE.md, "Redis Cluster layout"). */
+export const clusterRoomStreamKey = (prefix, room, docid = 'index') =>
+  `${prefix}:{b${roomBucket(room, docid)}}:room:${encodeURIComponent(room)}:${encodeURIComponent(docid)}`
+
+/** The worker queue holding the task of a room stream: PREFIX:worker, or its bucket's queue. */
+export function workerQueueOf (prefix, streamKey) {
+  const m = /^[^:]*:(\{b\d+\}):room:/.exec(streamKey)
+  return m ? `${prefix}:${m[1]}:worker` : `${prefix}:worker`
+}
 
 export async function freePort () {
   return new Promise((resolve, reject) => {
@@ -190,15 +238,18 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
   fs.mkdirSync(workDir, { recursive: true })
   const logPath = path.join(LOG_DIR, `${tag}-${prefix}-${name}-${++procCounter}-${port}.log`)
   const fd = fs.openSync(logPath, 'a')
-  fs.writeSync(fd, `# ${bin} ${subcommand}  PORT=${port} REDIS=${REDIS_URL} REDIS_PREFIX=${prefix}\n`)
+  // a test naming its own Redis (a private one) gets none of the mode's settings
+  const redisSettings = env.REDIS ? { REDIS: env.REDIS } : await redisEnv()
+  const shownRedis = redisSettings.REDIS.replace(/\/\/[^@/]*@/, '//<credentials>@')
+  fs.writeSync(fd, `# ${bin} ${subcommand}  PORT=${port} REDIS=${shownRedis} E2E_REDIS_MODE=${REDIS_MODE} REDIS_PREFIX=${prefix}\n`)
   const childEnv = { ...process.env }
   // keep the developer's storage/auth settings out of the test servers
   for (const k of Object.keys(childEnv)) {
-    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|STORAGE_DIR|HOST$|WS_|WORKER_|MAX_|AWARENESS_|TRUSTED_PROXIES)/.test(k)) delete childEnv[k]
+    if (/^(S3_|POSTGRES|AUTH_|YDOC_UPDATE_CALLBACK|REDIS_TASK_DEBOUNCE|REDIS_MIN_MESSAGE_LIFETIME|REDIS_TLS_|REDIS_SENTINEL|STORAGE_DIR|HOST$|WS_|WORKER_|MAX_|AWARENESS_|TRUSTED_PROXIES)/.test(k)) delete childEnv[k]
   }
   Object.assign(childEnv, {
     PORT: String(port),
-    REDIS: REDIS_URL,
+    ...redisSettings,
     REDIS_PREFIX: prefix,
     LOG: process.env.E2E_LOG || 'info',
     RUST_BACKTRACE: '1',
@@ -382,6 +433,8 @@ export class RawSocket {
 const BUF = { typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } }
 
 export async function connectRedis () {
+  const t = await redisTopology()
+  if (t) return t.client()
   const client = createClient({ url: REDIS_URL })
   client.on('error', () => {})
   try {
@@ -393,7 +446,10 @@ export async function connectRedis () {
 }
 
 /** Run a command and get binary-safe replies (bulk strings as Buffers). */
-export const redisRaw = (client, args) => client.sendCommand(args, BUF)
+export const redisRaw = (client, args) => client.masters
+  // a node-redis cluster client routes by the first key (args[1] in the commands used here)
+  ? client.sendCommand(args[1], false, args, BUF)
+  : client.sendCommand(args, BUF)
 
 /**
  * XRANGE key - + with raw bytes.
@@ -404,17 +460,23 @@ export async function xrangeRaw (client, key) {
   return (r || []).map(([id, fields]) => ({ id: id.toString('utf8'), fields }))
 }
 
+/** SCAN for `pattern`; on a node-redis cluster client, over every master. */
 export async function scanKeys (client, pattern) {
   const keys = []
-  for await (const batch of client.scanIterator({ MATCH: pattern, COUNT: 500 })) {
-    keys.push(...(Array.isArray(batch) ? batch : [batch]))
+  const nodes = client.masters ? await Promise.all(client.masters.map((m) => client.nodeClient(m))) : [client]
+  for (const node of nodes) {
+    for await (const batch of node.scanIterator({ MATCH: pattern, COUNT: 500 })) {
+      keys.push(...(Array.isArray(batch) ? batch : [batch]))
+    }
   }
   return keys
 }
 
 export async function deletePrefix (client, prefix) {
   const keys = await scanKeys(client, `${prefix}*`)
-  for (let i = 0; i < keys.length; i += 100) await client.del(keys.slice(i, i + 100))
+  // a cluster refuses a DEL across slots
+  const step = client.masters ? 1 : 100
+  for (let i = 0; i < keys.length; i += step) await client.del(keys.slice(i, i + step))
   return keys.length
 }
 
@@ -533,7 +595,13 @@ export class Harness {
     return r
   }
 
-  roomKey (room) { return roomStreamKey(this.prefix, room) }
+  /** the room's stream key in the layout of this run (cluster or not) */
+  roomKey (room) {
+    return REDIS_MODE === 'cluster' ? clusterRoomStreamKey(this.prefix, room) : roomStreamKey(this.prefix, room)
+  }
+
+  /** the worker queue holding the task of `streamKey` */
+  workerKeyOf (streamKey) { return workerQueueOf(this.prefix, streamKey) }
 
   logInfo () {
     return this.procs.map((s) => s.describe()).join('\n')

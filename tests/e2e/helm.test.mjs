@@ -278,6 +278,38 @@ test('filesystem storage on a PersistentVolumeClaim: one worker, mounted by work
   assert.equal(all(objects, 'Job').length, 0, 'no migration without Postgres')
 })
 
+test('Redis deployments: TLS files from a Secret, Sentinel and Cluster settings, the Sentinel password a secret', { skip }, () => {
+  const objects = render({
+    ...postgres(),
+    secrets: { ...postgres().secrets, REDIS: 'rediss://yredis:redis-password@r1:6380,rediss://yredis:redis-password@r2:6380', REDIS_SENTINEL_PASSWORD: 'sentinel-password' },
+    config: { ...postgres().config, REDIS_CLUSTER: 'true', REDIS_SENTINELS: 's1:26379,s2:26379', REDIS_SENTINEL_MASTER: 'mymaster' },
+    redisTls: { secretName: 'redis-certs', certKey: 'tls.crt', keyKey: 'tls.key' }
+  })
+  const cm = find(objects, 'ConfigMap', 'rel-y-redis-config').data
+  assert.equal(cm.REDIS_CLUSTER, 'true')
+  assert.equal(cm.REDIS_SENTINELS, 's1:26379,s2:26379')
+  assert.equal(cm.REDIS_SENTINEL_MASTER, 'mymaster')
+  assert.ok(!('REDIS_SENTINEL_PASSWORD' in cm), 'the Sentinel password is not in the ConfigMap')
+  assert.equal(find(objects, 'Secret', 'rel-y-redis-secrets').stringData.REDIS_SENTINEL_PASSWORD, 'sentinel-password')
+  for (const name of ['rel-y-redis-server', 'rel-y-redis-worker']) {
+    const spec = find(objects, 'Deployment', name).spec.template.spec
+    const c = spec.containers[0]
+    assert.equal(envOf(c).REDIS_TLS_CA_FILE.value, '/etc/y-redis/redis-tls/ca.crt')
+    assert.equal(envOf(c).REDIS_TLS_CERT_FILE.value, '/etc/y-redis/redis-tls/tls.crt')
+    assert.equal(envOf(c).REDIS_TLS_KEY_FILE.value, '/etc/y-redis/redis-tls/tls.key')
+    assert.deepEqual(c.volumeMounts, [{ name: 'redis-tls', mountPath: '/etc/y-redis/redis-tls', readOnly: true }])
+    assert.deepEqual(spec.volumes, [{ name: 'redis-tls', secret: { secretName: 'redis-certs' } }])
+  }
+  // a CA only; no Secret: no files, no variables
+  const caOnly = render({ ...postgres(), redisTls: { secretName: 'redis-ca' } })
+  const c = find(caOnly, 'Deployment', 'rel-y-redis-server').spec.template.spec.containers[0]
+  assert.ok(envOf(c).REDIS_TLS_CA_FILE && !envOf(c).REDIS_TLS_CERT_FILE && !envOf(c).REDIS_TLS_KEY_FILE)
+  const plain = find(render(postgres()), 'Deployment', 'rel-y-redis-worker').spec.template.spec
+  assert.ok(!plain.volumes && !envOf(plain.containers[0]).REDIS_TLS_CA_FILE)
+  assert.match(renderFails({ ...postgres(), redisTls: { secretName: 'x', certKey: 'tls.crt' } }), /redisTls\.certKey and redisTls\.keyKey/)
+  assert.match(renderFails({ ...postgres(), config: { ...postgres().config, REDIS_SENTINEL_PASSWORD: 'pw' } }), /config\.REDIS_SENTINEL_PASSWORD: set it under secrets/)
+})
+
 test('values that cannot run are refused with a message naming the fix', { skip }, () => {
   const pub = { AUTH_PUBLIC_KEY: keys.AUTH_PUBLIC_KEY }
   const cb = { AUTH_PERM_CALLBACK: 'http://auth/perm' }

@@ -14,9 +14,9 @@ import { BACKENDS, useBackend, decodeStored, svString } from './storage.mjs'
 
 const same = (a, b) => a.text === b.text && canonicalJSON(a.map) === canonicalJSON(b.map)
 
-/** Tasks in PREFIX:worker naming `streamKey` (field compact). */
+/** Tasks in PREFIX:worker (cluster layout: its bucket's queue) naming `streamKey` (field compact). */
 async function tasksFor (h, streamKey) {
-  const entries = await xrangeRaw(h.redis, `${h.prefix}:worker`)
+  const entries = await xrangeRaw(h.redis, h.workerKeyOf(streamKey))
   return entries.filter((e) => {
     for (let i = 0; i + 1 < e.fields.length; i += 2) {
       if (e.fields[i].toString() === 'compact' && e.fields[i + 1].toString() === streamKey) return true

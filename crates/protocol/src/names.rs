@@ -144,16 +144,33 @@ fn has_dot_segment(bytes: &[u8]) -> bool {
         .any(|segment| segment == b"." || segment == b"..")
 }
 
-/// The key names of one deployment (one `REDIS_PREFIX`).
+/// Buckets of the Redis Cluster layout: every room belongs to one, and a
+/// bucket's rooms and its worker queue share one hash tag, so one slot
+/// (ARCHITECTURE.md, "Redis Cluster layout"). Fixed: changing it moves rooms.
+pub const CLUSTER_BUCKETS: u16 = 32;
+
+/// The key names of one deployment (one `REDIS_PREFIX`): the @y/redis
+/// layout, or the Redis Cluster layout with its buckets.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    cluster: bool,
 }
 
 impl Keys {
+    /// The standalone layout, byte-compatible with @y/redis.
     pub fn new(prefix: impl Into<String>) -> Self {
         Keys {
             prefix: prefix.into(),
+            cluster: false,
+        }
+    }
+
+    /// The Redis Cluster layout: `PREFIX:{bN}:room:…` and `PREFIX:{bN}:worker`.
+    pub fn clustered(prefix: impl Into<String>) -> Self {
+        Keys {
+            prefix: prefix.into(),
+            cluster: true,
         }
     }
 
@@ -161,18 +178,39 @@ impl Keys {
         &self.prefix
     }
 
+    pub fn is_clustered(&self) -> bool {
+        self.cluster
+    }
+
     pub fn room_stream(&self, room: &str, docid: &str) -> String {
-        format!(
-            "{}:room:{}:{}",
-            self.prefix,
-            encode_uri_component(room),
-            encode_uri_component(docid)
-        )
+        let (room, docid) = (encode_uri_component(room), encode_uri_component(docid));
+        if self.cluster {
+            let bucket = room_bucket(&room, &docid);
+            format!("{}:{{b{bucket}}}:room:{room}:{docid}", self.prefix)
+        } else {
+            format!("{}:room:{room}:{docid}", self.prefix)
+        }
+    }
+
+    /// The bucket of a room stream key in the cluster layout (its hash tag);
+    /// None in the standalone layout or for other keys.
+    pub fn bucket_of(&self, key: &str) -> Option<u16> {
+        if !self.cluster {
+            return None;
+        }
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":{b")?;
+        let (bucket, _) = rest.split_once('}')?;
+        bucket.parse().ok().filter(|b| *b < CLUSTER_BUCKETS)
     }
 
     /// Recovers (room, docid) from a room stream key.
     pub fn parse_room_stream(&self, key: &str) -> Option<(String, String)> {
-        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":room:")?;
+        let mut rest = key.strip_prefix(&self.prefix)?;
+        if self.cluster {
+            let bucket = self.bucket_of(key)?;
+            rest = rest.strip_prefix(&format!(":{{b{bucket}}}"))?;
+        }
+        let rest = rest.strip_prefix(":room:")?;
         let (room, docid) = rest.split_once(':')?;
         if docid.contains(':') {
             return None;
@@ -190,10 +228,42 @@ impl Keys {
         format!("{}:recheck", self.prefix)
     }
 
-    /// The worker queue stream; its consumer group has the same name.
-    pub fn worker_stream(&self) -> String {
-        format!("{}:worker", self.prefix)
+    /// The worker queue of the room of `stream_key` (its consumer group
+    /// has the same name): the one queue, or in the cluster layout its
+    /// bucket's queue, in the stream's slot.
+    pub fn worker_stream_of(&self, stream_key: &str) -> String {
+        match self.bucket_of(stream_key) {
+            Some(bucket) => self.bucket_worker_stream(bucket),
+            None => format!("{}:worker", self.prefix),
+        }
     }
+
+    /// Every worker queue: one, or one per bucket.
+    pub fn worker_streams(&self) -> Vec<String> {
+        if self.cluster {
+            (0..CLUSTER_BUCKETS)
+                .map(|b| self.bucket_worker_stream(b))
+                .collect()
+        } else {
+            vec![format!("{}:worker", self.prefix)]
+        }
+    }
+
+    /// The worker queue of a bucket (cluster layout).
+    pub fn bucket_worker_stream(&self, bucket: u16) -> String {
+        format!("{}:{{b{bucket}}}:worker", self.prefix)
+    }
+}
+
+/// The bucket of a room in the cluster layout: FNV-1a (32 bit) of
+/// `enc(room):enc(docid)`, modulo [`CLUSTER_BUCKETS`].
+fn room_bucket(room: &str, docid: &str) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in room.bytes().chain([b':']).chain(docid.bytes()) {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(CLUSTER_BUCKETS)) as u16
 }
 
 #[cfg(test)]
@@ -220,7 +290,46 @@ mod tests {
         );
         assert_eq!(keys.parse_room_stream("other:room:a:index"), None);
         assert_eq!(keys.parse_room_stream("y:room:%E0%A4%A:index"), None);
-        assert_eq!(keys.worker_stream(), "y:worker");
+        assert_eq!(keys.worker_stream_of(&key), "y:worker");
+        assert_eq!(keys.worker_streams(), vec!["y:worker".to_owned()]);
+        assert_eq!(keys.bucket_of(&key), None);
+    }
+
+    #[test]
+    fn cluster_keys_share_a_hash_tag_per_bucket() {
+        let keys = Keys::clustered("y");
+        let key = keys.room_stream("my room:1/ü", "index");
+        // FNV-1a of "my%20room%3A1%2F%C3%BC:index" is 0xd35f6215; mod 32 = 21
+        assert_eq!(key, "y:{b21}:room:my%20room%3A1%2F%C3%BC:index");
+        assert_eq!(keys.bucket_of(&key), Some(21));
+        assert_eq!(keys.worker_stream_of(&key), "y:{b21}:worker");
+        assert_eq!(
+            keys.room_lock(&key),
+            "y:lock:y:{b21}:room:my%20room%3A1%2F%C3%BC:index"
+        );
+        assert_eq!(
+            keys.parse_room_stream(&key),
+            Some(("my room:1/ü".into(), "index".into()))
+        );
+        // room names cannot open a hash tag: encodeURIComponent escapes braces
+        assert_eq!(
+            keys.room_stream("{x}", "index"),
+            format!(
+                "y:{{b{}}}:room:%7Bx%7D:index",
+                room_bucket("%7Bx%7D", "index")
+            )
+        );
+        assert_eq!(keys.parse_room_stream("y:room:a:index"), None);
+        assert_eq!(keys.bucket_of("y:{b32}:room:a:index"), None);
+        let queues = keys.worker_streams();
+        assert_eq!(queues.len(), CLUSTER_BUCKETS as usize);
+        assert_eq!(queues[3], "y:{b3}:worker");
+        // rooms spread over the buckets
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..400 {
+            seen.insert(keys.bucket_of(&keys.room_stream(&format!("room-{i}"), "index")));
+        }
+        assert_eq!(seen.len(), CLUSTER_BUCKETS as usize);
     }
 
     #[test]

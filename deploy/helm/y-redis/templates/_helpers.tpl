@@ -92,7 +92,7 @@ release (rendered from configmap.yaml, which every release has).
 */}}
 {{- define "y-redis.validate" -}}
 {{- $storage := include "y-redis.storage" . }}
-{{- range $key := list "REDIS" "POSTGRES" "S3_ACCESS_KEY" "S3_SECRET_KEY" "ADMIN_SECRET" "AUTH_PUBLIC_KEY" "AUTH_PRIVATE_KEY" }}
+{{- range $key := list "REDIS" "REDIS_SENTINEL_PASSWORD" "POSTGRES" "S3_ACCESS_KEY" "S3_SECRET_KEY" "ADMIN_SECRET" "AUTH_PUBLIC_KEY" "AUTH_PRIVATE_KEY" }}
 {{- if index $.Values.config $key }}
 {{- fail (printf "config.%s: set it under secrets (or in existingSecret); config is a ConfigMap and %s may hold a password or key" $key $key) }}
 {{- end }}
@@ -160,4 +160,26 @@ topologySpreadConstraints:
 
 {{- define "y-redis.claimName" -}}
 {{- default (printf "%s-data" (include "y-redis.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/*
+Environment naming the Redis TLS files mounted from redisTls.secretName.
+*/}}
+{{- define "y-redis.redisTlsEnv" -}}
+{{- with .Values.redisTls }}
+{{- if .secretName }}
+{{- if .caKey }}
+- name: REDIS_TLS_CA_FILE
+  value: {{ printf "%s/%s" .mountPath .caKey | quote }}
+{{- end }}
+{{- if and .certKey .keyKey }}
+- name: REDIS_TLS_CERT_FILE
+  value: {{ printf "%s/%s" .mountPath .certKey | quote }}
+- name: REDIS_TLS_KEY_FILE
+  value: {{ printf "%s/%s" .mountPath .keyKey | quote }}
+{{- else if or .certKey .keyKey }}
+{{- fail "redisTls.certKey and redisTls.keyKey: set both (a client certificate and its key) or neither" }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
