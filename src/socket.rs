@@ -344,7 +344,7 @@ pub fn binary_frame(payload: &[u8]) -> Bytes {
 
 /// Ends a stopped session's connection politely: writes what is still
 /// queued (its close frame last), sends FIN, and discards what the client
-/// still sends until it closes too, all within [`CLOSE_GRACE`]. Dropping a
+/// still sends until it closes too, all within `CLOSE_GRACE` (2 s). Dropping a
 /// socket with unread bytes makes the kernel send a reset, which can
 /// destroy the close frame before the client reads it.
 pub async fn linger(outlet: Rc<Outlet>) {

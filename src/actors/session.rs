@@ -1,5 +1,5 @@
 //! `WsSession`: one per websocket connection (ARCHITECTURE.md, "The path
-//! of a frame"). A frame enters in [`WsSession::handle_frame`]: it is
+//! of a frame"). A frame enters in `WsSession::handle_frame`: it is
 //! rate-limited, dropped unread if it is an update from a read-only user,
 //! parsed, and checked against what the room holds; what passes goes to
 //! Redis through the session's outbox, in order, without ever pausing

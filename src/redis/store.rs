@@ -435,7 +435,7 @@ impl RedisStore {
     }
 
     /// Appends validated messages to a room stream, in order, in one
-    /// pipeline of script calls (see [`ADD_MESSAGE_LUA`]).
+    /// pipeline of script calls (see `ADD_MESSAGE_LUA`).
     pub async fn add_messages(
         &self,
         stream_key: &str,
@@ -682,7 +682,7 @@ impl RedisStore {
 
     /// After persisting up to `last_ms`: trims entries older than
     /// `last_ms - lifetime` and replaces the task by a fresh one (claimed by
-    /// `pending`, so it waits out the debounce), atomically. See [`FINISH_COMPACTION_LUA`].
+    /// `pending`, so it waits out the debounce), atomically. See `FINISH_COMPACTION_LUA`.
     pub async fn finish_compaction(
         &self,
         task: &Task,

@@ -56,7 +56,7 @@ struct Args {
     /// Seconds measured.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Appended to every room URL, e.g. "?yauth=<token>".
+    /// Appended to every room URL, e.g. `?yauth=<token>`.
     #[arg(long, default_value = "")]
     query: String,
     /// Room name prefix (a random tag is appended).
