@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::auth::TokenVerifier;
 use crate::limits::{IpNet, Limits};
 use crate::redis::{RedisSettings, SentinelSettings, TlsFiles};
+pub use crate::secret::Secret;
 use crate::storage::{S3Config, S3Keys, StorageConfig, DEFAULT_REGION};
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -73,16 +74,6 @@ pub struct Config {
     pub auth_example_port: u16,
     /// Port of the worker's `/healthz`, `/readyz` and `/metrics`.
     pub worker_port: u16,
-}
-
-/// A value that must never reach a log line.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// Settings of authentication (ARCHITECTURE.md, "Auth").

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod redis;
+pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod socket;

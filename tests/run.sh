@@ -51,10 +51,11 @@ ensure_browser_and_nginx
 # packages that ship them, into a cache outside the repository
 bash tests/install-tools.sh
 
-echo "== cargo fmt --check, clippy, doc (what a reviewer checks)"
+echo "== cargo fmt --check, clippy, doc, module cycles (what a reviewer checks)"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace
+python3 tests/module_cycles.py
 echo "== cargo build"
 cargo build --locked --bins
 echo "== cargo test"

@@ -26,7 +26,7 @@ use redis::{
 use thiserror::Error;
 use tokio::sync::Mutex;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Where Redis is, as configured (`REDIS`, `REDIS_TLS_*`, `REDIS_SENTINEL*`).
 #[derive(Debug, Clone)]

@@ -86,7 +86,7 @@ pub trait Storage: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum StorageConfig {
     S3(S3Config),
-    Postgres { url: crate::config::Secret },
+    Postgres { url: crate::secret::Secret },
     Filesystem { dir: PathBuf },
 }
 
