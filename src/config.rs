@@ -411,7 +411,7 @@ impl Config {
             max_frame_bytes,
             max_send_queue_bytes,
             redis_block: src.millis("REDIS_BLOCK_MS", 1000)?,
-            redis_read_interval: src.millis("REDIS_READ_INTERVAL_MS", 4)?,
+            redis_read_interval: src.millis("REDIS_READ_INTERVAL_MS", 10)?,
             max_room_name_bytes: positive("MAX_ROOM_NAME_BYTES", 512)?,
             limits,
             awareness_max_entries: positive("AWARENESS_MAX_ENTRIES", 1_000)?,
