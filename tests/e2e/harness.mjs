@@ -27,9 +27,9 @@ import { WebsocketProvider } from 'y-websocket'
 import * as decoding from 'lib0/decoding'
 import * as encoding from 'lib0/encoding'
 import { createClient, RESP_TYPES } from 'redis'
-import { MODES, startTopology } from './redis-topology.mjs'
+import { MODES, startTopology, freePort } from './redis-topology.mjs'
 
-export { Y, WebSocket, WebsocketProvider, sleep }
+export { Y, WebSocket, WebsocketProvider, sleep, freePort }
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 export const REPO_ROOT = path.resolve(here, '..', '..')
@@ -113,17 +113,6 @@ export function workerQueueOf (prefix, streamKey) {
   return m ? `${prefix}:${m[1]}:worker` : `${prefix}:worker`
 }
 
-export async function freePort () {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = /** @type {net.AddressInfo} */ (srv.address())
-      srv.close(() => resolve(port))
-    })
-  })
-}
 
 const tryConnect = (port) => new Promise((resolve) => {
   const sock = net.connect({ port, host: '127.0.0.1' })

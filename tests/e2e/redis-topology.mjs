@@ -31,7 +31,8 @@ export const MODES = ['standalone', 'tls', 'sentinel', 'cluster']
 const liveNodes = new Set()
 process.on('exit', () => { for (const n of liveNodes) { try { n.proc?.kill('SIGKILL') } catch {} } })
 
-async function freePort () {
+/** A free TCP port on 127.0.0.1 (harness.mjs re-exports it). */
+export async function freePort () {
   return new Promise((resolve, reject) => {
     const srv = net.createServer()
     srv.unref()
