@@ -9,6 +9,8 @@
 //! - [`actors`]: sessions, rooms and the Redis listener.
 //! - [`server`]: the HTTP/websocket shell; [`worker`]: the persistence worker;
 //!   [`config`]: settings; [`limits`]: what one client may cost.
+//! - [`service`]: running the server and/or worker from a program of your
+//!   own, on a [`storage::Storage`] of your own (README, "Your own storage").
 
 pub mod actors;
 pub mod auth;
@@ -23,6 +25,7 @@ pub mod metrics;
 pub mod redis;
 pub mod secret;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod socket;
 pub mod storage;

@@ -9,10 +9,7 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 use y_redis::config::{Config, Source};
-use y_redis::document::engine;
-use y_redis::document::helper::{EngineCommand, EnginePool};
-use y_redis::document::Documents;
-use y_redis::redis::RedisStore;
+use y_redis::service::{self, Roles};
 use y_redis::storage::{self, StorageConfig};
 
 const USAGE: &str = "\
@@ -46,12 +43,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
     // The document engine's helper process: started by servers and workers,
     // not by hand (no configuration, no logging set-up, nothing secret).
-    if args.first().map(String::as_str) == Some("doc-helper") {
-        return doc_helper(&args[1..]);
+    if let Some(exit) = service::serve_doc_helper_if_asked() {
+        return exit;
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
     storage::skip_s3_location_constraint();
     let command = match args.first().map(String::as_str) {
         Some("server") => Command::Server,
@@ -143,41 +140,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn doc_helper(args: &[String]) -> ExitCode {
-    if let [flag, mb] = args {
-        match (flag.as_str(), mb.parse::<u64>()) {
-            ("--memory-mb", Ok(0)) => {}
-            ("--memory-mb", Ok(mb)) => engine::limit_memory(mb << 20),
-            _ => {
-                eprintln!("y-redis doc-helper: expected --memory-mb <MiB>");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    match engine::serve_stdio() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("y-redis doc-helper: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// The engine helpers of this process (one pool for server and worker).
-fn documents(config: &Config) -> Result<std::sync::Arc<Documents>, Box<dyn std::error::Error>> {
-    let command = EngineCommand::current_exe(config.doc_helper_memory_mb)?;
-    let pool = EnginePool::new(command, config.doc_helpers, config.doc_helper_timeout);
-    let reaper = pool.clone();
-    actix::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-        loop {
-            every.tick().await;
-            reaper.reap_idle();
-        }
-    });
-    Ok(Documents::new(pool))
-}
-
 async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if command == Command::Migrate {
         // Opening a backend prepares it (Postgres table, S3 bucket, folder),
@@ -201,51 +163,11 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
     }
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
-    let documents = documents(&config)?;
-    let worker = if matches!(command, Command::Worker | Command::All) {
-        let redis = RedisStore::for_config(&config).await?;
-        let worker = y_redis::worker::start(
-            &config.worker,
-            redis.clone(),
-            storage.clone(),
-            documents.clone(),
-        );
-        tracing::info!(actors = worker.actors(), prefix = %config.redis_prefix, "y-redis worker running");
-        if command == Command::Worker {
-            let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let probes = y_redis::health::Probes {
-                redis,
-                storage,
-                draining: draining.clone(),
-            };
-            let endpoints = y_redis::health::serve(&config.host, config.worker_port, probes)?;
-            let handle = endpoints.handle();
-            tokio::select! {
-                served = endpoints => served?,
-                _ = y_redis::shutdown::wait_for_signal() => {
-                    draining.store(true, std::sync::atomic::Ordering::Relaxed);
-                    worker.shutdown(config.shutdown_grace).await;
-                    handle.stop(true).await;
-                }
-            }
-            return Ok(());
-        }
-        Some(worker)
-    } else {
-        None
+    let roles = match command {
+        Command::Server => Roles::Server,
+        Command::Worker => Roles::Worker,
+        _ => Roles::All,
     };
-    let grace = config.shutdown_grace;
-    let listeners = y_redis::server::Listeners::bind(&config)?;
-    y_redis::server::run(
-        config,
-        storage,
-        documents,
-        listeners,
-        y_redis::shutdown::wait_for_signal(),
-    )
-    .await?;
-    if let Some(worker) = worker {
-        worker.shutdown(grace).await;
-    }
+    service::run(roles, config, storage, y_redis::shutdown::wait_for_signal()).await?;
     Ok(())
 }

@@ -57,7 +57,7 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --workspace
 python3 tests/module_cycles.py
 echo "== cargo build"
-cargo build --locked --bins
+cargo build --locked --bins --examples
 echo "== cargo test"
 cargo test --locked
 

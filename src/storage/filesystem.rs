@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
+use super::{merge_pieces, BoxError, Reference, Storage, StorageError, StoredDoc};
 use crate::redis::encode_uri_component;
 
 const TEMP_PREFIX: &str = ".tmp-";
@@ -20,7 +20,12 @@ pub struct FilesystemStorage {
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> StorageError {
-    StorageError::Unavailable(format!("filesystem: {what} {}: {e}", path.display()))
+    failed(format!("{what} {}", path.display()))(e)
+}
+
+/// Maps an io or task error to a transient failure of `action`.
+fn failed<E: Into<BoxError>>(action: impl Into<String>) -> impl FnOnce(E) -> StorageError {
+    move |e| StorageError::unavailable("filesystem", action, e)
 }
 
 impl FilesystemStorage {
@@ -105,10 +110,9 @@ impl Storage for FilesystemStorage {
         async move {
             match tokio::fs::metadata(&dir).await {
                 Ok(meta) if meta.is_dir() => Ok(()),
-                Ok(_) => Err(StorageError::Unavailable(format!(
-                    "filesystem: {} is not a directory",
-                    dir.display()
-                ))),
+                Ok(_) => Err(failed(format!("reach {}", dir.display()))(
+                    "not a directory",
+                )),
                 Err(e) => Err(io_error("cannot reach", &dir, e)),
             }
         }
@@ -124,7 +128,7 @@ impl Storage for FilesystemStorage {
             let dir = self.doc_dir(room, docid)?;
             let pieces = tokio::task::spawn_blocking(move || read_pieces(&dir))
                 .await
-                .map_err(|e| StorageError::Unavailable(e.to_string()))??;
+                .map_err(failed("read a document"))??;
             Ok(merge_pieces(pieces))
         }
         .boxed()
@@ -141,7 +145,7 @@ impl Storage for FilesystemStorage {
             let dir = self.doc_dir(room, docid)?;
             tokio::task::spawn_blocking(move || write_piece(&dir, &update_v2))
                 .await
-                .map_err(|e| StorageError::Unavailable(e.to_string()))?
+                .map_err(failed("store a document"))?
         }
         .boxed()
     }
@@ -171,7 +175,7 @@ impl Storage for FilesystemStorage {
                 Ok(())
             })
             .await
-            .map_err(|e| StorageError::Unavailable(e.to_string()))?
+            .map_err(failed("delete replaced pieces"))?
         }
         .boxed()
     }

@@ -24,7 +24,7 @@ impl MemoryStorage {
         let mut docs = self
             .docs
             .lock()
-            .map_err(|_| StorageError::Unavailable("memory storage lock poisoned".into()))?;
+            .map_err(|_| StorageError::unavailable("memory", "lock", "poisoned by a panic"))?;
         Ok(f(&mut docs))
     }
 }

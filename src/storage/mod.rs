@@ -18,11 +18,24 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use thiserror::Error;
 
+/// Any error a backend's client library returns, kept as the cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a backend, by what the caller should do about it:
+/// [`StorageError::Unavailable`] is retried with backoff, the others are
+/// permanent for that document and refused once with their reason.
 #[derive(Debug, Error)]
 pub enum StorageError {
     /// Worth retrying: the backend did not answer or failed this time.
-    #[error("storage backend unavailable: {0}")]
-    Unavailable(String),
+    #[error("{backend}: {action}: {source}")]
+    Unavailable {
+        /// Which backend (`postgres`, `s3`, `filesystem`, or a custom one's name).
+        backend: &'static str,
+        /// What was being done, e.g. `read room/doc` or `connect`.
+        action: String,
+        #[source]
+        source: BoxError,
+    },
     /// Will never work: the backend cannot hold a document of this name.
     #[error("storage cannot hold room {room:?}: {reason}")]
     UnholdableName { room: String, reason: String },
@@ -35,9 +48,22 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A transient failure of `backend` while doing `action`, keeping `source` as the cause.
+    pub fn unavailable(
+        backend: &'static str,
+        action: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        StorageError::Unavailable {
+            backend,
+            action: action.into(),
+            source: source.into(),
+        }
+    }
+
     /// Whether retrying can never help (refuse once instead of looping).
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, StorageError::Unavailable(_))
+        !matches!(self, StorageError::Unavailable { .. })
     }
 }
 
@@ -120,4 +146,28 @@ pub fn merge_pieces(pieces: Vec<(Reference, Vec<u8>)>) -> Option<StoredDoc> {
     }
     let (references, pieces) = pieces.into_iter().unzip();
     Some(StoredDoc { pieces, references })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StorageError;
+    use std::error::Error;
+
+    #[test]
+    fn errors_keep_their_cause_and_say_whether_to_retry() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let transient = StorageError::unavailable("postgres", "read a document", io);
+        assert!(!transient.is_permanent());
+        assert_eq!(transient.to_string(), "postgres: read a document: refused");
+        let cause = transient.source().expect("the backend's error is kept");
+        assert_eq!(
+            cause.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        let unholdable = StorageError::UnholdableName {
+            room: "r".into(),
+            reason: "too long".into(),
+        };
+        assert!(unholdable.is_permanent());
+    }
 }

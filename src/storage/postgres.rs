@@ -7,7 +7,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
+use super::{merge_pieces, BoxError, Reference, Storage, StorageError, StoredDoc};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -36,8 +36,9 @@ pub struct PostgresStorage {
     pool: PgPool,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Unavailable(format!("postgres: {e}"))
+/// Maps a diesel, r2d2 or task error to a transient failure of `action`.
+fn failed<E: Into<BoxError>>(action: &'static str) -> impl FnOnce(E) -> StorageError {
+    move |e| StorageError::unavailable("postgres", action, e)
 }
 
 impl PostgresStorage {
@@ -50,13 +51,13 @@ impl PostgresStorage {
                 // A client waiting for an initial sync should hear "try again" soon.
                 .connection_timeout(std::time::Duration::from_secs(3))
                 .build(ConnectionManager::<PgConnection>::new(url.clone()))
-                .map_err(unavailable)?;
+                .map_err(failed("connect"))?;
             // After the pool: its connect timeout has shown Postgres answers.
             migrate(&url)?;
             Ok(PostgresStorage { pool })
         })
         .await
-        .map_err(unavailable)?
+        .map_err(failed("connect"))?
     }
 
     /// Runs `work` with a pooled connection on the blocking pool.
@@ -71,11 +72,11 @@ impl PostgresStorage {
         let pool = self.pool.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let mut conn = pool.get().map_err(unavailable)?;
+                let mut conn = pool.get().map_err(failed("get a pooled connection"))?;
                 work(&mut conn)
             })
             .await
-            .map_err(unavailable)?
+            .map_err(failed("run a query"))?
         }
         .boxed()
     }
@@ -87,20 +88,17 @@ impl PostgresStorage {
 /// releases the lock even when migrating or unlocking fails.
 fn migrate(url: &str) -> Result<(), StorageError> {
     use diesel::sql_types::BigInt;
-    let failed = |e: &dyn std::fmt::Display| {
-        StorageError::Unavailable(format!("postgres migration failed: {e}"))
-    };
-    let mut conn = PgConnection::establish(url).map_err(unavailable)?;
+    let mut conn = PgConnection::establish(url).map_err(failed("connect to migrate"))?;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
         .execute(&mut conn)
-        .map_err(|e| failed(&e))?;
+        .map_err(failed("take the migration lock"))?;
     let migrated = conn.run_pending_migrations(MIGRATIONS).map(|_| ());
     let unlocked = diesel::sql_query("SELECT pg_advisory_unlock($1)")
         .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
         .execute(&mut conn);
-    migrated.map_err(|e| failed(&e))?;
-    unlocked.map_err(|e| failed(&e))?;
+    migrated.map_err(failed("migrate"))?;
+    unlocked.map_err(failed("release the migration lock"))?;
     Ok(())
 }
 
@@ -110,7 +108,7 @@ impl Storage for PostgresStorage {
             diesel::sql_query("SELECT 1")
                 .execute(conn)
                 .map(|_| ())
-                .map_err(unavailable)
+                .map_err(failed("check"))
         })
     }
 
@@ -127,7 +125,7 @@ impl Storage for PostgresStorage {
                 .order(dsl::r)
                 .select((dsl::r, dsl::update_v2))
                 .load::<(i32, Option<Vec<u8>>)>(conn)
-                .map_err(unavailable)
+                .map_err(failed("read a document"))
         });
         async move {
             let pieces = rows
@@ -159,7 +157,7 @@ impl Storage for PostgresStorage {
                 ))
                 .execute(conn)
                 .map(|_| ())
-                .map_err(unavailable)
+                .map_err(failed("store a document"))
         })
     }
 
@@ -194,7 +192,7 @@ impl Storage for PostgresStorage {
             )
             .execute(conn)
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(failed("delete replaced pieces"))
         })
     }
 }

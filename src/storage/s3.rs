@@ -6,7 +6,7 @@ use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::{Bucket, BucketConfiguration, Region};
 
-use super::{merge_pieces, Reference, Storage, StorageError, StoredDoc};
+use super::{merge_pieces, BoxError, Reference, Storage, StorageError, StoredDoc};
 use crate::redis::encode_uri_component;
 use crate::secret::Secret;
 
@@ -44,8 +44,9 @@ pub struct S3Storage {
     bucket: Box<Bucket>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Unavailable(format!("s3: {e}"))
+/// Maps a rust-s3 or task error to a transient failure of `action`.
+fn failed<E: Into<BoxError>>(action: impl Into<String>) -> impl FnOnce(E) -> StorageError {
+    move |e| StorageError::unavailable("s3", action, e)
 }
 
 /// Fails on any status but 2xx (rust-s3 is built without `fail-on-err`).
@@ -53,8 +54,8 @@ fn check(status: u16, what: &str, key: &str) -> Result<(), StorageError> {
     if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(unavailable(format!(
-            "{what} {key:?} answered HTTP {status}"
+        Err(failed(format!("{what} {key:?}"))(format!(
+            "answered HTTP {status}"
         )))
     }
 }
@@ -80,9 +81,13 @@ impl S3Storage {
         };
         let credentials = credentials(config.keys.as_ref()).await?;
         let bucket = Bucket::new(&config.bucket, region.clone(), credentials.clone())
-            .map_err(unavailable)?
+            .map_err(failed("configure the bucket"))?
             .with_path_style();
-        if !bucket.exists().await.map_err(unavailable)? {
+        if !bucket
+            .exists()
+            .await
+            .map_err(failed("check that the bucket exists"))?
+        {
             // us-east-1 takes no LocationConstraint, every other region needs
             // one (rust-s3's own choice is switched off by
             // skip_s3_location_constraint, as it names us-east-1 too).
@@ -93,13 +98,12 @@ impl S3Storage {
             let created =
                 Bucket::create_with_path_style(&config.bucket, region, credentials, bucket_config)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(failed("create the bucket"))?;
             // 409: someone else created it meanwhile.
             if !created.success() && created.response_code != 409 {
-                return Err(unavailable(format!(
-                    "cannot create bucket {:?}: HTTP {} {}",
-                    config.bucket, created.response_code, created.response_text
-                )));
+                return Err(failed(format!("create bucket {:?}", config.bucket))(
+                    format!("HTTP {} {}", created.response_code, created.response_text),
+                ));
             }
         }
         Ok(S3Storage { bucket })
@@ -110,7 +114,7 @@ impl S3Storage {
             .bucket
             .list(prefix.to_owned(), None)
             .await
-            .map_err(unavailable)?;
+            .map_err(failed(format!("list {prefix:?}")))?;
         Ok(pages
             .into_iter()
             .flat_map(|p| p.contents)
@@ -128,7 +132,7 @@ impl S3Storage {
             let response = match self.bucket.get_object(&key).await {
                 Ok(r) => r,
                 Err(S3Error::HttpFailWithBody(404, _)) => return Ok(None),
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(failed(format!("GET {key:?}"))(e)),
             };
             if response.status_code() == 404 {
                 return Ok(None);
@@ -155,18 +159,16 @@ async fn credentials(keys: Option<&S3Keys>) -> Result<Credentials, StorageError>
             None,
             None,
         )
-        .map_err(unavailable);
+        .map_err(failed("use S3_ACCESS_KEY / S3_SECRET_KEY"));
     }
     tokio::task::spawn_blocking(Credentials::default)
         .await
-        .map_err(unavailable)?
-        .map_err(|e| {
-            unavailable(format!(
-                "no credentials: S3_ACCESS_KEY / S3_SECRET_KEY are unset and the AWS chain \
-                 (AWS_ACCESS_KEY_ID, ~/.aws/credentials, AWS_WEB_IDENTITY_TOKEN_FILE, \
-                 container or instance metadata) found none ({e})"
-            ))
-        })
+        .map_err(failed("look up credentials"))?
+        .map_err(failed(
+            "find credentials: S3_ACCESS_KEY / S3_SECRET_KEY are unset and the AWS chain \
+             (AWS_ACCESS_KEY_ID, ~/.aws/credentials, AWS_WEB_IDENTITY_TOKEN_FILE, \
+             container or instance metadata) found none",
+        ))
 }
 
 impl Storage for S3Storage {
@@ -174,11 +176,11 @@ impl Storage for S3Storage {
         async move {
             match self.bucket.exists().await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(unavailable(format!(
+                Ok(false) => Err(failed("check")(format!(
                     "bucket {:?} is gone",
                     self.bucket.name()
                 ))),
-                Err(e) => Err(unavailable(e)),
+                Err(e) => Err(failed("check")(e)),
             }
         }
         .boxed()
@@ -197,9 +199,9 @@ impl Storage for S3Storage {
                     return Ok(merge_pieces(pieces));
                 }
             }
-            Err(unavailable(format!(
-                "pieces of {prefix:?} kept vanishing while being read"
-            )))
+            Err(failed(format!("read {prefix:?}"))(
+                "pieces kept vanishing while being read",
+            ))
         }
         .boxed()
     }
@@ -217,7 +219,7 @@ impl Storage for S3Storage {
                 .bucket
                 .put_object(&key, &update_v2)
                 .await
-                .map_err(unavailable)?;
+                .map_err(failed(format!("PUT {key:?}")))?;
             check(response.status_code(), "PUT", &key)
         }
         .boxed()
@@ -231,7 +233,11 @@ impl Storage for S3Storage {
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
             for key in references {
-                let response = self.bucket.delete_object(key).await.map_err(unavailable)?;
+                let response = self
+                    .bucket
+                    .delete_object(key)
+                    .await
+                    .map_err(failed(format!("DELETE {key:?}")))?;
                 if response.status_code() != 404 {
                     check(response.status_code(), "DELETE", key)?;
                 }

@@ -219,10 +219,11 @@ export class ServerProc {
  * Start `y-redis <subcommand>` and wait until its port accepts TCP connections.
  * `workDir` is the process's cwd and holds its filesystem storage (STORAGE_DIR);
  * servers of one fleet share it.
- * @param {{ prefix: string, name?: string, env?: Record<string,string>, subcommand?: string, tag?: string, workDir?: string }} opts
+ * `bin` runs another program taking y-redis's configuration (an example);
+ * `subcommand` null passes it no arguments.
+ * @param {{ prefix: string, name?: string, env?: Record<string,string>, subcommand?: string|null, tag?: string, workDir?: string, readyLog?: RegExp|null, bin?: string }} opts
  */
-export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e', workDir = path.join(LOG_DIR, `${tag}-${prefix}`), readyLog = null }) {
-  const bin = assertBinary()
+export async function startServer ({ prefix, name = 'server', env = {}, subcommand = 'server', tag = 'e2e', workDir = path.join(LOG_DIR, `${tag}-${prefix}`), readyLog = null, bin = assertBinary() }) {
   const port = await freePort()
   fs.mkdirSync(workDir, { recursive: true })
   const logPath = path.join(LOG_DIR, `${tag}-${prefix}-${name}-${++procCounter}-${port}.log`)
@@ -250,7 +251,7 @@ export async function startServer ({ prefix, name = 'server', env = {}, subcomma
     ...env
   })
   // run in a gitignored scratch dir so a stray .env in the repo is not picked up
-  const proc = spawn(bin, [subcommand], { env: childEnv, cwd: workDir, stdio: ['ignore', fd, fd] })
+  const proc = spawn(bin, subcommand ? [subcommand] : [], { env: childEnv, cwd: workDir, stdio: ['ignore', fd, fd] })
   fs.closeSync(fd)
   const sp = new ServerProc({ proc, port, logPath, name })
   liveProcs.add(sp)
