@@ -5,67 +5,71 @@
 // Sentinel connection futures); computing its layout needs more than 128 levels.
 #![recursion_limit = "256"]
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
-use y_redis::config::{Config, Source};
+use y_redis::config::{
+    self, AuthExampleArgs, Cli, CliError, Command, Config, ConfigError, LogArgs, LogFormat,
+};
 use y_redis::document::engine;
 use y_redis::document::helper::{EngineCommand, EnginePool};
 use y_redis::document::Documents;
 use y_redis::redis::RedisStore;
 use y_redis::storage::{self, StorageConfig};
 
-const USAGE: &str = "\
-Usage: y-redis <command>
-
-Commands:
-  server    websocket server on ws://HOST:PORT/{room}
-  worker    persistence worker: moves documents from Redis to storage
-  all       server and worker in one process
-  migrate   prepare the storage and exit: create or update the Postgres table
-            (under an advisory lock, so any number may run at once), or create
-            the S3 bucket or the STORAGE_DIR folder
-  variables print the name of every configuration variable
-  keygen    print a new AUTH_PUBLIC_KEY / AUTH_PRIVATE_KEY pair (lib0 JWK format)
-            as .env lines (single-quoted: y-redis keygen >> .env)
-  auth-example
-            example auth backend on AUTH_EXAMPLE_PORT (default 5173), signing
-            tokens with AUTH_PRIVATE_KEY
-  help      print this text
-
-Configuration comes from environment variables and a .env file;
-see README.md for every variable and its default.";
+/// What a command runs, its configuration checked.
+enum Job {
+    Serve(Role, Config),
+    Migrate(StorageConfig),
+    AuthExample(AuthExampleArgs),
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Command {
+enum Role {
     Server,
     Worker,
     All,
-    Migrate,
-    AuthExample,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    // The document engine's helper process: started by servers and workers,
-    // not by hand (no configuration, no logging set-up, nothing secret).
-    if args.first().map(String::as_str) == Some("doc-helper") {
-        return doc_helper(&args[1..]);
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // The document engine's helper process: started by servers and workers
+    // with an empty environment, not by hand. It is dispatched before
+    // anything else, .env included, so nothing secret reaches it.
+    if args.get(1).is_some_and(|a| a == "doc-helper") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return doc_helper(&rest);
     }
     storage::skip_s3_location_constraint();
-    let command = match args.first().map(String::as_str) {
-        Some("server") => Command::Server,
-        Some("worker") => Command::Worker,
-        Some("all") => Command::All,
-        Some("migrate") => Command::Migrate,
-        Some("auth-example") => Command::AuthExample,
-        Some("variables") => {
-            y_redis::config::VARIABLES
-                .iter()
-                .for_each(|v| println!("{v}"));
+    // Before clap reads the environment; reported only by the commands that
+    // read settings.
+    let dotenv = config::load_dotenv();
+    let command = match Cli::parse_args(args) {
+        Ok(cli) => cli.command,
+        Err(CliError::Invalid(e)) => return invalid(e),
+        // Usage errors exit 2, --help 0.
+        Err(CliError::Usage(e)) => e.exit(),
+    };
+    let checked = |role, settings: config::Settings| {
+        let log = settings.log.clone();
+        let job = settings.into_config().and_then(|config| {
+            if role != Role::Worker {
+                config.require_auth()?;
+            }
+            Ok(Job::Serve(role, config))
+        });
+        (log, job)
+    };
+    let (log, job) = match command {
+        Command::Variables => {
+            config::variables().iter().for_each(|v| println!("{v}"));
             return ExitCode::SUCCESS;
         }
-        Some("keygen") => {
+        Command::Keygen => {
             return match y_redis::auth::generate_keypair() {
                 Ok(pair) => {
                     println!("{}", pair.env_lines());
@@ -77,63 +81,20 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some("help" | "-h" | "--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        None => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-        Some(other) => {
-            eprintln!("y-redis: unknown command {other:?}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Command::Server(settings) => checked(Role::Server, settings),
+        Command::Worker(settings) => checked(Role::Worker, settings),
+        Command::All(settings) => checked(Role::All, settings),
+        Command::Migrate(args) => (args.log, args.storage.into_config().map(Job::Migrate)),
+        Command::AuthExample(args) => (args.log.clone(), Ok(Job::AuthExample(args))),
     };
-    if args.iter().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
+    let job = match dotenv.and(job) {
+        Ok(job) => job,
+        Err(e) => return invalid(e),
+    };
+    if let Err(e) = init_logging(&log) {
+        return invalid(e);
     }
-
-    let config = Source::from_env()
-        .and_then(|src| Config::load(&src))
-        .and_then(|config| {
-            if matches!(command, Command::Server | Command::All) {
-                config.require_auth()?;
-            }
-            Ok(config)
-        });
-    let config = match config {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("y-redis: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // y-redis's .env template says LOG=*; read it as "everything".
-    let filter = if config.log.trim() == "*" {
-        "debug"
-    } else {
-        config.log.as_str()
-    };
-    match EnvFilter::try_new(filter) {
-        Ok(filter) => {
-            let logs = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-            if config.log_json {
-                logs.json().flatten_event(true).init();
-            } else {
-                logs.init();
-            }
-        }
-        Err(e) => {
-            eprintln!("y-redis: invalid configuration: LOG: {e}");
-            return ExitCode::from(2);
-        }
-    }
-
-    match actix_web::rt::System::new().block_on(run(command, config)) {
+    match actix_web::rt::System::new().block_on(run(job)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "y-redis stopped");
@@ -141,6 +102,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn invalid(e: ConfigError) -> ExitCode {
+    eprintln!("y-redis: invalid configuration: {e}");
+    ExitCode::from(2)
+}
+
+fn init_logging(log: &LogArgs) -> Result<(), ConfigError> {
+    // y-redis's .env template says LOG=*; read it as "everything".
+    let filter = if log.log.trim() == "*" {
+        "debug"
+    } else {
+        log.log.as_str()
+    };
+    let filter = EnvFilter::try_new(filter).map_err(|e| ConfigError {
+        var: "LOG".into(),
+        reason: e.to_string(),
+    })?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match log.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.init(),
+    }
+    Ok(())
 }
 
 fn doc_helper(args: &[String]) -> ExitCode {
@@ -178,31 +165,37 @@ fn documents(config: &Config) -> Result<std::sync::Arc<Documents>, Box<dyn std::
     Ok(Documents::new(pool))
 }
 
-async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    if command == Command::Migrate {
-        // Opening a backend prepares it (Postgres table, S3 bucket, folder),
-        // so one `migrate` step fits every storage a deployment may pick.
-        storage::open(&config.storage).await?;
-        match &config.storage {
-            StorageConfig::Postgres { .. } => tracing::info!("postgres schema is up to date"),
-            other => {
-                tracing::info!(storage = %other.describe(), "storage ready, no schema to migrate")
+async fn run(job: Job) -> Result<(), Box<dyn std::error::Error>> {
+    match job {
+        Job::Migrate(storage) => {
+            // Opening a backend prepares it (Postgres table, S3 bucket, folder),
+            // so one `migrate` step fits every storage a deployment may pick.
+            storage::open(&storage).await?;
+            match &storage {
+                StorageConfig::Postgres { .. } => tracing::info!("postgres schema is up to date"),
+                other => {
+                    tracing::info!(storage = %other.describe(), "storage ready, no schema to migrate")
+                }
             }
+            Ok(())
         }
-        return Ok(());
+        Job::AuthExample(args) => {
+            let Some(private_key) = &args.auth_private_key else {
+                return Err(
+                    "AUTH_PRIVATE_KEY: required by auth-example (y-redis keygen prints one)".into(),
+                );
+            };
+            Ok(y_redis::example_auth::run(&private_key.0, args.auth_example_port).await?)
+        }
+        Job::Serve(role, config) => serve(role, config).await,
     }
-    if command == Command::AuthExample {
-        let Some(private_key) = &config.auth.private_key else {
-            return Err(
-                "AUTH_PRIVATE_KEY: required by auth-example (y-redis keygen prints one)".into(),
-            );
-        };
-        return Ok(y_redis::example_auth::run(&private_key.0, config.auth_example_port).await?);
-    }
+}
+
+async fn serve(role: Role, config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
     let documents = documents(&config)?;
-    let worker = if matches!(command, Command::Worker | Command::All) {
+    let worker = if matches!(role, Role::Worker | Role::All) {
         let redis = RedisStore::for_config(&config).await?;
         let worker = y_redis::worker::start(
             &config.worker,
@@ -211,7 +204,7 @@ async fn run(command: Command, config: Config) -> Result<(), Box<dyn std::error:
             documents.clone(),
         );
         tracing::info!(actors = worker.actors(), prefix = %config.redis_prefix, "y-redis worker running");
-        if command == Command::Worker {
+        if role == Role::Worker {
             let draining = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let probes = y_redis::health::Probes {
                 redis,
