@@ -103,14 +103,14 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AuthExampleArgs {
-    #[command(flatten)]
-    pub log: LogArgs,
     /// JWK signing tokens (y-redis keygen prints one)
     #[arg(long, env = "AUTH_PRIVATE_KEY", hide_env_values = true, value_parser = secret)]
     pub auth_private_key: Option<Secret>,
     /// Port of the example auth backend
     #[arg(long, env = "AUTH_EXAMPLE_PORT", default_value_t = 5173, value_parser = port)]
     pub auth_example_port: u16,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,12 +455,17 @@ fn parse<T: FromArgMatches>(
         .mut_subcommands(unset_blank)
     }
     let mut cmd = unset_blank(cmd);
-    cmd.try_get_matches_from_mut(args)
-        .and_then(|matches| T::from_arg_matches(&matches))
-        .map_err(|e| match invalid_value(&cmd, &e) {
+    let parsed = cmd
+        .try_get_matches_from_mut(args)
+        .and_then(|matches| T::from_arg_matches(&matches));
+    parsed.map_err(|e| {
+        // Every subcommand's arguments complete, to be shown and compared.
+        cmd.build();
+        match invalid_value(&cmd, &e) {
             Some(invalid) => CliError::Invalid(invalid),
             None => CliError::Usage(e),
-        })
+        }
+    })
 }
 
 /// A value parser's error as `VARIABLE: reason` (clap's own names the flag).
