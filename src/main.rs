@@ -20,7 +20,7 @@ use y_redis::storage::{self, StorageConfig};
 
 /// What a command runs, its configuration checked.
 enum Job {
-    Serve(Role, Config),
+    Serve(Role, Box<Config>),
     Migrate(StorageConfig),
     AuthExample(AuthExampleArgs),
 }
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             if role != Role::Worker {
                 config.require_auth()?;
             }
-            Ok(Job::Serve(role, config))
+            Ok(Job::Serve(role, Box::new(config)))
         });
         (log, job)
     };
@@ -187,7 +187,7 @@ async fn run(job: Job) -> Result<(), Box<dyn std::error::Error>> {
             };
             Ok(y_redis::example_auth::run(&private_key.0, args.auth_example_port).await?)
         }
-        Job::Serve(role, config) => serve(role, config).await,
+        Job::Serve(role, config) => serve(role, *config).await,
     }
 }
 
