@@ -84,13 +84,13 @@ pub struct Settings {
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
-    pub auth: AuthArgs,
+    pub auth: AuthConfig,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
     pub docs: DocArgs,
     #[command(flatten)]
-    pub worker: WorkerArgs,
+    pub worker: WorkerConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -233,27 +233,6 @@ pub struct StorageArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Auth")]
-pub struct AuthArgs {
-    /// true lets everyone read and write (logged loudly)
-    #[arg(long, env = "AUTH_DISABLED", default_value_t = false, value_parser = boolean,
-          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub auth_disabled: bool,
-    /// JWK verifying client tokens (ES384); required by the server unless AUTH_DISABLED=true
-    #[arg(long, env = "AUTH_PUBLIC_KEY", value_parser = text)]
-    pub auth_public_key: Option<String>,
-    /// Permission callback base URL: GET <url>/<room>/<userid>; required likewise
-    #[arg(long, env = "AUTH_PERM_CALLBACK", value_parser = http_url)]
-    pub auth_perm_callback: Option<String>,
-    /// Timeout in ms of one permission callback
-    #[arg(long, env = "AUTH_PERM_CALLBACK_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
-    pub auth_perm_callback_timeout_ms: Duration,
-    /// Bearer secret of POST /admin/recheck; the endpoint is off without it
-    #[arg(long, env = "ADMIN_SECRET", hide_env_values = true, value_parser = secret)]
-    pub admin_secret: Option<Secret>,
-}
-
-#[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Limits")]
 pub struct LimitArgs {
     /// Largest message a client may send, in bytes (at least 1024)
@@ -300,41 +279,15 @@ pub struct LimitArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Document engine")]
 pub struct DocArgs {
-    /// Document engine helper processes (they run yrs) [default: the number of CPUs]
-    #[arg(long, env = "DOC_HELPERS", value_parser = positive)]
-    pub doc_helpers: Option<usize>,
+    /// Document engine helper processes (they run yrs); the default is the number of CPUs
+    #[arg(long, env = "DOC_HELPERS", default_value_t = cpus(), value_parser = positive)]
+    pub doc_helpers: usize,
     /// Address space of one helper process in MiB (0: no limit)
     #[arg(long, env = "DOC_HELPER_MEMORY_MB", default_value_t = 4096, value_parser = mib)]
     pub doc_helper_memory_mb: u64,
     /// How long in ms one document may take to build; a helper past it is killed
     #[arg(long, env = "DOC_HELPER_TIMEOUT_MS", default_value = "60000", value_parser = millis)]
     pub doc_helper_timeout_ms: Duration,
-}
-
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Worker")]
-pub struct WorkerArgs {
-    /// Ms a room waits after its first change before a worker compacts it
-    #[arg(long, env = "REDIS_TASK_DEBOUNCE", default_value = "10000", value_parser = millis)]
-    pub redis_task_debounce: Duration,
-    /// Ms stream entries survive after newer ones
-    #[arg(long, env = "REDIS_MIN_MESSAGE_LIFETIME", default_value = "60000", value_parser = millis)]
-    pub redis_min_message_lifetime: Duration,
-    /// Persistence actors per worker process
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 4, value_parser = positive)]
-    pub worker_concurrency: usize,
-    /// Tasks one actor claims at a time
-    #[arg(long, env = "WORKER_CLAIM_COUNT", default_value_t = 5, value_parser = positive)]
-    pub worker_claim_count: usize,
-    /// Pause in ms when the queue had nothing to claim
-    #[arg(long, env = "WORKER_IDLE_MS", default_value = "1000", value_parser = millis)]
-    pub worker_idle_ms: Duration,
-    /// After persisting a changed document the worker PUTs it to <url>/<room>
-    #[arg(long, env = "YDOC_UPDATE_CALLBACK", value_parser = http_url)]
-    pub ydoc_update_callback: Option<String>,
-    /// Timeout in ms of that call
-    #[arg(long, env = "YDOC_UPDATE_CALLBACK_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
-    pub ydoc_update_callback_timeout_ms: Duration,
 }
 
 // Value parsers: each error is the reason after "VARIABLE: ".
@@ -398,6 +351,16 @@ fn text(raw: &str) -> Result<String, String> {
 
 fn secret(raw: &str) -> Result<Secret, String> {
     text(raw).map(Secret)
+}
+
+/// A JWK that verifies tokens.
+fn jwk(raw: &str) -> Result<String, String> {
+    TokenVerifier::from_jwk(raw)?;
+    Ok(raw.to_owned())
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 fn http_url(raw: &str) -> Result<String, String> {
@@ -566,32 +529,51 @@ pub struct Config {
 }
 
 /// Settings of authentication (ARCHITECTURE.md, "Auth").
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Auth")]
 pub struct AuthConfig {
-    /// `AUTH_DISABLED=true`: everyone reads and writes.
+    /// true lets everyone read and write (logged loudly)
+    #[arg(long = "auth-disabled", env = "AUTH_DISABLED", default_value_t = false, value_parser = boolean,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub disabled: bool,
-    /// The JWK verifying tokens (already checked to parse).
+    /// JWK verifying client tokens (ES384); required by the server unless AUTH_DISABLED=true
+    #[arg(long = "auth-public-key", env = "AUTH_PUBLIC_KEY", value_parser = jwk)]
     pub public_key: Option<String>,
+    /// Permission callback base URL: GET <url>/<room>/<userid>; required likewise
+    #[arg(long = "auth-perm-callback", env = "AUTH_PERM_CALLBACK", value_parser = http_url)]
     pub perm_callback: Option<String>,
+    /// Timeout in ms of one permission callback
+    #[arg(long = "auth-perm-callback-timeout-ms", env = "AUTH_PERM_CALLBACK_TIMEOUT_MS", default_value = "5000", value_parser = millis)]
     pub perm_timeout: Duration,
-    /// Bearer secret of `POST /admin/recheck`; the endpoint is off without it.
+    /// Bearer secret of POST /admin/recheck; the endpoint is off without it
+    #[arg(long = "admin-secret", env = "ADMIN_SECRET", hide_env_values = true, value_parser = secret)]
     pub admin_secret: Option<Secret>,
 }
 
 /// Settings of `y-redis worker`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
-    /// A task is claimed only once it has waited this long (XAUTOCLAIM min-idle).
+    /// Ms a room waits after its first change before a worker claims it (XAUTOCLAIM min-idle)
+    #[arg(long = "redis-task-debounce", env = "REDIS_TASK_DEBOUNCE", default_value = "10000", value_parser = millis)]
     pub task_debounce: Duration,
-    /// Stream entries younger than this (relative to the newest) survive trimming.
+    /// Ms stream entries younger than the newest survive trimming (late readers still find them)
+    #[arg(long = "redis-min-message-lifetime", env = "REDIS_MIN_MESSAGE_LIFETIME", default_value = "60000", value_parser = millis)]
     pub min_message_lifetime: Duration,
-    /// Persistence actors in one worker process.
+    /// Persistence actors in one worker process
+    #[arg(long = "worker-concurrency", env = "WORKER_CONCURRENCY", default_value_t = 4, value_parser = positive)]
     pub concurrency: usize,
-    /// Tasks one actor claims at a time.
+    /// Tasks one actor claims at a time
+    #[arg(long = "worker-claim-count", env = "WORKER_CLAIM_COUNT", default_value_t = 5, value_parser = positive)]
     pub claim_count: usize,
-    /// Pause when the queue had nothing to claim.
+    /// Pause in ms when the queue had nothing to claim
+    #[arg(long = "worker-idle-ms", env = "WORKER_IDLE_MS", default_value = "1000", value_parser = millis)]
     pub idle_wait: Duration,
+    /// After persisting a changed document the worker PUTs it to <url>/<room>
+    #[arg(long = "ydoc-update-callback", env = "YDOC_UPDATE_CALLBACK", value_parser = http_url)]
     pub update_callback: Option<String>,
+    /// Timeout in ms of that call
+    #[arg(long = "ydoc-update-callback-timeout-ms", env = "YDOC_UPDATE_CALLBACK_TIMEOUT_MS", default_value = "10000", value_parser = millis)]
     pub update_callback_timeout: Duration,
 }
 
@@ -689,10 +671,6 @@ impl Settings {
                 .collect::<Result<_, _>>()
                 .map_err(|reason| ConfigError::new("TRUSTED_PROXIES", reason))?,
         };
-        if let Some(jwk) = &auth.auth_public_key {
-            TokenVerifier::from_jwk(jwk)
-                .map_err(|reason| ConfigError::new("AUTH_PUBLIC_KEY", reason))?;
-        }
         Ok(Config {
             host: listen.host,
             port: listen.port,
@@ -715,9 +693,7 @@ impl Settings {
             awareness_max_entries: limits.awareness_max_entries,
             awareness_max_state_bytes: limits.awareness_max_state_bytes,
             awareness_max_clients: limits.awareness_max_clients,
-            doc_helpers: docs
-                .doc_helpers
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            doc_helpers: docs.doc_helpers,
             doc_helper_memory_mb: docs.doc_helper_memory_mb,
             doc_helper_timeout: docs.doc_helper_timeout_ms,
             redis_command_timeout: redis.redis_command_timeout_ms,
@@ -725,22 +701,8 @@ impl Settings {
             shutdown_drain: listen.shutdown_drain_ms,
             internal_port: listen.internal_port,
             storage: storage.into_config()?,
-            worker: WorkerConfig {
-                task_debounce: worker.redis_task_debounce,
-                min_message_lifetime: worker.redis_min_message_lifetime,
-                concurrency: worker.worker_concurrency,
-                claim_count: worker.worker_claim_count,
-                idle_wait: worker.worker_idle_ms,
-                update_callback: worker.ydoc_update_callback,
-                update_callback_timeout: worker.ydoc_update_callback_timeout_ms,
-            },
-            auth: AuthConfig {
-                disabled: auth.auth_disabled,
-                public_key: auth.auth_public_key,
-                perm_callback: auth.auth_perm_callback,
-                perm_timeout: auth.auth_perm_callback_timeout_ms,
-                admin_secret: auth.admin_secret,
-            },
+            worker,
+            auth,
             worker_port: listen.worker_port,
         })
     }
@@ -973,7 +935,7 @@ mod tests {
             Ok(Cli {
                 command: Command::Server(s),
             }) => {
-                assert!(s.auth.auth_disabled);
+                assert!(s.auth.disabled);
                 assert_eq!(s.listen.port, 4000);
             }
             other => panic!("expected server settings, got {other:?}"),
