@@ -3,8 +3,9 @@
 //! compaction (where the built-in filesystem backend adds a file per
 //! compaction and deletes the replaced ones).
 //!
-//! Configuration is y-redis's (environment and `.env`: REDIS, PORT,
-//! AUTH_*, ...); the documents go to `STORAGE_DIR` (default `./y-redis-data`).
+//! Configuration is `y-redis all`'s (flags, environment and `.env`: REDIS,
+//! PORT, AUTH_*, ...; `--help` lists them); the documents go to
+//! `STORAGE_DIR` (default `./y-redis-data`).
 //!
 //! ```text
 //! AUTH_DISABLED=true STORAGE_DIR=/tmp/docs cargo run --example single_file_storage
@@ -19,10 +20,19 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
 use futures_util::future::{BoxFuture, FutureExt};
-use y_redis::config::{Config, Source};
+use y_redis::config::{self, Settings};
 use y_redis::service::{self, Roles};
 use y_redis::storage::{Reference, Storage, StorageConfig, StorageError, StoredDoc};
+
+/// A y-redis server and worker storing one file per document; every y-redis
+/// setting is a flag or an environment variable.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
 
 /// `<dir>/<hex(room)>/<hex(docid)>`: hex keeps any name a valid file name.
 struct SingleFileStorage {
@@ -139,7 +149,11 @@ fn main() -> ExitCode {
     if let Some(exit) = service::serve_doc_helper_if_asked() {
         return exit;
     }
-    let config = match Source::from_env().and_then(|src| Config::load(&src)) {
+    // .env first: clap reads the environment.
+    let dotenv = config::load_dotenv();
+    let settings = Cli::parse().settings;
+    let log = settings.log.log.clone();
+    let config = match dotenv.and_then(|()| settings.into_config()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("single_file_storage: invalid configuration: {e}");
@@ -147,7 +161,7 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(log))
         .init();
     let StorageConfig::Filesystem { dir } = config.storage.clone() else {
         eprintln!("single_file_storage: stores into STORAGE_DIR; unset S3_ENDPOINT and POSTGRES");

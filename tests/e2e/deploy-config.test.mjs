@@ -272,10 +272,11 @@ test('deploy/nginx.conf: websockets round-robin to every server replica, tokens 
 
 test('.env.template: every variable it gives y-redis has a default or value that parses', () => {
   // The template's settings as a y-redis environment, as is and with the
-  // commented S3 block switched on. `migrate` loads the whole configuration
-  // first (a bad value exits 2 naming its variable), then fails to reach
-  // the compose hosts (postgres, minio) that do not exist here: exit 1,
-  // after having chosen the storage the template means.
+  // commented S3 block switched on. `worker` reads every setting of the
+  // servers (`migrate` only the storage ones) and checks them first (a bad
+  // value exits 2 naming its variable), then fails to reach the compose
+  // hosts (postgres, minio) that do not exist here: exit 1, after having
+  // chosen the storage the template means.
   const text = read('.env.template')
   const s3Block = text.replace(/^# ((?:S3_[A-Z_]+|MINIO_IMAGE|COMPOSE_PROFILES)=)/gm, '$1')
   assert.notEqual(s3Block, text, 'the S3 block is there, commented out')
@@ -285,9 +286,9 @@ test('.env.template: every variable it gives y-redis has a default or value that
       const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line)
       if (m && variables.has(m[1])) env[m[1]] = m[2]
     }
-    const r = spawnSync(bin, ['migrate'], { encoding: 'utf8', timeout: 60000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
+    const r = spawnSync(bin, ['worker'], { encoding: 'utf8', timeout: 60000, env, cwd: path.join(REPO_ROOT, 'tests', 'e2e') })
     assert.doesNotMatch(r.stderr, /invalid configuration/, `${variant}: y-redis rejects a .env.template value: ${r.stderr}`)
-    assert.equal(r.status, 1, `${variant}: y-redis migrate with .env.template settings: exit ${r.status}, ${r.stderr}`)
+    assert.equal(r.status, 1, `${variant}: y-redis worker with .env.template settings: exit ${r.status}, ${r.stderr}`)
     assert.match(r.stderr, storage, `${variant}: the storage it tried`)
   }
 })
