@@ -1,7 +1,7 @@
 //! Process-wide metrics for Prometheus (`/metrics`), held in prometheus-client
 //! types: counting an event or moving a gauge is one relaxed atomic add on a
-//! static. Every metric is registered once in [`REGISTRY`]; [`render`] writes
-//! them in the Prometheus text format (version 0.0.4).
+//! static. Every metric is registered once in a prometheus-client `Registry`;
+//! [`render`] writes them in the Prometheus text format (version 0.0.4).
 
 use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
