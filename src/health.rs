@@ -77,7 +77,7 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
 
 async fn metrics() -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type(crate::metrics::CONTENT_TYPE)
         .body(crate::metrics::render())
 }
 

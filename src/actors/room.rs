@@ -235,8 +235,8 @@ impl Room {
                 member.session.do_send(ToSession::Delivered);
             }
         }
-        metrics::MESSAGES_OUT.add(messages_out as u64);
-        metrics::BYTES_OUT.add(bytes_out as u64);
+        metrics::MESSAGES_OUT.inc_by(messages_out as u64);
+        metrics::BYTES_OUT.inc_by(bytes_out as u64);
     }
 
     fn close_members(&mut self, code: u16, reason: &str, waiting_only: bool) {
@@ -416,8 +416,8 @@ impl Handler<Loaded> for Room {
             let step2 = diffs.get(&conn).unwrap_or(&full);
             let mut frames = vec![step1.clone(), step2.clone()];
             frames.extend(awareness.clone());
-            metrics::MESSAGES_OUT.add(frames.len() as u64);
-            metrics::BYTES_OUT.add(frames.iter().map(|f| f.len() as u64).sum());
+            metrics::MESSAGES_OUT.inc_by(frames.len() as u64);
+            metrics::BYTES_OUT.inc_by(frames.iter().map(|f| f.len() as u64).sum());
             member.outlet.deliver(&frames);
             member.session.do_send(ToSession::Synced);
         }

@@ -383,7 +383,9 @@ impl WsSession {
                 self.updates.accepted += 1;
                 self.publish(Bytes::from(encode_sync_update(&update)), ctx);
             }
-            Ok(Verdict::Redundant) => metrics::REDUNDANT_UPDATES.inc(),
+            Ok(Verdict::Redundant) => {
+                metrics::REDUNDANT_UPDATES.inc();
+            }
             Ok(Verdict::Hold { missing }) => {
                 tracing::debug!(room = %self.room, conn = self.conn, client = missing.client, clock = missing.clock, "holding an update until its dependencies reach the room");
                 self.hold(update, ctx);
@@ -506,7 +508,7 @@ impl WsSession {
             }
         }
         if refused > 0 {
-            metrics::AWARENESS_REFUSED.add(refused);
+            metrics::AWARENESS_REFUSED.inc_by(refused);
             tracing::debug!(room = %self.room, conn = self.conn, refused, "dropped awareness entries for client ids this connection does not own");
         }
         let Some(own) = own else { return };
@@ -646,7 +648,7 @@ impl WsSession {
 /// Counts one message sent to the client.
 fn count_out(bytes: usize) {
     metrics::MESSAGES_OUT.inc();
-    metrics::BYTES_OUT.add(bytes as u64);
+    metrics::BYTES_OUT.inc_by(bytes as u64);
 }
 
 impl Actor for WsSession {
@@ -758,7 +760,7 @@ impl StreamHandler<Result<Incoming, FrameError>> for WsSession {
         match msg {
             Ok(Incoming::Binary(frame)) => {
                 metrics::MESSAGES_IN.inc();
-                metrics::BYTES_IN.add(frame.len() as u64);
+                metrics::BYTES_IN.inc_by(frame.len() as u64);
                 self.handle_frame(&frame, ctx)
             }
             Ok(Incoming::Text) => self.reject(

@@ -780,7 +780,7 @@ impl CommandTimer {
 
 impl Drop for CommandTimer {
     fn drop(&mut self) {
-        crate::metrics::REDIS_COMMAND_SECONDS.observe(self.0.elapsed());
+        crate::metrics::REDIS_COMMAND_SECONDS.observe(self.0.elapsed().as_secs_f64());
     }
 }
 

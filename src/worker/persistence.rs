@@ -303,7 +303,7 @@ impl Round {
                 });
             }
             metrics::WORKER_PERSISTS.inc();
-            metrics::WORKER_PERSIST_SECONDS.observe(started.elapsed());
+            metrics::WORKER_PERSIST_SECONDS.observe(started.elapsed().as_secs_f64());
             tracing::info!(
                 room,
                 bytes = size,
