@@ -4,6 +4,7 @@
 
 mod contract;
 
+#[allow(unused_imports)] // not every test file runs the storage contract
 pub use contract::contract;
 
 use std::net::TcpListener;
@@ -130,3 +131,6 @@ pub fn read_v2(update_v2: &[u8]) -> (String, StateVector) {
     let txn = doc.transact();
     (t.get_string(&txn), txn.state_vector())
 }
+
+pub mod inproc;
+pub mod ws;
