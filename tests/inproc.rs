@@ -10,15 +10,23 @@
 //!   servers sharing one Redis send thousands of updates; every client
 //!   receives each sender's updates exactly once, in send order, and all
 //!   documents end equal.
+//! - `a_worker_compacts_into_storage_and_trims_the_stream`: the worker,
+//!   started in-process with a short debounce and message lifetime, stores
+//!   the document (equal to the clients') and trims the room stream.
+//! - `a_permanent_storage_error_closes_once_with_4422`: a room storage can
+//!   never hold gets one close 4422 with the reason (no 1013 retry loop),
+//!   other rooms keep working, and the worker gives up on the room once.
 
 // The server's future is as deep as in src/main.rs, which raises the limit too.
 #![recursion_limit = "256"]
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use support::inproc::{self, GatedStorage, REDIS_URL};
+use support::inproc::{self, GatedStorage, RefusingStorage, REDIS_URL};
 use support::ws::Client;
 use y_redis::redis::RedisStore;
 use y_redis::storage::{MemoryStorage, Storage};
@@ -186,5 +194,184 @@ async fn every_client_gets_each_senders_updates_in_order() {
         }
     }
     drop(servers);
+    inproc::remove_prefix(REDIS_URL, &prefix).await;
+}
+
+/// The text of the document `storage` holds for `room` (its pieces merged).
+async fn stored_text(storage: &dyn Storage, room: &str) -> Option<String> {
+    use yrs::updates::decoder::Decode;
+    use yrs::GetString;
+    let stored = storage.retrieve_doc(room, "index").await.ok()??;
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("text");
+    let mut txn = doc.transact_mut();
+    for piece in &stored.pieces {
+        txn.apply_update(yrs::Update::decode_v2(piece).expect("stored v2"))
+            .expect("applies");
+    }
+    Some(text.get_string(&txn))
+}
+
+/// Polls `check` every 50 ms until it holds, panicking after the clients' wait.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + support::ws::WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
+}
+
+#[actix_rt::test]
+async fn a_worker_compacts_into_storage_and_trims_the_stream() {
+    const EDITS: usize = 20;
+    let prefix = inproc::prefix();
+    let config = inproc::config(&[
+        ("REDIS_PREFIX", &prefix),
+        ("REDIS_TASK_DEBOUNCE", "300"),
+        ("REDIS_MIN_MESSAGE_LIFETIME", "100"),
+        ("WORKER_IDLE_MS", "50"),
+        ("WORKER_CONCURRENCY", "1"),
+    ]);
+    let storage = Arc::new(MemoryStorage::default());
+    let redis = RedisStore::for_config(&config).await.expect("redis");
+    let worker = y_redis::worker::start(
+        &config.worker,
+        redis.clone(),
+        storage.clone(),
+        inproc::documents(),
+    );
+    let server = inproc::start_server(config, storage.clone());
+    let room = "compacted";
+    let writer = Client::connect(server.addr, room).await;
+    writer
+        .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
+        .await;
+    // Edits over a second: the early ones are past the lifetime at the end.
+    for i in 0..EDITS {
+        writer.insert(&format!("edit{i} ")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sv = writer.state_vector();
+    writer.wait_for_state(&sv).await;
+    let key = redis.keys().room_stream(room, "index");
+    let conn = inproc::raw_redis(REDIS_URL).await;
+    let text = writer.text();
+    eventually("the document stored and the stream trimmed", || {
+        let (storage, key, text, conn) = (storage.clone(), key.clone(), text.clone(), conn.clone());
+        async move {
+            let mut conn = conn;
+            stored_text(storage.as_ref(), room).await.as_deref() == Some(text.as_str())
+                && xlen(&mut conn, &key).await < EDITS
+        }
+    })
+    .await;
+    // A client joining now loads storage plus what is left of the stream.
+    let reader = Client::connect(server.addr, room).await;
+    reader.wait_for_state(&sv).await;
+    assert_eq!(reader.text(), text);
+    worker.shutdown(Duration::from_secs(2)).await;
+    drop(server);
+    inproc::remove_prefix(REDIS_URL, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn a_permanent_storage_error_closes_once_with_4422() {
+    let prefix = inproc::prefix();
+    let config = inproc::config(&[
+        ("REDIS_PREFIX", &prefix),
+        ("REDIS_TASK_DEBOUNCE", "200"),
+        ("WORKER_IDLE_MS", "50"),
+        ("WORKER_CONCURRENCY", "1"),
+    ]);
+    let redis = RedisStore::for_config(&config).await.expect("redis");
+    let server = inproc::start_server(config.clone(), Arc::new(RefusingStorage::default()));
+
+    let refused = Client::connect(server.addr, "bad-room").await;
+    refused.insert("lost").await;
+    let good = Client::connect(server.addr, "good-room").await;
+    let close = refused.wait_closed().await;
+    let (code, reason) = close.expect("a close frame");
+    assert_eq!(code, 4422, "{reason}");
+    assert!(reason.contains("cannot hold"), "reason says why: {reason}");
+    assert_eq!(refused.state.lock().unwrap().closes.len(), 1);
+    assert!(
+        refused.state.lock().unwrap().received.is_empty(),
+        "no document sent"
+    );
+
+    // Other rooms keep working.
+    let other = Client::connect(server.addr, "good-room").await;
+    good.insert("still served").await;
+    other
+        .wait_until("the good room's edit", |c| c.text() == "still served")
+        .await;
+
+    // The worker tries the refused room once and drops its task.
+    let bad_key = redis.keys().room_stream("bad-room", "index");
+    inproc::publish(
+        &redis,
+        "bad-room",
+        &[encode_sync_update(&append(9, &[], "x").0)],
+    )
+    .await;
+    let worker_storage = Arc::new(RefusingStorage::default());
+    let worker = y_redis::worker::start(
+        &config.worker,
+        redis.clone(),
+        worker_storage.clone(),
+        inproc::documents(),
+    );
+    let mut conn = inproc::raw_redis(REDIS_URL).await;
+    let queue = format!("{prefix}:worker");
+    eventually("the refused room's task dropped", || {
+        let (storage, conn, queue, bad_key) = (
+            worker_storage.clone(),
+            conn.clone(),
+            queue.clone(),
+            bad_key.clone(),
+        );
+        async move {
+            let mut conn = conn;
+            let tasks: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&queue)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .expect("XRANGE");
+            let pending = tasks.ids.iter().any(|task| {
+                task.map.get("compact").is_some_and(|v| {
+                    redis::from_redis_value::<String>(v.clone()).is_ok_and(|k| k == bad_key)
+                })
+            });
+            storage.refused_reads.load(Ordering::SeqCst) > 0 && !pending
+        }
+    })
+    .await;
+    // Several debounces later it has not tried again; the stream stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(worker_storage.refused_reads.load(Ordering::SeqCst), 1);
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&bad_key)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(exists, "the stream is kept for an operator");
+    worker.shutdown(Duration::from_secs(2)).await;
+    drop(server);
     inproc::remove_prefix(REDIS_URL, &prefix).await;
 }
