@@ -16,6 +16,14 @@
 //! - `a_permanent_storage_error_closes_once_with_4422`: a room storage can
 //!   never hold gets one close 4422 with the reason (no 1013 retry loop),
 //!   other rooms keep working, and the worker gives up on the room once.
+//! - `a_client_that_stops_reading_is_cut_off`: a raw websocket client that
+//!   never reads while others write megabytes is disconnected by the server
+//!   (`WS_MAX_SEND_QUEUE_BYTES`), and a reader in the same room still gets
+//!   everything.
+//! - `edits_flow_again_after_redis_restarts`: a server whose Redis is
+//!   SIGKILLed and restarted empty on the same port subscribes again:
+//!   clients asked to resync (1013) reconnect, the documents converge, and
+//!   edits made after the restart are delivered.
 
 // The server's future is as deep as in src/main.rs, which raises the limit too.
 #![recursion_limit = "256"]
@@ -26,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::inproc::{self, GatedStorage, RefusingStorage, REDIS_URL};
+use support::inproc::{self, GatedStorage, PrivateRedis, RefusingStorage, REDIS_URL};
 use support::ws::Client;
 use y_redis::redis::RedisStore;
 use y_redis::storage::{MemoryStorage, Storage};
@@ -374,4 +382,117 @@ async fn a_permanent_storage_error_closes_once_with_4422() {
     worker.shutdown(Duration::from_secs(2)).await;
     drop(server);
     inproc::remove_prefix(REDIS_URL, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS_PER_WRITER: usize = 64;
+    let prefix = inproc::prefix();
+    let config = inproc::config(&[
+        ("REDIS_PREFIX", &prefix),
+        ("WS_MAX_SEND_QUEUE_BYTES", "262144"),
+        ("MAX_BYTES_PER_SECOND", "1000000000"),
+        ("MAX_MESSAGES_PER_SECOND", "100000"),
+    ]);
+    let server = inproc::start_server(config, Arc::new(MemoryStorage::default()));
+    let room = "slow";
+    // The client that never reads, with a small receive window so the
+    // backlog lands in the server's queue rather than in kernel buffers.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stalled = socket.connect(server.addr).await.expect("connect");
+    support::ws::handshake(&mut stalled, room).await;
+
+    let writers = [
+        Client::connect(server.addr, room).await,
+        Client::connect(server.addr, room).await,
+    ];
+    let reader = Client::connect(server.addr, room).await;
+    for client in writers.iter().chain([&reader]) {
+        client
+            .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
+            .await;
+    }
+    // Writers go on as fast as the reader keeps up, so only the stalled
+    // client falls behind.
+    let chunk = "x".repeat(CHUNK);
+    for _ in 0..CHUNKS_PER_WRITER {
+        for writer in &writers {
+            writer.insert(&chunk).await;
+        }
+        for writer in &writers {
+            reader.wait_for_state(&writer.state_vector()).await;
+        }
+    }
+    let sent = 2 * CHUNK * CHUNKS_PER_WRITER;
+    assert_eq!(reader.text().len(), sent);
+
+    // Only now does the stalled client read: it finds the connection
+    // ended (EOF or reset) before everything, rather than waiting for more.
+    let mut got = 0usize;
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let read = tokio::time::timeout(support::ws::WAIT, stalled.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("the stalled connection is still open after {got} bytes"));
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < sent, "cut off before everything: got {got} of {sent}");
+    drop(server);
+    inproc::remove_prefix(REDIS_URL, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn edits_flow_again_after_redis_restarts() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    let config = inproc::config(&[
+        ("REDIS", &url),
+        ("REDIS_PREFIX", "y"),
+        ("REDIS_COMMAND_TIMEOUT_MS", "2000"),
+    ]);
+    let server = inproc::start_server(config, Arc::new(MemoryStorage::default()));
+    let room = "restart";
+    let mut clients = vec![
+        Client::connect(server.addr, room).await,
+        Client::connect(server.addr, room).await,
+    ];
+    clients[0].insert("before ").await;
+    let sv = clients[0].state_vector();
+    clients[1].wait_for_state(&sv).await;
+
+    redis.kill();
+    redis.restart();
+
+    // Each client is asked to resync and reconnects, as y-websocket does.
+    let mut resynced = Vec::new();
+    for client in clients.drain(..) {
+        let close = client.wait_closed().await;
+        assert_eq!(close.as_ref().map(|c| c.0), Some(1013), "{close:?}");
+        resynced.push(client.resync().await);
+    }
+    // Edits made after the restart reach the other client, both ways.
+    resynced[0].insert("after0 ").await;
+    resynced[1].insert("after1 ").await;
+    let mut everything = resynced[0].state_vector();
+    everything.merge(resynced[1].state_vector());
+    for client in &resynced {
+        client.wait_for_state(&everything).await;
+        assert!(!client.state.lock().unwrap().ended, "still connected");
+    }
+    assert_eq!(resynced[0].text(), resynced[1].text());
+    let text = resynced[0].text();
+    for part in ["before", "after0", "after1"] {
+        assert!(text.contains(part), "{part} in {text:?}");
+    }
+    // A client joining now gets everything from the restarted Redis.
+    let late = Client::connect(server.addr, room).await;
+    late.wait_for_state(&everything).await;
+    assert_eq!(late.text(), text);
+    drop(server);
 }

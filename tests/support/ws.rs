@@ -166,6 +166,32 @@ impl Client {
         fresh
     }
 
+    /// Reconnects until an initial sync arrives, as y-websocket does: a
+    /// server may ask a new connection to retry (1013) again while its own
+    /// Redis connections recover.
+    pub async fn resync(self) -> Client {
+        let mut client = self;
+        for _ in 0..10 {
+            client = client.reconnect().await;
+            client
+                .wait_until("an initial sync or a close", |c| {
+                    let state = c.state.lock().unwrap();
+                    state.synced || state.ended
+                })
+                .await;
+            let (synced, close) = {
+                let state = client.state.lock().unwrap();
+                (state.synced, state.close.clone())
+            };
+            if synced {
+                return client;
+            }
+            assert_eq!(close.as_ref().map(|c| c.0), Some(1013), "{close:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no initial sync after ten reconnections");
+    }
+
     /// Sends one binary message; a failed write is ignored (the reader sees the end).
     pub async fn send(&self, message: &[u8]) {
         let frame = client_frame(0x2, message);
@@ -209,10 +235,16 @@ impl Client {
                 return;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let (closes, ended) = {
+                    let state = self.state.lock().unwrap();
+                    (state.closes.clone(), state.ended)
+                };
+                let text = self.text();
                 assert!(
                     done(self),
-                    "timed out waiting for {what}; text {:?}",
-                    self.text()
+                    "timed out waiting for {what}; text {:?} ({} chars), closes {closes:?}, ended {ended}",
+                    text.chars().take(60).collect::<String>(),
+                    text.len()
                 );
                 return;
             }
