@@ -6,6 +6,9 @@
 //!   update that reaches the stream while a room's load is in flight (the
 //!   storage read held at a gate) reaches the joining client exactly once,
 //!   after its initial sync and before later updates.
+//! - `an_entry_added_while_joiners_load_an_open_room_arrives_once_and_in_order`:
+//!   the same while the room is already open on the server (the listener
+//!   reads its stream and hands C to rooms whose loads are in flight).
 //! - `every_client_gets_each_senders_updates_in_order`: writers on two
 //!   servers sharing one Redis send thousands of updates; every client
 //!   receives each sender's updates exactly once, in send order, and all
@@ -69,13 +72,16 @@ fn v2_of(update_v1: &[u8]) -> Vec<u8> {
     txn.encode_state_as_update_v2(&yrs::StateVector::default())
 }
 
-#[actix_rt::test]
-async fn an_entry_added_during_the_initial_load_arrives_once_and_in_order() {
+/// Storage holds "A" and the stream "B"; `early` clients join first (the
+/// gate open), then `joiners` join while their loads wait at the gate,
+/// "C" reaches the stream, the gate opens, then "D" is published. Every
+/// joiner must get B, C and D exactly once, its initial sync first, C
+/// before D; returns the joiners for further checks.
+async fn load_race(early: usize, joiners: usize) -> Vec<(Client, [ID; 3])> {
     let prefix = inproc::prefix();
     let config = inproc::config(&[("REDIS_PREFIX", &prefix)]);
     let redis = RedisStore::for_config(&config).await.expect("redis");
     let room = "race";
-    // Storage holds "A", the stream "B" before anyone joins.
     let (storage, mut gate) = GatedStorage::new();
     let (doc_a, _) = append(1, &[], "A");
     storage
@@ -85,51 +91,92 @@ async fn an_entry_added_during_the_initial_load_arrives_once_and_in_order() {
         .expect("stored");
     let (b, b_id) = append(2, &doc_a, "B");
     inproc::publish(&redis, room, &[encode_sync_update(&b)]).await;
-
     let server = inproc::start_server(config, storage.clone() as Arc<dyn Storage>);
-    let client = Client::connect(server.addr, room).await;
-    // The room has read the stream (A's storage read comes after it) and
-    // waits at the gate: "C" reaches the stream now.
-    gate.wait_entered().await;
+
+    gate.open();
+    let mut present = Vec::new();
+    for _ in 0..early {
+        let client = Client::connect(server.addr, room).await;
+        client
+            .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
+            .await;
+        present.push(client);
+    }
+    gate.close();
+    let loads_before = gate.loads();
+    let mut joining = Vec::new();
+    for _ in 0..joiners {
+        joining.push(Client::connect(server.addr, room).await);
+    }
+    // Each joiner's room has read the stream (the storage read comes after
+    // it) and waits at the gate: "C" reaches the stream now. (With two or
+    // more HTTP worker threads two joiners land on different threads, so
+    // both load now.)
+    gate.wait_entered(loads_before + joiners).await;
     let (c, c_id) = append(3, &doc_a, "C");
     inproc::publish(&redis, room, &[encode_sync_update(&c)]).await;
+    for client in &present {
+        // The listener brought C to the open room while the loads run.
+        client.wait_until("C", |c| c.text().contains('C')).await;
+    }
     gate.open();
-    client
-        .wait_until("A, B and C", |c| {
-            let text = c.text();
-            ["A", "B", "C"].iter().all(|s| text.contains(s))
-        })
-        .await;
-    // A later update comes after C.
+    for client in &joining {
+        client
+            .wait_until("A, B and C", |c| {
+                let text = c.text();
+                ["A", "B", "C"].iter().all(|s| text.contains(s))
+            })
+            .await;
+    }
     let (d, d_id) = append(4, &doc_a, "D");
     inproc::publish(&redis, room, &[encode_sync_update(&d)]).await;
-    client.wait_until("D", |c| c.text().contains('D')).await;
+    for client in joining.iter().chain(&present) {
+        client.wait_until("D", |c| c.text().contains('D')).await;
+    }
 
-    assert_eq!(client.times_received(&b_id), 1, "B once");
-    assert_eq!(client.times_received(&c_id), 1, "C once");
-    assert_eq!(client.times_received(&d_id), 1, "D once");
-    let state = client.state.lock().unwrap();
-    let position = |id: &ID| {
-        state
-            .received
-            .iter()
-            .position(|r| r.inserts.contains(id))
-            .expect("received")
-    };
-    assert_eq!(
-        state.received[0].kind,
-        y_redis_protocol::message::SYNC_STEP2,
-        "the initial sync comes first"
-    );
-    assert_eq!(position(&b_id), 0, "B is in the initial sync");
-    assert!(
-        position(&b_id) < position(&c_id),
-        "C after the initial sync"
-    );
-    assert!(position(&c_id) < position(&d_id), "D after C");
-    drop(state);
+    for (n, client) in joining.iter().enumerate() {
+        for (name, id) in [("B", &b_id), ("C", &c_id), ("D", &d_id)] {
+            assert_eq!(client.times_received(id), 1, "joiner {n}: {name} once");
+        }
+        let state = client.state.lock().unwrap();
+        let position = |id: &ID| state.received.iter().position(|r| r.inserts.contains(id));
+        assert_eq!(
+            state.received[0].kind,
+            y_redis_protocol::message::SYNC_STEP2,
+            "joiner {n}: the initial sync comes first"
+        );
+        assert_eq!(
+            position(&b_id),
+            Some(0),
+            "joiner {n}: B in the initial sync"
+        );
+        assert!(position(&c_id) < position(&d_id), "joiner {n}: C before D");
+    }
     drop(server);
     inproc::remove_prefix(REDIS_URL, &prefix).await;
+    joining
+        .into_iter()
+        .map(|client| (client, [b_id, c_id, d_id]))
+        .collect()
+}
+
+#[actix_rt::test]
+async fn an_entry_added_during_the_initial_load_arrives_once_and_in_order() {
+    let joined = load_race(0, 1).await;
+    // The load read the stream before C: C comes after the initial sync.
+    let (client, [_, c_id, _]) = &joined[0];
+    assert!(!client.state.lock().unwrap().received[0]
+        .inserts
+        .contains(c_id));
+}
+
+#[actix_rt::test]
+async fn an_entry_added_while_joiners_load_an_open_room_arrives_once_and_in_order() {
+    // One client has the room open (the listener reads its stream), two
+    // more join: one a new room subscription on the other thread, one a
+    // later load of the open room; both see C come from the listener while
+    // their loads are held.
+    load_race(1, 2).await;
 }
 
 #[actix_rt::test]

@@ -152,9 +152,10 @@ impl GatedStorage {
 }
 
 impl Gate {
-    /// Waits until some `retrieve_doc` is waiting at the gate.
-    pub async fn wait_entered(&mut self) {
-        tokio::time::timeout(super::ws::WAIT, self.entered.wait_for(|&n| n > 0))
+    /// Waits until `reads` calls of `retrieve_doc` have started (those
+    /// since the gate was last closed wait at it).
+    pub async fn wait_entered(&mut self, reads: usize) {
+        tokio::time::timeout(super::ws::WAIT, self.entered.wait_for(|&n| n >= reads))
             .await
             .expect("a storage read within the timeout")
             .expect("storage alive");
@@ -162,6 +163,16 @@ impl Gate {
 
     pub fn open(&self) {
         self.open.send_replace(true);
+    }
+
+    /// How many `retrieve_doc` calls have started.
+    pub fn loads(&self) -> usize {
+        *self.entered.borrow()
+    }
+
+    /// Reads from now on wait again.
+    pub fn close(&self) {
+        self.open.send_replace(false);
     }
 }
 
