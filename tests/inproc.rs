@@ -31,13 +31,15 @@
 // The server's future is as deep as in src/main.rs, which raises the limit too.
 #![recursion_limit = "256"]
 
+#[path = "support/inproc.rs"]
+mod inproc;
 mod support;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::inproc::{self, GatedStorage, PrivateRedis, RefusingStorage, REDIS_URL};
+use inproc::{GatedStorage, PrivateRedis, RefusingStorage, REDIS_URL};
 use support::ws::Client;
 use y_redis::redis::RedisStore;
 use y_redis::storage::{MemoryStorage, Storage};

@@ -1,3 +1,4 @@
+//! Included by `tests/inproc.rs` as `mod inproc` (next to `mod support`).
 //! Servers and workers started inside the test process, on port 0, against
 //! the real Redis (each test with its own `REDIS_PREFIX`), and the storage
 //! wrappers and private Redis servers the in-process tests need.
@@ -33,7 +34,7 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
 
 /// A Redis prefix of this test alone (tests run in parallel and rerun).
 pub fn prefix() -> String {
-    format!("inproc{}", super::random_suffix())
+    format!("inproc{}", crate::support::random_suffix())
 }
 
 /// The document engine: helper processes of the test binary's crate.
@@ -155,10 +156,13 @@ impl Gate {
     /// Waits until `reads` calls of `retrieve_doc` have started (those
     /// since the gate was last closed wait at it).
     pub async fn wait_entered(&mut self, reads: usize) {
-        tokio::time::timeout(super::ws::WAIT, self.entered.wait_for(|&n| n >= reads))
-            .await
-            .expect("a storage read within the timeout")
-            .expect("storage alive");
+        tokio::time::timeout(
+            crate::support::ws::WAIT,
+            self.entered.wait_for(|&n| n >= reads),
+        )
+        .await
+        .expect("a storage read within the timeout")
+        .expect("storage alive");
     }
 
     pub fn open(&self) {
@@ -274,7 +278,7 @@ pub struct PrivateRedis {
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
         let mut redis = PrivateRedis {
-            port: super::free_port(),
+            port: crate::support::free_port(),
             child: None,
         };
         redis.restart();
@@ -304,7 +308,7 @@ impl PrivateRedis {
             .spawn()
             .expect("tests need redis-server on PATH");
         self.child = Some(child);
-        super::wait_for_port(self.port, Duration::from_secs(10));
+        crate::support::wait_for_port(self.port, Duration::from_secs(10));
     }
 }
 

@@ -132,5 +132,8 @@ pub fn read_v2(update_v2: &[u8]) -> (String, StateVector) {
     (t.get_string(&txn), txn.state_vector())
 }
 
-pub mod inproc;
+/// The y-websocket client of the in-process tests. (Their servers and
+/// workers are in `inproc.rs`, which `tests/inproc.rs` includes itself: the
+/// server's future needs a raised recursion limit in every crate that
+/// names it.)
 pub mod ws;

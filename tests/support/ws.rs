@@ -335,7 +335,7 @@ impl Reader {
                     let frame = client_frame(0xa, &payload);
                     let _ = self.writer.lock().await.write_all(&frame).await;
                 }
-                0x0 | 0x1 | 0x2 => {
+                0x0..=0x2 => {
                     message.extend_from_slice(&payload);
                     if fin {
                         self.handle(&std::mem::take(&mut message)).await;
