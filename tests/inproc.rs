@@ -225,6 +225,15 @@ async fn every_client_gets_each_senders_updates_in_order() {
     }
     for client in writers.iter().chain(&readers) {
         client.wait_for_state(&everything).await;
+        // A writer has its own edits already: wait for their echoes too.
+        client
+            .wait_until("every update received", |c| {
+                writers.iter().all(|w| {
+                    let ranges = c.ranges_from(w.client_id());
+                    ranges.iter().map(|r| r.end).max() == Some(UPDATES)
+                })
+            })
+            .await;
     }
     let text = readers[0].text();
     assert_eq!(text.len(), UPDATES as usize * writers.len());
