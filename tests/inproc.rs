@@ -81,7 +81,7 @@ fn v2_of(update_v1: &[u8]) -> Vec<u8> {
 /// before D; returns the joiners for further checks.
 async fn load_race(early: usize, joiners: usize) -> Vec<(Client, [ID; 3])> {
     let prefix = inproc::prefix();
-    let config = inproc::config(&[("REDIS_PREFIX", &prefix)]);
+    let config = inproc::config(&[("REDIS_PREFIX", prefix.as_str())]);
     let redis = RedisStore::for_config(&config).await.expect("redis");
     let room = "race";
     let (storage, mut gate) = GatedStorage::new();
@@ -155,7 +155,6 @@ async fn load_race(early: usize, joiners: usize) -> Vec<(Client, [ID; 3])> {
         assert!(position(&c_id) < position(&d_id), "joiner {n}: C before D");
     }
     drop(server);
-    inproc::remove_prefix(REDIS_URL, &prefix).await;
     joining
         .into_iter()
         .map(|client| (client, [b_id, c_id, d_id]))
@@ -260,7 +259,6 @@ async fn every_client_gets_each_senders_updates_in_order() {
         }
     }
     drop(servers);
-    inproc::remove_prefix(REDIS_URL, &prefix).await;
 }
 
 /// The text of the document `storage` holds for `room` (its pieces merged).
@@ -306,7 +304,7 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
     const EDITS: usize = 20;
     let prefix = inproc::prefix();
     let config = inproc::config(&[
-        ("REDIS_PREFIX", &prefix),
+        ("REDIS_PREFIX", prefix.as_str()),
         ("REDIS_TASK_DEBOUNCE", "300"),
         ("REDIS_MIN_MESSAGE_LIFETIME", "100"),
         ("WORKER_IDLE_MS", "50"),
@@ -351,14 +349,13 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
     assert_eq!(reader.text(), text);
     worker.shutdown(Duration::from_secs(2)).await;
     drop(server);
-    inproc::remove_prefix(REDIS_URL, &prefix).await;
 }
 
 #[actix_rt::test]
 async fn a_permanent_storage_error_closes_once_with_4422() {
     let prefix = inproc::prefix();
     let config = inproc::config(&[
-        ("REDIS_PREFIX", &prefix),
+        ("REDIS_PREFIX", prefix.as_str()),
         ("REDIS_TASK_DEBOUNCE", "200"),
         ("WORKER_IDLE_MS", "50"),
         ("WORKER_CONCURRENCY", "1"),
@@ -402,7 +399,7 @@ async fn a_permanent_storage_error_closes_once_with_4422() {
         inproc::documents(),
     );
     let mut conn = inproc::raw_redis(REDIS_URL).await;
-    let queue = format!("{prefix}:worker");
+    let queue = format!("{}:worker", prefix.as_str());
     eventually("the refused room's task dropped", || {
         let (storage, conn, queue, bad_key) = (
             worker_storage.clone(),
@@ -439,7 +436,6 @@ async fn a_permanent_storage_error_closes_once_with_4422() {
     assert!(exists, "the stream is kept for an operator");
     worker.shutdown(Duration::from_secs(2)).await;
     drop(server);
-    inproc::remove_prefix(REDIS_URL, &prefix).await;
 }
 
 #[actix_rt::test]
@@ -449,7 +445,7 @@ async fn a_client_that_stops_reading_is_cut_off() {
     const CHUNKS_PER_WRITER: usize = 64;
     let prefix = inproc::prefix();
     let config = inproc::config(&[
-        ("REDIS_PREFIX", &prefix),
+        ("REDIS_PREFIX", prefix.as_str()),
         ("WS_MAX_SEND_QUEUE_BYTES", "262144"),
         ("MAX_BYTES_PER_SECOND", "1000000000"),
         ("MAX_MESSAGES_PER_SECOND", "100000"),
@@ -510,7 +506,6 @@ async fn a_client_that_stops_reading_is_cut_off() {
         "the stalled connection is still open after {got} bytes"
     );
     drop(server);
-    inproc::remove_prefix(REDIS_URL, &prefix).await;
 }
 
 #[actix_rt::test]

@@ -32,9 +32,33 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
     Config::load(&Source::from_pairs(all)).expect("test configuration")
 }
 
-/// A Redis prefix of this test alone (tests run in parallel and rerun).
-pub fn prefix() -> String {
-    format!("inproc{}", crate::support::random_suffix())
+/// A Redis prefix of this test alone (tests run in parallel and rerun);
+/// its keys are deleted when it is dropped, also when the test fails.
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+pub fn prefix() -> Prefix {
+    Prefix(format!("inproc{}", crate::support::random_suffix()))
 }
 
 /// The document engine: helper processes of the test binary's crate.
@@ -102,19 +126,6 @@ pub async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("tests need Redis")
-}
-
-/// Deletes every key of `prefix` (best effort, at the end of a test).
-pub async fn remove_prefix(url: &str, prefix: &str) {
-    let mut conn = raw_redis(url).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
-    }
 }
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
