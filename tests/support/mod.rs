@@ -4,6 +4,7 @@
 
 mod contract;
 
+#[allow(unused_imports)] // not every test file runs the storage contract
 pub use contract::contract;
 
 use std::net::TcpListener;
@@ -130,3 +131,9 @@ pub fn read_v2(update_v2: &[u8]) -> (String, StateVector) {
     let txn = doc.transact();
     (t.get_string(&txn), txn.state_vector())
 }
+
+/// The y-websocket client of the in-process tests. (Their servers and
+/// workers are in `inproc.rs`, which `tests/inproc.rs` includes itself: the
+/// server's future needs a raised recursion limit in every crate that
+/// names it.)
+pub mod ws;
