@@ -64,6 +64,28 @@ fn append(client: u64, base: &[u8], text: &str) -> (Vec<u8>, ID) {
     (update, ID::new(yrs::ClientID::new(client), 0))
 }
 
+/// The updates in a room stream, in order.
+async fn stream_updates(key: &str) -> Vec<yrs::Update> {
+    use y_redis_protocol::message::{classify_stream_message, StreamMessage};
+    use yrs::updates::decoder::Decode;
+    let mut redis = inproc::raw_redis(REDIS_URL).await;
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .flat_map(|(_, fields)| fields)
+        .filter_map(|(_, message)| match classify_stream_message(&message) {
+            StreamMessage::Update(update) => Some(yrs::Update::decode_v1(update).expect("v1")),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The same update in encoding v2 (as storage holds documents).
 fn v2_of(update_v1: &[u8]) -> Vec<u8> {
     use yrs::updates::decoder::Decode;
@@ -134,6 +156,33 @@ async fn load_race(early: usize, joiners: usize) -> Vec<(Client, [ID; 3])> {
     inproc::publish(&redis, room, &[encode_sync_update(&d)]).await;
     for client in joining.iter().chain(&present) {
         client.wait_until("D", |c| c.text().contains('D')).await;
+    }
+    // Each joiner now edits right after C, sending only its change: the
+    // room's view must hold C (it came while the view was being loaded), so
+    // the edit is stored at once, once, and C is not asked for again.
+    let key = redis.keys().room_stream(room, "index");
+    let stored_before = stream_updates(&key).await.len();
+    for (n, client) in joining.iter().enumerate() {
+        let after_c = client.text().find('C').expect("C") as u32 + 1;
+        client.insert_at(after_c, &n.to_string()).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stream_updates(&key).await.len() < stored_before + joiners {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the joiners' edits to reach the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for a re-sent copy to arrive, had there been one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let edits = stream_updates(&key).await.split_off(stored_before);
+    assert_eq!(edits.len(), joiners, "one stream entry per joiner's edit");
+    for update in &edits {
+        assert!(
+            !update.insertions(true).contains(&c_id),
+            "a joiner was asked for C again: the room's view missed it"
+        );
     }
 
     for (n, client) in joining.iter().enumerate() {

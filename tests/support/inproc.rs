@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tokio::sync::{oneshot, watch};
-use y_redis::config::{Config, Source};
+use y_redis::config::Config;
 use y_redis::document::helper::{EngineCommand, EnginePool};
 use y_redis::document::Documents;
 use y_redis::redis::RedisStore;
@@ -28,8 +28,9 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
         ("DOC_HELPERS", "2"),
         ("SHUTDOWN_GRACE_MS", "500"),
     ];
+    all.retain(|(var, _)| !pairs.iter().any(|(given, _)| given == var));
     all.extend_from_slice(pairs);
-    Config::load(&Source::from_pairs(all)).expect("test configuration")
+    Config::from_vars(all).expect("test configuration")
 }
 
 /// A Redis prefix of this test alone (tests run in parallel and rerun);

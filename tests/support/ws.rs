@@ -211,6 +211,20 @@ impl Client {
         update
     }
 
+    /// Inserts `text` at `index` of Y.Text "text" and sends only that
+    /// change (as y-websocket sends an edit); returns it (v1).
+    pub async fn insert_at(&self, index: u32, text: &str) -> Vec<u8> {
+        let update = {
+            let shared = self.doc.get_or_insert_text("text");
+            let mut txn = self.doc.transact_mut();
+            let before = txn.state_vector();
+            shared.insert(&mut txn, index, text);
+            txn.encode_diff_v1(&before)
+        };
+        self.send(&encode_sync_update(&update)).await;
+        update
+    }
+
     pub fn text(&self) -> String {
         let shared = self.doc.get_or_insert_text("text");
         let txn = self.doc.transact();
