@@ -355,29 +355,16 @@ impl Handler<Loaded> for Room {
                 return;
             }
         };
-        // Entries the load did not cover but that arrived while it ran.
-        let newer: Vec<StreamEntry> = held_back
-            .into_iter()
-            .filter(|e| e.id > doc.last_id)
-            .collect();
         if let Some(state) = indexed {
-            {
-                let mut view = self.view.borrow_mut();
-                view.doc = Some(state);
-                let now = now_ms();
-                for entry in &entries {
-                    if let StreamMessage::Awareness(payload) =
-                        classify_stream_message(&entry.message)
-                    {
-                        view.awareness.apply_message(payload, now);
-                    }
+            let mut view = self.view.borrow_mut();
+            view.doc = Some(state);
+            let now = now_ms();
+            for entry in &entries {
+                if let StreamMessage::Awareness(payload) = classify_stream_message(&entry.message) {
+                    view.awareness.apply_message(payload, now);
                 }
             }
             self.position = doc.last_id;
-            // Batches that came while the view had no document passed it by;
-            // without them it would take later updates built on them for
-            // updates with missing dependencies.
-            self.advance(&newer);
         } else {
             // A later load (for members that joined since) may have read
             // entries the listener has not brought yet. The joiners' sync
@@ -396,6 +383,11 @@ impl Handler<Loaded> for Room {
                 room: ctx.address().recipient(),
             });
         }
+        // Entries the load did not cover but that arrived while it ran.
+        let newer: Vec<StreamEntry> = held_back
+            .into_iter()
+            .filter(|e| e.id > doc.last_id)
+            .collect();
         // Whole websocket frames, encoded once for every member that gets them.
         let step1 = binary_frame(&encode_sync_step1(&doc.state_vector));
         let full = binary_frame(&encode_sync_step2(&doc.update_v1));
