@@ -304,7 +304,7 @@ impl Client {
     }
 }
 
-trait Covers {
+pub trait Covers {
     fn covers(&self, other: &StateVector) -> bool;
 }
 
