@@ -15,9 +15,9 @@ use thiserror::Error;
 
 use crate::auth::TokenVerifier;
 use crate::limits::{IpNet, Limits};
-use crate::redis::{RedisSettings, SentinelSettings, TlsFiles};
 pub use crate::secret::Secret;
 use crate::storage::{S3Config, S3Keys, StorageConfig, DEFAULT_REGION};
+use crate::streams::{RedisSettings, SentinelSettings, TlsFiles};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{var}: {reason}")]
@@ -539,7 +539,7 @@ pub struct AuthConfig {
     /// JWK verifying client tokens (ES384); required by the server unless AUTH_DISABLED=true
     #[arg(long = "auth-public-key", env = "AUTH_PUBLIC_KEY", value_parser = jwk)]
     pub public_key: Option<String>,
-    /// Permission callback base URL: GET <url>/<room>/<userid>; required likewise
+    /// Permission callback base URL: GET {url}/{room}/{userid}; required likewise
     #[arg(long = "auth-perm-callback", env = "AUTH_PERM_CALLBACK", value_parser = http_url)]
     pub perm_callback: Option<String>,
     /// Timeout in ms of one permission callback
@@ -569,7 +569,7 @@ pub struct WorkerConfig {
     /// Pause in ms when the queue had nothing to claim
     #[arg(long = "worker-idle-ms", env = "WORKER_IDLE_MS", default_value = "1000", value_parser = millis)]
     pub idle_wait: Duration,
-    /// After persisting a changed document the worker PUTs it to <url>/<room>
+    /// After persisting a changed document the worker PUTs it to {url}/{room}
     #[arg(long = "ydoc-update-callback", env = "YDOC_UPDATE_CALLBACK", value_parser = http_url)]
     pub update_callback: Option<String>,
     /// Timeout in ms of that call

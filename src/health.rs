@@ -8,14 +8,14 @@ use std::time::Duration;
 use actix_web::{guard, web, HttpResponse, HttpServer};
 use serde_json::json;
 
-use crate::redis::RedisStore;
 use crate::storage::Storage;
+use crate::streams::RedisStreams;
 
 /// How long a readiness probe waits for each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Probes {
-    pub redis: RedisStore,
+    pub redis: RedisStreams,
     pub storage: Arc<dyn Storage>,
     /// Set on SIGTERM: the process still serves but wants no new clients.
     pub draining: Arc<AtomicBool>,

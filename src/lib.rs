@@ -3,7 +3,8 @@
 //!
 //! - [`y_redis_protocol`] (its own crate): the wire protocol, update checks,
 //!   awareness rules, key names; pure.
-//! - [`redis`]: Redis commands.
+//! - [`streams`]: Redis: the room streams, the worker queue and locks, and
+//!   the connections to every kind of deployment.
 //! - [`document`]: assembling documents, with yrs contained in helper processes.
 //! - [`storage`]: persistence backends behind one trait.
 //! - [`actors`]: sessions, rooms and the Redis listener.
@@ -22,11 +23,11 @@ pub mod health;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
-pub mod redis;
 pub mod secret;
 pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod socket;
 pub mod storage;
+pub mod streams;
 pub mod worker;

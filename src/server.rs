@@ -33,8 +33,8 @@ use crate::config::{Config, Secret};
 use crate::document::Documents;
 use crate::limits::{self, client_address, Admission, ConnectionLimiter};
 use crate::metrics;
-use crate::redis::{RedisError, RedisStore};
 use crate::storage::Storage;
+use crate::streams::{RedisError, RedisStreams};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -243,7 +243,7 @@ async fn admin_recheck(
     req: HttpRequest,
     mut body: web::Payload,
     state: web::Data<ServerState>,
-    redis: web::Data<RedisStore>,
+    redis: web::Data<RedisStreams>,
 ) -> HttpResponse {
     let Some(secret) = &state.admin_secret else {
         return HttpResponse::NotFound().body("admin endpoint disabled (set ADMIN_SECRET)");
@@ -346,7 +346,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
-    let redis = RedisStore::for_config(&config).await?;
+    let redis = RedisStreams::for_config(&config).await?;
     let listener = RedisListener::new(
         redis.clone(),
         config.redis_block,

@@ -17,9 +17,9 @@ use crate::document::engine;
 use crate::document::helper::{EngineCommand, EnginePool};
 use crate::document::Documents;
 use crate::health::Probes;
-use crate::redis::{RedisError, RedisStore};
 use crate::server::{Listeners, ServerError};
 use crate::storage::Storage;
+use crate::streams::{RedisError, RedisStreams};
 
 /// Which parts of y-redis one process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub async fn run(
 ) -> Result<(), ServiceError> {
     let documents = start_documents(&config)?;
     let worker = if matches!(roles, Roles::Worker | Roles::All) {
-        let redis = RedisStore::for_config(&config).await?;
+        let redis = RedisStreams::for_config(&config).await?;
         let worker = crate::worker::start(
             &config.worker,
             redis.clone(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use y_redis::document::helper::{EngineCommand, EnginePool};
 use y_redis::document::{Documents, LoadError};
-use y_redis::redis::{StreamEntry, StreamId};
+use y_redis::streams::{StreamEntry, StreamId};
 use y_redis_protocol::message::encode_sync_update;
 use yrs::updates::decoder::Decode;
 use yrs::{GetString, Text, Transact};

@@ -41,8 +41,8 @@ use std::time::Duration;
 
 use inproc::{GatedStorage, PrivateRedis, RefusingStorage, REDIS_URL};
 use support::ws::{Client, Covers};
-use y_redis::redis::RedisStore;
 use y_redis::storage::{MemoryStorage, Storage};
+use y_redis::streams::RedisStreams;
 use y_redis_protocol::message::encode_sync_update;
 use yrs::{ReadTxn, Text, Transact, ID};
 
@@ -105,7 +105,7 @@ fn v2_of(update_v1: &[u8]) -> Vec<u8> {
 async fn load_race(early: usize, joiners: usize) -> Vec<(Client, [ID; 3])> {
     let prefix = inproc::prefix();
     let config = inproc::config(&[("REDIS_PREFIX", prefix.as_str())]);
-    let redis = RedisStore::for_config(&config).await.expect("redis");
+    let redis = RedisStreams::for_config(&config).await.expect("redis");
     let room = "race";
     let (storage, mut gate) = GatedStorage::new();
     let (doc_a, _) = append(1, &[], "A");
@@ -361,7 +361,7 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
         ("WORKER_CONCURRENCY", "1"),
     ]);
     let storage = Arc::new(MemoryStorage::default());
-    let redis = RedisStore::for_config(&config).await.expect("redis");
+    let redis = RedisStreams::for_config(&config).await.expect("redis");
     let worker = y_redis::worker::start(
         &config.worker,
         redis.clone(),
@@ -410,7 +410,7 @@ async fn a_permanent_storage_error_closes_once_with_4422() {
         ("WORKER_IDLE_MS", "50"),
         ("WORKER_CONCURRENCY", "1"),
     ]);
-    let redis = RedisStore::for_config(&config).await.expect("redis");
+    let redis = RedisStreams::for_config(&config).await.expect("redis");
     let server = inproc::start_server(config.clone(), Arc::new(RefusingStorage::default()));
 
     let refused = Client::connect(server.addr, "bad-room").await;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fails when modules of src/ import each other in a cycle.
 
-Each file is a module (src/actors/room.rs is actors::room, src/redis/mod.rs
+Each file is a module (src/actors/room.rs is actors::room, src/streams/mod.rs
 is redis); `crate::a::b` and `super::b` paths name the modules a file uses.
 Prints the edges of every cycle found (Tarjan's strongly connected
 components) and exits 1, or prints the module count and exits 0.

@@ -21,8 +21,8 @@ use super::messages::{
     Broadcast, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
 };
 use crate::backoff::Backoff;
-use crate::redis::{
-    client_id, read_streams_blocking, ReaderNode, RedisError, RedisStore, StreamEntry, StreamId,
+use crate::streams::{
+    client_id, read_streams_blocking, ReaderNode, RedisError, RedisStreams, StreamEntry, StreamId,
 };
 
 struct Subscription {
@@ -65,7 +65,7 @@ impl Group {
 }
 
 pub struct RedisListener {
-    store: RedisStore,
+    streams: RedisStreams,
     block: Duration,
     read_margin: Duration,
     /// Least time between the starts of two reads of a group while its
@@ -86,13 +86,13 @@ fn is_redirect(error: &RedisError) -> bool {
 impl RedisListener {
     /// `read_margin`: how much longer than `block` a read may take.
     pub fn new(
-        store: RedisStore,
+        streams: RedisStreams,
         block: Duration,
         read_margin: Duration,
         read_interval: Duration,
     ) -> Self {
         RedisListener {
-            store,
+            streams,
             block,
             read_margin,
             read_interval,
@@ -101,7 +101,7 @@ impl RedisListener {
     }
 
     fn group_of(&self, key: &str) -> GroupKey {
-        self.store.keys().bucket_of(key)
+        self.streams.keys().bucket_of(key)
     }
 
     fn read_next(&mut self, key: GroupKey, ctx: &mut Context<Self>) {
@@ -120,9 +120,9 @@ impl RedisListener {
         }
         group.busy = true;
         let Some((mut conn, id, node)) = group.connection.take() else {
-            let store = self.store.clone();
+            let streams = self.streams.clone();
             let connect = async move {
-                let (mut conn, node) = store.reader_connection(key).await?;
+                let (mut conn, node) = streams.reader_connection(key).await?;
                 let id = client_id(&mut conn).await?;
                 Ok::<_, RedisError>((conn, id, node))
             };
@@ -308,9 +308,9 @@ impl RedisListener {
         };
         match &group.reading {
             Some((client_id, node)) => {
-                let (store, client_id, node) = (self.store.clone(), *client_id, node.clone());
+                let (streams, client_id, node) = (self.streams.clone(), *client_id, node.clone());
                 actix::spawn(async move {
-                    if let Err(e) = store.unblock_client(&node, client_id).await {
+                    if let Err(e) = streams.unblock_client(&node, client_id).await {
                         tracing::warn!(error = %e, "could not interrupt the blocked stream read");
                     }
                 });

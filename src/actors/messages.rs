@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::redis::{StreamEntry, StreamId};
+use crate::streams::{StreamEntry, StreamId};
 
 /// A connection's id within this process (log lines carry it).
 pub type ConnId = u64;

@@ -1,5 +1,5 @@
 //! The server's actors (ARCHITECTURE.md, "Actors"). A frame enters in
-//! [`session`], goes to Redis through [`crate::redis::RedisStore::add_messages`],
+//! [`session`], goes to Redis through [`crate::streams::RedisStreams::add_messages`],
 //! and comes back through [`listener`] → [`room`] → [`session`]. [`rooms`]
 //! is each thread's registry of rooms; [`messages`] holds every message
 //! they exchange, so no actor module depends on another's.

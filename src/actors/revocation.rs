@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::listener::RedisListener;
 use super::messages::Broadcast;
 use crate::backoff::Backoff;
-use crate::redis::{RedisError, RedisStore};
+use crate::streams::{RedisError, RedisStreams};
 
 /// The document every websocket connection edits (y-redis serves `index` only).
 pub const DEFAULT_DOCID: &str = "index";
@@ -65,7 +65,7 @@ impl RecheckLog {
 }
 
 pub struct RevocationListener {
-    redis: RedisStore,
+    redis: RedisStreams,
     rooms: Addr<RedisListener>,
     log: std::sync::Arc<RecheckLog>,
     backoff: Backoff,
@@ -73,7 +73,7 @@ pub struct RevocationListener {
 
 impl RevocationListener {
     pub fn new(
-        redis: RedisStore,
+        redis: RedisStreams,
         rooms: Addr<RedisListener>,
         log: std::sync::Arc<RecheckLog>,
     ) -> Self {

@@ -30,13 +30,13 @@ use super::messages::{
 use crate::auth::now_ms;
 use crate::document::{AssembledDoc, Documents, LoadError};
 use crate::metrics;
-use crate::redis::{RedisStore, StreamEntry, StreamId};
 use crate::socket::{binary_frame, Outlet};
 use crate::storage::Storage;
+use crate::streams::{RedisStreams, StreamEntry, StreamId};
 
 /// What every room subscription of the process shares.
 pub struct RoomContext {
-    pub redis: RedisStore,
+    pub redis: RedisStreams,
     pub storage: Arc<dyn Storage>,
     pub documents: Arc<Documents>,
     pub listener: Addr<RedisListener>,

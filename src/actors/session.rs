@@ -36,8 +36,8 @@ use super::rooms::ThreadRooms;
 use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Grant};
 use crate::limits::{Admission, Limits, TokenBucket};
 use crate::metrics;
-use crate::redis::RedisStore;
 use crate::socket::{self, Flush, Outlet};
+use crate::streams::RedisStreams;
 use y_redis_protocol::websocket::{FrameError, Incoming};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
@@ -58,7 +58,7 @@ const MAX_HELD_BYTES: usize = 8 << 20;
 
 /// What every session of the process shares.
 pub struct SessionContext {
-    pub redis: RedisStore,
+    pub redis: RedisStreams,
     pub max_frame_bytes: usize,
     pub awareness: AwarenessLimits,
     pub limits: Limits,

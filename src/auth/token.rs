@@ -39,7 +39,7 @@ fn url_query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 /// Decodes a query component (`+` is a space, `%XX` a byte).
 fn form_decode(s: &str) -> String {
     let replaced = s.replace('+', " ");
-    crate::redis::decode_uri_component(&replaced).unwrap_or(replaced)
+    crate::streams::decode_uri_component(&replaced).unwrap_or(replaced)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,8 @@ use y_redis_protocol::message::{classify_stream_message, StreamMessage};
 use self::engine::{AssembleRequest, Assembled, EngineError};
 use self::helper::{EnginePool, HelperError};
 use crate::metrics;
-use crate::redis::{RedisError, RedisStore, StreamEntry, StreamId};
 use crate::storage::{Reference, Storage, StorageError, StoredDoc};
+use crate::streams::{RedisError, RedisStreams, StreamEntry, StreamId};
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -128,7 +128,7 @@ impl Documents {
     /// get a diff).
     pub async fn load(
         &self,
-        redis: &RedisStore,
+        redis: &RedisStreams,
         storage: &dyn Storage,
         room: &str,
         docid: &str,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use futures_util::future::{BoxFuture, FutureExt};
 
 use super::{merge_pieces, BoxError, Reference, Storage, StorageError, StoredDoc};
-use crate::redis::encode_uri_component;
+use crate::streams::encode_uri_component;
 
 const TEMP_PREFIX: &str = ".tmp-";
 /// Most filesystems cap a name at 255 bytes.

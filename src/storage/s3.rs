@@ -7,8 +7,8 @@ use s3::error::S3Error;
 use s3::{Bucket, BucketConfiguration, Region};
 
 use super::{merge_pieces, BoxError, Reference, Storage, StorageError, StoredDoc};
-use crate::redis::encode_uri_component;
 use crate::secret::Secret;
+use crate::streams::encode_uri_component;
 
 /// The region of S3-compatible servers that have none (MinIO, moto), and AWS's default.
 pub const DEFAULT_REGION: &str = "us-east-1";

@@ -16,8 +16,8 @@ use actix::prelude::*;
 
 use crate::config::WorkerConfig;
 use crate::document::Documents;
-use crate::redis::RedisStore;
 use crate::storage::Storage;
+use crate::streams::RedisStreams;
 
 /// What the persistence actors of one process share: whether it is
 /// stopping, how many rounds are in flight, which room locks it holds.
@@ -49,7 +49,7 @@ impl WorkerShared {
 pub struct Worker {
     actors: Vec<Addr<PersistenceWorker>>,
     shared: Arc<WorkerShared>,
-    redis: RedisStore,
+    redis: RedisStreams,
 }
 
 impl Worker {
@@ -87,7 +87,7 @@ impl Worker {
 /// arbiter; a crashed one is restarted and its task reclaimed after the debounce.
 pub fn start(
     config: &WorkerConfig,
-    redis: RedisStore,
+    redis: RedisStreams,
     storage: Arc<dyn Storage>,
     documents: Arc<Documents>,
 ) -> Worker {

@@ -17,8 +17,8 @@ use crate::backoff::Backoff;
 use crate::config::WorkerConfig;
 use crate::document::{Documents, LoadError};
 use crate::metrics;
-use crate::redis::{RedisError, RedisStore, Task};
 use crate::storage::{Storage, StorageError};
+use crate::streams::{RedisError, RedisStreams, Task};
 
 /// A room lock lives about as long as the task debounce and is renewed while
 /// the compaction runs, so a killed worker blocks its rooms only briefly.
@@ -58,7 +58,7 @@ pub struct RoundReport {
 pub struct PersistenceWorker {
     consumer: String,
     config: WorkerConfig,
-    redis: RedisStore,
+    redis: RedisStreams,
     storage: Arc<dyn Storage>,
     documents: Arc<Documents>,
     shared: Arc<WorkerShared>,
@@ -72,7 +72,7 @@ impl PersistenceWorker {
     pub fn new(
         consumer: String,
         config: WorkerConfig,
-        redis: RedisStore,
+        redis: RedisStreams,
         storage: Arc<dyn Storage>,
         documents: Arc<Documents>,
         shared: Arc<WorkerShared>,
@@ -158,7 +158,7 @@ impl Supervised for PersistenceWorker {
 struct Round {
     consumer: String,
     config: WorkerConfig,
-    redis: RedisStore,
+    redis: RedisStreams,
     storage: Arc<dyn Storage>,
     documents: Arc<Documents>,
     shared: Arc<WorkerShared>,

@@ -15,9 +15,9 @@ use tokio::sync::{oneshot, watch};
 use y_redis::config::Config;
 use y_redis::document::helper::{EngineCommand, EnginePool};
 use y_redis::document::Documents;
-use y_redis::redis::RedisStore;
 use y_redis::server::Listeners;
 use y_redis::storage::{MemoryStorage, Reference, Storage, StorageError, StoredDoc};
+use y_redis::streams::RedisStreams;
 
 /// The one place tests build a [`Config`]: defaults for an in-process test
 /// server (local, open, quiet), then `pairs`, which win.
@@ -114,7 +114,7 @@ impl Drop for TestServer {
 
 /// Publishes `messages` to a room's stream as a server does (the
 /// add-message script, which also queues the room's worker task).
-pub async fn publish(redis: &RedisStore, room: &str, messages: &[Vec<u8>]) {
+pub async fn publish(redis: &RedisStreams, room: &str, messages: &[Vec<u8>]) {
     let key = redis.keys().room_stream(room, "index");
     let messages: Vec<Bytes> = messages.iter().cloned().map(Bytes::from).collect();
     redis.add_messages(&key, &messages).await.expect("publish");

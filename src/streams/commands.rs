@@ -2,7 +2,7 @@
 //! client's messages, reading a room for an initial sync) goes over one
 //! multiplexed connection per thread, pipelined, replaced when it breaks;
 //! the worker and occasional commands use a deadpool pool; the blocking
-//! stream read gets its own connection (see [`RedisStore::reader_connection`]).
+//! stream read gets its own connection (see [`RedisStreams::reader_connection`]).
 //! Every connection is opened by [`Connector`] (standalone, TLS, Sentinel or
 //! Cluster); with Cluster the keys follow the bucket layout ([`Keys::clustered`]).
 
@@ -245,7 +245,7 @@ thread_local! {
 const PUBLISH_BATCH: usize = 64;
 
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct RedisStreams {
     id: u64,
     pool: Pool,
     connector: Connector,
@@ -261,7 +261,7 @@ pub struct RedisStore {
     claim_cursor: Arc<AtomicUsize>,
 }
 
-impl RedisStore {
+impl RedisStreams {
     /// Creates the pool (connections open lazily) over `connector`.
     pub fn new(
         connector: Connector,
@@ -276,7 +276,7 @@ impl RedisStore {
             .max_size(32)
             .build()
             .map_err(|e| RedisError::Pool(e.to_string()))?;
-        Ok(RedisStore {
+        Ok(RedisStreams {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             pool,
             connector,
@@ -304,8 +304,8 @@ impl RedisStore {
         } else {
             Keys::new(&config.redis_prefix)
         };
-        let store = RedisStore::new(connector, keys, config.redis_command_timeout)?;
-        if let Err(e) = store.ensure_worker_group().await {
+        let streams = RedisStreams::new(connector, keys, config.redis_command_timeout)?;
+        if let Err(e) = streams.ensure_worker_group().await {
             if let RedisError::Command(e) = &e {
                 if is_tls_rejection(e) {
                     return Err(RedisError::Tls(e.clone()));
@@ -313,7 +313,7 @@ impl RedisStore {
             }
             tracing::warn!(error = %e, "cannot create the worker queue yet; will retry");
         }
-        Ok(store)
+        Ok(streams)
     }
 
     pub fn keys(&self) -> &Keys {
@@ -578,7 +578,7 @@ impl RedisStore {
     }
 }
 
-impl RedisStore {
+impl RedisStreams {
     /// Claims up to `count` tasks that waited at least `min_idle` (`XAUTOCLAIM`),
     /// recreating the queue if Redis lost it.
     /// With Cluster, the bucket queues are visited in turn from a rotating
