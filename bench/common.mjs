@@ -135,7 +135,9 @@ export function procStatus (pid) {
     const m = text.match(new RegExp(`^${k}:\\s+(\\d+)`, 'm'))
     return m ? Number(m[1]) : NaN
   }
-  return { rssKiB: get('VmRSS'), hwmKiB: get('VmHWM'), threads: get('Threads') }
+  // RssAnon: what the process allocated; RssFile: pages of its binary and
+  // libraries (clean, shared with the page cache, grown by code first run)
+  return { rssKiB: get('VmRSS'), hwmKiB: get('VmHWM'), threads: get('Threads'), anonKiB: get('RssAnon'), fileKiB: get('RssFile') }
 }
 
 export const mib = (kib) => (kib / 1024).toFixed(1) + ' MiB'

@@ -11,7 +11,10 @@
 // than CONNS file descriptors; the script refuses to start when the soft limit
 // is too low.
 //
-// Environment: CONNS (1000), ROOMS (100), IDLE_MS (5000), Y_REDIS_BIN, REDIS.
+// Environment: CONNS (1000), ROOMS (100), IDLE_MS (5000), CLOSED_MS (35000),
+// ROUNDS (1: more rounds of connect, idle and close on the same server, each
+// with rooms of its own, show whether memory kept after closing grows),
+// Y_REDIS_BIN, REDIS.
 
 import fs from 'node:fs'
 import * as Y from 'yjs'
@@ -28,6 +31,7 @@ const IDLE_MS = Number(process.env.IDLE_MS || 5000)
 const CLOSED_MS = Number(process.env.CLOSED_MS || 35000)
 const PER_ROOM = Math.ceil(CONNS / ROOMS)
 const BATCH = 50
+const ROUNDS = Number(process.env.ROUNDS || 1)
 
 // every provider adds a process 'exit' listener
 process.setMaxListeners(CONNS + 50)
@@ -53,11 +57,40 @@ async function main () {
   await sleep(500)
   const atStart = procStatus(pid)
 
+  const first = await round(pid, 1)
+  const { connectMs, peakDuringConnect, idle, stillConnected, afterClose, settled } = first
+  // More rounds on the same server: memory kept after closing should not
+  // grow round after round (a leak would).
+  const later = []
+  for (let r = 2; r <= ROUNDS; r++) later.push(await round(pid, r))
+  const deltaKiB = idle.rssKiB - atStart.rssKiB
+  const kib = (s) => `${s.rssKiB} KiB (${mib(s.rssKiB)}; allocated ${s.anonKiB}, binary and libraries ${s.fileKiB})`
+  const rows = [
+    ['server binary', binaryPath()],
+    ['connections', `${CONNS} in ${ROOMS} rooms (${PER_ROOM} per room), one edit each`],
+    ['connect + sync + converge', `${connectMs} ms (batches of ${BATCH})`],
+    ['still connected after idle', `${stillConnected}/${CONNS}`],
+    ['RSS at start', `${kib(atStart)}, ${atStart.threads} threads`],
+    ['RSS right after all converged', kib(peakDuringConnect)],
+    [`RSS with ${CONNS} idle conns`, `${kib(idle)} after ${IDLE_MS} ms idle, ${idle.threads} threads`],
+    ['peak RSS (VmHWM)', `${idle.hwmKiB} KiB (${mib(idle.hwmKiB)})`],
+    [`(idle - start) / ${CONNS}`, `${(deltaKiB / CONNS).toFixed(1)} KiB per connection (allocated: ${((idle.anonKiB - atStart.anonKiB) / CONNS).toFixed(1)})`],
+    ['RSS 3 s after all closed', kib(afterClose)],
+    [`RSS ${CLOSED_MS / 1000} s after all closed`, `${kib(settled)} (${(100 * settled.rssKiB / atStart.rssKiB - 100).toFixed(0)}% over the start; allocated ${(100 * settled.anonKiB / atStart.anonKiB - 100).toFixed(0)}%)`]
+  ]
+  const w = Math.max(...rows.map(([k]) => k.length)) + 1
+  console.log('y-redis idle memory')
+  for (const [k, v] of rows) console.log(`  ${(k + ':').padEnd(w)} ${v}`)
+  later.forEach((r, i) => console.log(`  round ${i + 2}: allocated ${r.idle.anonKiB} KiB with ${CONNS} idle conns, ${r.settled.anonKiB} KiB ${CLOSED_MS / 1000} s after all closed (RSS ${r.settled.rssKiB} KiB)`))
+}
+
+/** One round: CONNS clients connect, converge, idle IDLE_MS, all close; memory read along the way. */
+async function round (pid, n) {
   const t0 = Date.now()
   for (let i = 0; i < CONNS; i += BATCH) {
     const batch = []
     for (let j = i; j < Math.min(CONNS, i + BATCH); j++) {
-      const room = `room-${j % ROOMS}`
+      const room = `r${n}-room-${j % ROOMS}`
       const doc = new Y.Doc()
       const provider = new WebsocketProvider(server.url, room, doc, {
         WebSocketPolyfill: WebSocket,
@@ -86,29 +119,12 @@ async function main () {
   const stillConnected = clients.filter((c) => c.provider.wsconnected).length
 
   for (const c of clients) { c.provider.destroy(); c.doc.destroy() }
+  clients.length = 0
   await sleep(3000)
   const afterClose = procStatus(pid)
   await sleep(Math.max(0, CLOSED_MS - 3000))
   const settled = procStatus(pid)
-
-  const deltaKiB = idle.rssKiB - atStart.rssKiB
-  const kib = (s) => `${s.rssKiB} KiB (${mib(s.rssKiB)})`
-  const rows = [
-    ['server binary', binaryPath()],
-    ['connections', `${CONNS} in ${ROOMS} rooms (${PER_ROOM} per room), one edit each`],
-    ['connect + sync + converge', `${connectMs} ms (batches of ${BATCH})`],
-    ['still connected after idle', `${stillConnected}/${CONNS}`],
-    ['RSS at start', `${kib(atStart)}, ${atStart.threads} threads`],
-    ['RSS right after all converged', kib(peakDuringConnect)],
-    [`RSS with ${CONNS} idle conns`, `${kib(idle)} after ${IDLE_MS} ms idle, ${idle.threads} threads`],
-    ['peak RSS (VmHWM)', `${idle.hwmKiB} KiB (${mib(idle.hwmKiB)})`],
-    [`(idle - start) / ${CONNS}`, `${(deltaKiB / CONNS).toFixed(1)} KiB per connection`],
-    ['RSS 3 s after all closed', kib(afterClose)],
-    [`RSS ${CLOSED_MS / 1000} s after all closed`, `${kib(settled)} (${(100 * settled.rssKiB / atStart.rssKiB - 100).toFixed(0)}% over the start)`]
-  ]
-  const w = Math.max(...rows.map(([k]) => k.length)) + 1
-  console.log('y-redis idle memory')
-  for (const [k, v] of rows) console.log(`  ${(k + ':').padEnd(w)} ${v}`)
+  return { connectMs, peakDuringConnect, idle, stillConnected, afterClose, settled }
 }
 
 async function cleanup () {
