@@ -244,6 +244,7 @@ impl RedisListener {
         let Some(group) = self.groups.get(&key) else {
             return;
         };
+        self.streams.renew_connections();
         tracing::info!(
             rooms = group.subscriptions.len(),
             bucket = ?key,

@@ -237,8 +237,9 @@ pub type ReaderNode = Option<(String, u16)>;
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// This thread's multiplexed connection of each store.
-    static THREAD_CONNECTIONS: RefCell<HashMap<u64, Connection>> = RefCell::new(HashMap::new());
+    /// This thread's multiplexed connection of each store, with the
+    /// connection generation it was opened in.
+    static THREAD_CONNECTIONS: RefCell<HashMap<u64, (u64, Connection)>> = RefCell::new(HashMap::new());
 }
 
 /// Messages one pipeline carries at most.
@@ -259,6 +260,10 @@ pub struct RedisStreams {
     unlock: Script,
     /// Where the next claim round starts among the worker queues (cluster).
     claim_cursor: Arc<AtomicUsize>,
+    /// Bumped when Redis is known to have come back after an outage:
+    /// connections opened before are dropped instead of failing a client's
+    /// first command after the outage.
+    generation: Arc<AtomicU64>,
 }
 
 impl RedisStreams {
@@ -289,6 +294,7 @@ impl RedisStreams {
             renew: Script::new(RENEW_LUA),
             unlock: Script::new(UNLOCK_LUA),
             claim_cursor: Arc::new(AtomicUsize::new(0)),
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -330,15 +336,29 @@ impl RedisStreams {
     /// This thread's multiplexed connection: commands from every session of
     /// the thread share it and are pipelined, with no checkout per command.
     async fn thread_connection(&self) -> Result<Connection, RedisError> {
-        if let Some(conn) = THREAD_CONNECTIONS.with(|c| c.borrow().get(&self.id).cloned()) {
-            return Ok(conn);
+        let generation = self.generation.load(Ordering::Relaxed);
+        let current = THREAD_CONNECTIONS.with(|c| c.borrow().get(&self.id).cloned());
+        if let Some((opened_in, conn)) = current {
+            if opened_in == generation {
+                return Ok(conn);
+            }
         }
         let conn = self
             .connector
             .connect(&command_config(self.command_timeout))
             .await?;
-        THREAD_CONNECTIONS.with(|c| c.borrow_mut().insert(self.id, conn.clone()));
+        THREAD_CONNECTIONS.with(|c| c.borrow_mut().insert(self.id, (generation, conn.clone())));
         Ok(conn)
+    }
+
+    /// Redis came back after an outage (the listener reads again): every
+    /// connection opened before it is dropped (idle pooled ones at once,
+    /// each thread's multiplexed one at its next command), so the clients
+    /// that resync are not refused once more by a connection that broke
+    /// while Redis was away.
+    pub fn renew_connections(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.pool.retain(|_, _| false);
     }
 
     /// Forgets this thread's connection if `error` made it unusable; the

@@ -304,7 +304,7 @@ impl Client {
     }
 }
 
-pub trait Covers {
+trait Covers {
     fn covers(&self, other: &StateVector) -> bool;
 }
 
