@@ -19,6 +19,7 @@ use y_redis_protocol::message::{
     encode_sync_step1, encode_sync_step2, encode_sync_update, MESSAGE_SYNC, SYNC_STEP1, SYNC_STEP2,
     SYNC_UPDATE,
 };
+use y_redis_protocol::websocket::encode_client_frame;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{GetString, IdSet, ReadTxn, StateVector, Text, Transact, ID};
@@ -49,22 +50,7 @@ pub async fn handshake(stream: &mut TcpStream, room: &str) {
 
 /// One client frame: FIN, the opcode, masked with a random key.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask: [u8; 4] = rand::random();
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    encode_client_frame(true, opcode, payload, rand::random())
 }
 
 /// Reads one frame from the server: (FIN, opcode, payload).

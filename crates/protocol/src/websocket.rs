@@ -319,30 +319,31 @@ pub fn encode_close(code: u16, reason: &str) -> Vec<u8> {
     encode_frame(OPCODE_CLOSE, &payload)
 }
 
+/// A frame as a client sends it (masked with `mask`), `fin` false for the
+/// first pieces of a fragmented message: what tests and fuzzers feed the server.
+pub fn encode_client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask, 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A masked client frame.
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![(u8::from(fin) << 7) | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        let start = out.len();
-        out.extend_from_slice(payload);
-        unmask(&mut out[start..], mask, 0);
-        out
-    }
 
     fn read_all(reader: &mut FrameReader, bytes: &[u8], step: usize) -> Vec<Incoming> {
         let mut got = Vec::new();
@@ -355,22 +356,22 @@ mod tests {
     #[test]
     fn frames_arrive_in_any_pieces() {
         let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        let mut stream = client_frame(true, OPCODE_BINARY, b"hello", [1, 2, 3, 4]);
-        stream.extend(client_frame(true, OPCODE_PING, b"p", [9, 8, 7, 6]));
-        stream.extend(client_frame(
+        let mut stream = encode_client_frame(true, OPCODE_BINARY, b"hello", [1, 2, 3, 4]);
+        stream.extend(encode_client_frame(true, OPCODE_PING, b"p", [9, 8, 7, 6]));
+        stream.extend(encode_client_frame(
             false,
             OPCODE_BINARY,
             &big[..300],
             [5, 6, 7, 8],
         ));
-        stream.extend(client_frame(
+        stream.extend(encode_client_frame(
             true,
             OPCODE_CONTINUATION,
             &big[300..],
             [1, 1, 2, 3],
         ));
-        stream.extend(client_frame(true, OPCODE_PING, b"", [9, 8, 7, 6]));
-        stream.extend(client_frame(
+        stream.extend(encode_client_frame(true, OPCODE_PING, b"", [9, 8, 7, 6]));
+        stream.extend(encode_client_frame(
             true,
             OPCODE_CLOSE,
             &[0x03, 0xe8, b'b', b'y', b'e'],
@@ -399,18 +400,18 @@ mod tests {
         let mut reader = FrameReader::new(100);
         let unmasked = [0x82, 0x01, 0x00];
         assert_eq!(reader.feed(&unmasked, |_| {}), Err(FrameError::Unmasked));
-        let too_big = client_frame(true, OPCODE_BINARY, &[0u8; 101], [1, 2, 3, 4]);
+        let too_big = encode_client_frame(true, OPCODE_BINARY, &[0u8; 101], [1, 2, 3, 4]);
         assert_eq!(
             FrameReader::new(100).feed(&too_big[..10], |_| {}),
             Err(FrameError::TooLarge(101)),
             "refused from the header, before the payload"
         );
-        let long_ping = client_frame(true, OPCODE_PING, &[0u8; 126], [1, 2, 3, 4]);
+        let long_ping = encode_client_frame(true, OPCODE_PING, &[0u8; 126], [1, 2, 3, 4]);
         assert_eq!(
             FrameReader::new(1000).feed(&long_ping, |_| {}),
             Err(FrameError::BadControlFrame)
         );
-        let orphan = client_frame(true, OPCODE_CONTINUATION, b"x", [1, 2, 3, 4]);
+        let orphan = encode_client_frame(true, OPCODE_CONTINUATION, b"x", [1, 2, 3, 4]);
         assert_eq!(
             FrameReader::new(1000).feed(&orphan, |_| {}),
             Err(FrameError::UnexpectedContinuation)
