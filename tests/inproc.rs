@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use inproc::{GatedStorage, PrivateRedis, RefusingStorage, REDIS_URL};
+use inproc::{PrivateRedis, TestStorage, REDIS_URL};
 use support::ws::Client;
 use y_redis::storage::{MemoryStorage, Storage};
 use y_redis::streams::RedisStreams;
@@ -108,7 +108,7 @@ async fn load_race(early: usize, joiners: usize) -> Vec<(Client, [ID; 3])> {
     let config = inproc::config(&[("REDIS_PREFIX", prefix.as_str())]);
     let redis = RedisStreams::for_config(&config).await.expect("redis");
     let room = "race";
-    let (storage, mut gate) = GatedStorage::new();
+    let (storage, mut gate) = TestStorage::gated();
     let (doc_a, _) = append(1, &[], "A");
     storage
         .inner
@@ -412,7 +412,7 @@ async fn a_permanent_storage_error_closes_once_with_4422() {
         ("WORKER_CONCURRENCY", "1"),
     ]);
     let redis = RedisStreams::for_config(&config).await.expect("redis");
-    let server = inproc::start_server(config.clone(), Arc::new(RefusingStorage::default()));
+    let server = inproc::start_server(config.clone(), Arc::new(TestStorage::default()));
 
     let refused = Client::connect(server.addr, "bad-room").await;
     refused.insert("lost").await;
@@ -442,7 +442,7 @@ async fn a_permanent_storage_error_closes_once_with_4422() {
         &[encode_sync_update(&append(9, &[], "x").0)],
     )
     .await;
-    let worker_storage = Arc::new(RefusingStorage::default());
+    let worker_storage = Arc::new(TestStorage::default());
     let worker = y_redis::worker::start(
         &config.worker,
         redis.clone(),

@@ -131,28 +131,33 @@ pub async fn raw_redis(url: &str) -> redis::aio::MultiplexedConnection {
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-/// Memory storage whose `retrieve_doc` waits until the test opens the gate,
-/// and says when a read started: a room load held at a known point.
-pub struct GatedStorage {
+/// Memory storage with what the tests need of a backend: rooms named
+/// `bad*` it can never hold (a permanent error, as a backend reports a name
+/// it cannot hold; such reads are counted), and, when built [`gated`],
+/// reads that wait until the test opens the gate and say when they
+/// started: a room load held at a known point.
+///
+/// [`gated`]: TestStorage::gated
+#[derive(Default)]
+pub struct TestStorage {
     pub inner: MemoryStorage,
-    open: watch::Receiver<bool>,
-    entered: watch::Sender<usize>,
+    pub refused_reads: AtomicUsize,
+    gate: Option<(watch::Receiver<bool>, watch::Sender<usize>)>,
 }
 
-/// The test's side of a [`GatedStorage`].
+/// The test's side of a gated [`TestStorage`].
 pub struct Gate {
     open: watch::Sender<bool>,
     entered: watch::Receiver<usize>,
 }
 
-impl GatedStorage {
-    pub fn new() -> (Arc<GatedStorage>, Gate) {
+impl TestStorage {
+    pub fn gated() -> (Arc<TestStorage>, Gate) {
         let (open_tx, open_rx) = watch::channel(false);
         let (entered_tx, entered_rx) = watch::channel(0);
-        let storage = GatedStorage {
-            inner: MemoryStorage::default(),
-            open: open_rx,
-            entered: entered_tx,
+        let storage = TestStorage {
+            gate: Some((open_rx, entered_tx)),
+            ..TestStorage::default()
         };
         (
             Arc::new(storage),
@@ -192,7 +197,7 @@ impl Gate {
     }
 }
 
-impl Storage for GatedStorage {
+impl Storage for TestStorage {
     fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
         self.inner.check()
     }
@@ -203,62 +208,20 @@ impl Storage for GatedStorage {
         docid: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
         async move {
-            self.entered.send_modify(|n| *n += 1);
-            let mut open = self.open.clone();
-            let _ = open.wait_for(|&open| open).await;
+            if room.starts_with("bad") {
+                self.refused_reads.fetch_add(1, Ordering::SeqCst);
+                return Err(StorageError::UnholdableName {
+                    room: room.into(),
+                    reason: "test storage refuses rooms named bad*".into(),
+                });
+            }
+            if let Some((open, entered)) = &self.gate {
+                entered.send_modify(|n| *n += 1);
+                let _ = open.clone().wait_for(|&open| open).await;
+            }
             self.inner.retrieve_doc(room, docid).await
         }
         .boxed()
-    }
-
-    fn persist_doc<'a>(
-        &'a self,
-        room: &'a str,
-        docid: &'a str,
-        update_v2: Vec<u8>,
-        state_vector: Vec<u8>,
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.inner.persist_doc(room, docid, update_v2, state_vector)
-    }
-
-    fn delete_references<'a>(
-        &'a self,
-        room: &'a str,
-        docid: &'a str,
-        references: &'a [Reference],
-    ) -> BoxFuture<'a, Result<(), StorageError>> {
-        self.inner.delete_references(room, docid, references)
-    }
-}
-
-/// Memory storage that cannot hold rooms whose name starts with `bad`
-/// (a permanent error, as a backend reports a name it cannot hold), and
-/// counts the reads of such rooms.
-#[derive(Default)]
-pub struct RefusingStorage {
-    pub inner: MemoryStorage,
-    pub refused_reads: AtomicUsize,
-}
-
-impl Storage for RefusingStorage {
-    fn check(&self) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.check()
-    }
-
-    fn retrieve_doc<'a>(
-        &'a self,
-        room: &'a str,
-        docid: &'a str,
-    ) -> BoxFuture<'a, Result<Option<StoredDoc>, StorageError>> {
-        if room.starts_with("bad") {
-            self.refused_reads.fetch_add(1, Ordering::SeqCst);
-            return futures_util::future::ready(Err(StorageError::UnholdableName {
-                room: room.into(),
-                reason: "test storage refuses rooms named bad*".into(),
-            }))
-            .boxed();
-        }
-        self.inner.retrieve_doc(room, docid)
     }
 
     fn persist_doc<'a>(
