@@ -14,9 +14,9 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import { Harness, waitFor, sleep, randomHex, fingerprint, decodeStreamMessage, deletePrefix } from './harness.mjs'
+import { Harness, waitFor, sleep, randomHex, fingerprint, deletePrefix } from './harness.mjs'
 import { FsStorage, decodeStored } from './storage.mjs'
-import { PrivateRedis, TcpProxy, Editors, httpGet, streamMessages, waitConverged, sameContent, workerStory, unrecoveredActors } from './faults.mjs'
+import { PrivateRedis, TcpProxy, Editors, httpGet, waitConverged, sameContent, workerStory, unrecoveredActors, assertRecovered } from './faults.mjs'
 
 const OUTAGE_MS = 5000
 
@@ -112,22 +112,9 @@ function scenario (kind) {
         `editing stopped -> all identical: ${tAgree - tStop} ms; close codes ${closes}`
       t.diagnostic(msg)
       assert.ok(madeDuringOutage > 0, 'clients edited during the outage')
-      for (const s of h.servers) {
-        await waitFor(async () => (await httpGet(s.port)).status === 200, { timeout: 10000, interval: 100, message: `${s.name} /readyz to answer 200 after the restore` })
-      }
-
-      // the stream holds only valid messages
-      for (const e of await streamMessages(h.redis, h.roomKey(room))) {
-        assert.doesNotThrow(() => decodeStreamMessage(e.m), `stream entry ${e.id} decodes`)
-      }
-
-      // a fresh client on either server has it all
-      for (const s of h.servers) {
-        const fresh = h.client(s, room, { name: `fresh-${s.name}` })
-        await fresh.synced()
-        await waitFor(() => sameContent(fresh.snapshot(), final), { timeout: 10000, message: () => `fresh client on ${s.name}: want ${fingerprint(final)} got ${fingerprint(fresh.snapshot())}` })
-        fresh.destroy()
-      }
+      // ready again, the stream holds only valid messages, a fresh client on
+      // either server has it all
+      await assertRecovered(h, room, final, 'the restore')
 
       // every persistence actor of the worker that failed during the outage works again
       let lost = []

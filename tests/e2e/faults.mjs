@@ -15,7 +15,8 @@ import net from 'node:net'
 import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { createClient, RESP_TYPES } from 'redis'
-import { LOG_DIR, Y, freePort, randomHex, sleep, tailFile, waitFor, withTimeout, canonicalJSON, grepLog } from './harness.mjs'
+import assert from 'node:assert/strict'
+import { LOG_DIR, Y, freePort, randomHex, sleep, tailFile, waitFor, withTimeout, canonicalJSON, grepLog, fingerprint, decodeStreamMessage } from './harness.mjs'
 
 // ---------------------------------------------------------------------------
 // A private Redis
@@ -351,6 +352,26 @@ export async function streamMessages (client, key) {
 }
 
 export const sameContent = (a, b) => a.text === b.text && canonicalJSON(a.map) === canonicalJSON(b.map)
+
+/**
+ * After a fault (`what`: "the restore", "the failover"): every server's
+ * /readyz answers 200 again, every entry of the room's stream decodes, and a
+ * fresh client on each server gets `final` in full.
+ */
+export async function assertRecovered (h, room, final, what) {
+  for (const s of h.servers) {
+    await waitFor(async () => (await httpGet(s.port)).status === 200, { timeout: 10000, interval: 100, message: `${s.name} /readyz to answer 200 after ${what}` })
+  }
+  for (const e of await streamMessages(h.redis, h.roomKey(room))) {
+    assert.doesNotThrow(() => decodeStreamMessage(e.m), `stream entry ${e.id} decodes`)
+  }
+  for (const s of h.servers) {
+    const fresh = h.client(s, room, { name: `fresh-${s.name}` })
+    await fresh.synced()
+    await waitFor(() => sameContent(fresh.snapshot(), final), { timeout: 10000, message: () => `fresh client on ${s.name}: want ${fingerprint(final)} got ${fingerprint(fresh.snapshot())}` })
+    fresh.destroy()
+  }
+}
 
 /**
  * Keeps editing a set of harness Clients: every `interval` ms each client

@@ -11,9 +11,9 @@
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
-import { Harness, waitFor, sleep, randomHex, fingerprint, decodeStreamMessage } from './harness.mjs'
+import { Harness, waitFor, sleep, randomHex, fingerprint } from './harness.mjs'
 import { FsStorage, decodeStored } from './storage.mjs'
-import { Editors, httpGet, streamMessages, waitConverged, sameContent, workerStory } from './faults.mjs'
+import { Editors, waitConverged, sameContent, workerStory, assertRecovered } from './faults.mjs'
 import { startSentinelSet } from './redis-topology.mjs'
 
 for (const tls of [false, true]) describe(`Redis Sentinel failover${tls ? ' over TLS' : ''}`, { timeout: 150000 }, () => {
@@ -82,19 +82,7 @@ for (const tls of [false, true]) describe(`Redis Sentinel failover${tls ? ' over
       `SIGKILL -> every client holds every edit made before the promotion ${tAgreeOld - tKill} ms; ` +
       `editing stopped -> all identical ${tAgree - tStop} ms; ${editors.edits.length} edits in all; close codes ${closes}`)
 
-    for (const s of h.servers) {
-      await waitFor(async () => (await httpGet(s.port)).status === 200, { timeout: 10000, interval: 100, message: `${s.name} /readyz to answer 200 after the failover` })
-    }
-    for (const e of await streamMessages(h.redis, h.roomKey(room))) {
-      assert.doesNotThrow(() => decodeStreamMessage(e.m), `stream entry ${e.id} decodes`)
-    }
-    // a fresh client on either server has it all
-    for (const s of h.servers) {
-      const fresh = h.client(s, room, { name: `fresh-${s.name}` })
-      await fresh.synced()
-      await waitFor(() => sameContent(fresh.snapshot(), final), { timeout: 10000, message: () => `fresh client on ${s.name}: want ${fingerprint(final)} got ${fingerprint(fresh.snapshot())}` })
-      fresh.destroy()
-    }
+    await assertRecovered(h, room, final, 'the failover')
     // the worker, now on the new master, persists all of it
     let stored = null
     await waitFor(async () => {
