@@ -39,6 +39,19 @@ function run (cmd, args, timeout = 120000) {
   })
 }
 
+/** Waits until `storage` holds every room of `rooms` with the content `want` maps it to. */
+async function waitPersisted (h, storage, rooms, want, what) {
+  let missing = []
+  await waitFor(async () => {
+    missing = []
+    for (const room of rooms) {
+      const stored = decodeStored(await storage.pieces(room))
+      if (!sameContent(stored, want.get(room))) missing.push(room)
+    }
+    return missing.length === 0
+  }, { timeout: 60000, interval: 500, message: () => `${what}; ${missing.length} not yet (${missing.slice(0, 5).join(', ')}); worker: ${workerStory(h.workers[0])}` })
+}
+
 describe('Redis Cluster', { timeout: 300000 }, () => {
   let cluster
   /** @type {Harness} */
@@ -124,15 +137,7 @@ describe('Redis Cluster', { timeout: 300000 }, () => {
 
     // every room persisted with its content
     const final = new Map(pairs.map(([a]) => [a.room, a.snapshot()]))
-    let missing = []
-    await waitFor(async () => {
-      missing = []
-      for (const room of rooms) {
-        const stored = decodeStored(await storage.pieces(room))
-        if (!sameContent(stored, final.get(room))) missing.push(room)
-      }
-      return missing.length === 0
-    }, { timeout: 60000, interval: 500, message: () => `every room persisted; ${missing.length} not yet (${missing.slice(0, 5).join(', ')}); worker: ${workerStory(h.workers[0])}` })
+    await waitPersisted(h, storage, rooms, final, 'every room persisted')
     const tPersisted = Date.now()
 
     // with the clients gone, the worker trims every stream away and drops its task
@@ -195,15 +200,7 @@ describe('Redis Cluster', { timeout: 300000 }, () => {
     t.diagnostic(`reshard of ${SLOTS} slots (${moving.size} buckets, ${movedKeys} keys on the target after) took ${tDone - tStart} ms; ` +
       `${edits} edits in ${rooms.length} rooms, ${during} during the reshard; all converged ${Date.now() - tStop} ms after editing stopped; ${closes} socket closes`)
 
-    let missing = []
-    await waitFor(async () => {
-      missing = []
-      for (const room of rooms) {
-        const stored = decodeStored(await storage.pieces(room))
-        if (!sameContent(stored, finals.get(room))) missing.push(room)
-      }
-      return missing.length === 0
-    }, { timeout: 60000, interval: 500, message: () => `every room persisted after the reshard; not yet: ${missing.join(', ')}; worker: ${workerStory(h.workers[0])}` })
+    await waitPersisted(h, storage, rooms, finals, 'every room persisted after the reshard')
     for (const room of rooms) {
       assert.deepEqual(editors.get(room).missing(decodeStored(await storage.pieces(room))).map((e) => e.marker), [], `storage of ${room} lost no edit`)
     }
