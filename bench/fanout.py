@@ -83,14 +83,24 @@ def redis_cpu(port):
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def command_calls(ports):
-    """`INFO commandstats` calls, summed over the Redis processes on `ports`."""
-    calls = {}
+def redis_io(port):
+    """Socket reads and writes Redis made (`INFO stats`)."""
+    info = redis_info(port, "stats")
+    return int(info["total_reads_processed"]), int(info["total_writes_processed"])
+
+
+def command_stats(ports):
+    """`INFO commandstats` (calls, microseconds) per command, summed over the
+    Redis processes on `ports`."""
+    stats = {}
     for port in ports:
         for key, value in redis_info(port, "commandstats").items():
             name = key.removeprefix("cmdstat_")
-            calls[name] = calls.get(name, 0) + int(re.search(r"calls=(\d+)", value).group(1))
-    return calls
+            calls = int(re.search(r"calls=(\d+)", value).group(1))
+            usec = int(re.search(r"usec=(\d+)", value).group(1))
+            old = stats.get(name, (0, 0))
+            stats[name] = (old[0] + calls, old[1] + usec)
+    return stats
 
 
 def start_cluster(masters, scratch, procs):
@@ -212,8 +222,9 @@ def main():
             return {
                 "cpu": [sum(cpu_seconds(q) for q in descendants(p.pid)) for p in servers],
                 "redis_cpu": [redis_cpu(p) for p in redis_ports],
+                "redis_io": [redis_io(p) for p in redis_ports],
                 "generator_cpu": cpu_seconds(gen.pid),
-                "calls": command_calls(redis_ports),
+                "calls": command_stats(redis_ports),
                 "at": time.time(),
             }
 
@@ -236,8 +247,10 @@ def main():
         server_cpu = [a - b for a, b in zip(after["cpu"], before["cpu"])]
         redis_cpu_per = [a - b for a, b in zip(after["redis_cpu"], before["redis_cpu"])]
         redis_cpu_s = sum(redis_cpu_per)
-        calls = {k: v - before["calls"].get(k, 0) for k, v in after["calls"].items()}
-        calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v > 0}
+        stats = {k: (c - before["calls"].get(k, (0, 0))[0], u - before["calls"].get(k, (0, 0))[1])
+                 for k, (c, u) in after["calls"].items()}
+        stats = {k: v for k, v in sorted(stats.items(), key=lambda kv: -kv[1][0]) if v[0] > 0}
+        calls = {k: c for k, (c, _) in stats.items()}
         delivered_mb = float(figures.get("doc bytes delivered/s", "0")) * window / 1e6
         updates = float(figures.get("updates sent/s", "0")) * window
         probes = int(re.match(r"(\d+)", figures.get("probes", "0")).group(1))
@@ -250,9 +263,15 @@ def main():
             print("figure Redis CPU-seconds per master: " + " / ".join(f"{c:.2f}" for c in redis_cpu_per))
         # every stored message is one XADD (inside the add-message script; on a
         # cluster one script call adds a batch); new rooms add a task entry each
+        reads = sum(a[0] - b[0] for a, b in zip(after["redis_io"], before["redis_io"]))
+        writes = sum(a[1] - b[1] for a, b in zip(after["redis_io"], before["redis_io"]))
+        print(f"figure Redis socket reads/s: {reads / window:.0f}, writes/s: {writes / window:.0f}")
         print(f"figure stream entries added/s (XADD): {calls.get('xadd', 0) / window:.0f}")
         print(f"figure generator CPU-seconds: {after['generator_cpu'] - before['generator_cpu']:.2f}")
         print("figure Redis calls: " + ", ".join(f"{k} {v}" for k, v in calls.items()))
+        # time inside each command (commands run inside a script count in
+        # both); the rest of Redis CPU is reading, parsing and replying
+        print("figure Redis command CPU-s: " + ", ".join(f"{k} {u / 1e6:.2f}" for k, (_, u) in stats.items()))
         if delivered_mb > 0:
             print(f"figure server CPU-s per delivered MB: {sum(server_cpu) / delivered_mb:.4f} ({delivered_mb:.1f} MB of updates)")
         if published > 0:

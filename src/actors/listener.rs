@@ -18,7 +18,7 @@ use actix::prelude::*;
 use redis::aio::MultiplexedConnection;
 
 use super::messages::{
-    Broadcast, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
+    Broadcast, HandledSignal, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
 };
 use crate::backoff::Backoff;
 use crate::streams::{
@@ -36,6 +36,9 @@ const READ_COUNT: usize = 1000;
 /// A read returning at least this many entries (over all streams) means
 /// the streams are busy.
 const BUSY_READ_ENTRIES: usize = 2;
+/// The longest a busy read waits for the rooms to handle the previous one
+/// (a thread stuck elsewhere must not stop every room's stream).
+const FAN_OUT_WAIT: Duration = Duration::from_secs(1);
 
 /// Streams read together, and the connection reading them: all streams
 /// (key None), or one cluster bucket's.
@@ -186,24 +189,34 @@ impl RedisListener {
                                 act.resync_rooms(key);
                             }
                             let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
-                            act.route(key, &asked, batches);
+                            let (signal, handled) = HandledSignal::new();
+                            act.route(key, &asked, batches, Arc::new(signal));
                             // One entry is light traffic (an edit at a time):
                             // read again at once. Several: the streams are
-                            // busy, so space the reads out.
-                            let wait = act.read_interval.saturating_sub(started.elapsed());
-                            if entries >= BUSY_READ_ENTRIES && !wait.is_zero() {
-                                if let Some(group) = act.groups.get_mut(&key) {
-                                    group.busy = true;
-                                }
-                                ctx.run_later(wait, move |act, ctx| {
-                                    if let Some(group) = act.groups.get_mut(&key) {
-                                        group.busy = false;
-                                    }
-                                    act.read_next(key, ctx);
-                                });
-                            } else {
+                            // busy, so space the reads out, and wait until
+                            // the rooms wrote this read's entries: a server
+                            // short of CPU then reads less often, in larger
+                            // batches (fewer reads, fewer socket writes per
+                            // message), instead of queueing batches.
+                            if entries < BUSY_READ_ENTRIES {
                                 act.read_next(key, ctx);
+                                return;
                             }
+                            if let Some(group) = act.groups.get_mut(&key) {
+                                group.busy = true;
+                            }
+                            let interval = act.read_interval;
+                            let pause = async move {
+                                let _ = tokio::time::timeout(FAN_OUT_WAIT, handled).await;
+                                tokio::time::sleep(interval.saturating_sub(started.elapsed()))
+                                    .await;
+                            };
+                            ctx.spawn(pause.into_actor(act).map(move |(), act, ctx| {
+                                if let Some(group) = act.groups.get_mut(&key) {
+                                    group.busy = false;
+                                }
+                                act.read_next(key, ctx);
+                            }));
                         }
                         Err(e) => act.retry_later(key, e, ctx),
                     }
@@ -276,6 +289,7 @@ impl RedisListener {
         key: GroupKey,
         asked: &[(String, StreamId)],
         batches: Vec<(String, Vec<StreamEntry>)>,
+        handled: Arc<HandledSignal>,
     ) {
         let Some(group) = self.groups.get_mut(&key) else {
             return;
@@ -295,6 +309,7 @@ impl RedisListener {
             sub.after = Some(last.id);
             let batch = StreamBatch {
                 entries: Arc::from(entries),
+                handled: handled.clone(),
             };
             for (_, room) in &sub.rooms {
                 room.do_send(RoomEvent::Batch(batch.clone()));

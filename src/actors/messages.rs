@@ -33,6 +33,22 @@ pub const CLOSE_TOO_MANY_MESSAGES: u16 = 4429;
 #[rtype(result = "()")]
 pub struct StreamBatch {
     pub entries: Arc<[StreamEntry]>,
+    /// Shared by every batch of one read; the listener learns that all
+    /// rooms handled the read when the last copy is dropped.
+    pub handled: Arc<HandledSignal>,
+}
+
+/// Dropped when every room handled a read's batches, which resolves the
+/// listener's receiver (`tokio::sync::oneshot` resolves on a dropped sender).
+pub struct HandledSignal {
+    _sender: tokio::sync::oneshot::Sender<()>,
+}
+
+impl HandledSignal {
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (HandledSignal { _sender: sender }, receiver)
+    }
 }
 
 /// A room subscription registers with the listener when it starts (`after`

@@ -442,7 +442,7 @@ impl Handler<RoomEvent> for Room {
 
     fn handle(&mut self, msg: RoomEvent, _: &mut Context<Self>) {
         match msg {
-            RoomEvent::Batch(StreamBatch { entries }) => {
+            RoomEvent::Batch(StreamBatch { entries, .. }) => {
                 let fresh = self.advance(&entries);
                 if self.loading {
                     self.held_back.extend(entries[fresh..].iter().cloned());
