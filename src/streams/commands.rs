@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::streams::StreamAutoClaimReply;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Script, Value};
 use thiserror::Error;
+use tokio::sync::oneshot;
 
 use super::connect::{
     is_connection_unusable, is_tls_rejection, ConnectError, Connection, Connector,
@@ -49,6 +51,16 @@ impl RedisError {
     /// The worker queue's consumer group is gone (Redis restarted empty).
     pub fn is_missing_group(&self) -> bool {
         matches!(self, RedisError::Command(e) if e.code() == Some("NOGROUP"))
+    }
+
+    /// The same failure for another caller of a shared pipeline: a Redis
+    /// error as it is (its kind and code decide retries), others by message.
+    fn duplicate(&self) -> RedisError {
+        match self {
+            RedisError::Command(e) => RedisError::Command(e.clone()),
+            RedisError::Pool(e) => RedisError::Pool(e.clone()),
+            other => RedisError::Command(io::Error::other(other.to_string()).into()),
+        }
     }
 }
 
@@ -242,8 +254,24 @@ thread_local! {
     static THREAD_CONNECTIONS: RefCell<HashMap<u64, (u64, Connection)>> = RefCell::new(HashMap::new());
 }
 
-/// Messages one pipeline carries at most.
+/// Messages one caller's pipeline carries at most.
 const PUBLISH_BATCH: usize = 64;
+
+/// Replies of one caller's commands, errors included, in order.
+type Replies = Result<Vec<Value>, RedisError>;
+
+/// Publishes waiting on this thread for its next pipeline.
+#[derive(Default)]
+struct PublishQueue {
+    pipe: Pipeline,
+    /// Per caller: how many of the commands are its, and where its replies go.
+    callers: Vec<(usize, oneshot::Sender<Replies>)>,
+}
+
+thread_local! {
+    /// Each store's publishes waiting on this thread (see [`RedisStreams::pipelined`]).
+    static PUBLISH_QUEUES: RefCell<HashMap<u64, PublishQueue>> = RefCell::new(HashMap::new());
+}
 
 #[derive(Clone)]
 pub struct RedisStreams {
@@ -473,23 +501,19 @@ impl RedisStreams {
         let mut repairs = 0;
         while done < messages.len() {
             let batch = &messages[done..(done + PUBLISH_BATCH).min(messages.len())];
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for message in batch {
-                pipe.cmd("EVALSHA")
-                    .arg(self.add_message.get_hash())
-                    .arg(2)
-                    .arg(stream_key)
-                    .arg(&worker)
-                    .arg(message.as_ref());
-            }
-            let replies: Vec<Value> = match pipe.query_async(&mut conn).await {
-                Ok(replies) => replies,
-                Err(e) => {
-                    self.check_thread_connection(&e);
-                    return Err(e.into());
-                }
-            };
+            let commands = batch
+                .iter()
+                .map(|message| {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(self.add_message.get_hash())
+                        .arg(2)
+                        .arg(stream_key)
+                        .arg(&worker)
+                        .arg(message.as_ref());
+                    cmd
+                })
+                .collect();
+            let replies = self.pipelined(commands).await?;
             // Failures come as a suffix (a missing script or queue fails every
             // later call too): repair, then send the rest again, keeping the order.
             let failure = replies.into_iter().find_map(|reply| match reply {
@@ -517,6 +541,67 @@ impl RedisStreams {
             }
         }
         Ok(())
+    }
+
+    /// Sends `commands` in this thread's next pipeline. Every session of
+    /// the thread that publishes before that pipeline leaves joins it, so
+    /// under load many publishes share one write to Redis and one read of
+    /// the replies, for the server and for Redis. Must run on an actix
+    /// (local task set) thread.
+    async fn pipelined(&self, commands: Vec<Cmd>) -> Replies {
+        let (sender, receiver) = oneshot::channel();
+        let first = PUBLISH_QUEUES.with(|queues| {
+            let mut queues = queues.borrow_mut();
+            let queue = queues.entry(self.id).or_default();
+            queue.callers.push((commands.len(), sender));
+            for cmd in commands {
+                queue.pipe.add_command(cmd);
+            }
+            queue.callers.len() == 1
+        });
+        if first {
+            // Its own task: a caller that goes away (its session closed)
+            // must not take the others' publishes with it.
+            actix_rt::spawn(self.clone().send_publish_queue());
+        }
+        receiver.await.unwrap_or_else(|_| {
+            let stopped = io::Error::other("the publishing task stopped");
+            Err(RedisError::Command(stopped.into()))
+        })
+    }
+
+    async fn send_publish_queue(self) {
+        // The thread's other sessions ready now publish first, into this pipeline.
+        tokio::task::yield_now().await;
+        let Some(PublishQueue { mut pipe, callers }) =
+            PUBLISH_QUEUES.with(|queues| queues.borrow_mut().remove(&self.id))
+        else {
+            return;
+        };
+        pipe.ignore_errors();
+        let sent = match self.thread_connection().await {
+            Ok(mut conn) => pipe
+                .query_async::<Vec<Value>>(&mut conn)
+                .await
+                .map_err(|e| {
+                    self.check_thread_connection(&e);
+                    RedisError::Command(e)
+                }),
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                for (count, caller) in callers {
+                    let _ = caller.send(Ok(replies.by_ref().take(count).collect()));
+                }
+            }
+            Err(e) => {
+                for (_, caller) in callers {
+                    let _ = caller.send(Err(e.duplicate()));
+                }
+            }
+        }
     }
 
     /// [`Self::add_messages`] on a cluster: up to [`PUBLISH_BATCH`]
