@@ -195,6 +195,9 @@ pub struct RedisArgs {
     /// While the streams are busy, reads start at most this often (ms); 0 reads again at once
     #[arg(long, env = "REDIS_READ_INTERVAL_MS", default_value = "10", value_parser = millis)]
     pub redis_read_interval_ms: Duration,
+    /// Longest spacing of reads (ms) as the streams get busier (it grows with the entries read per second); equal to REDIS_READ_INTERVAL_MS keeps the spacing fixed
+    #[arg(long, env = "REDIS_READ_INTERVAL_MAX_MS", default_value = "30", value_parser = millis)]
+    pub redis_read_interval_max_ms: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -492,8 +495,10 @@ pub struct Config {
     pub max_send_queue_bytes: usize,
     /// How long one `XREAD BLOCK` waits before the listener loops.
     pub redis_block: Duration,
-    /// Pause after a stream read that found entries (batches reads under load).
+    /// Least spacing of stream reads while the streams are busy (batches reads under load).
     pub redis_read_interval: Duration,
+    /// Spacing the listener grows to as the streams get busier.
+    pub redis_read_interval_max: Duration,
     /// Longest room name (raw path segment) in bytes.
     pub max_room_name_bytes: usize,
     /// Connection, message and byte limits.
@@ -680,6 +685,9 @@ impl Settings {
             max_send_queue_bytes: limits.ws_max_send_queue_bytes,
             redis_block: redis.redis_block_ms,
             redis_read_interval: redis.redis_read_interval_ms,
+            redis_read_interval_max: redis
+                .redis_read_interval_max_ms
+                .max(redis.redis_read_interval_ms),
             max_room_name_bytes: limits.max_room_name_bytes,
             limits: Limits {
                 max_connections: limits.max_connections,

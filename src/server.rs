@@ -351,7 +351,7 @@ pub async fn run(
         redis.clone(),
         config.redis_block,
         config.redis_command_timeout,
-        config.redis_read_interval,
+        config.redis_read_interval..=config.redis_read_interval_max,
     )
     .start();
     let rechecks = Arc::new(RecheckLog::default());

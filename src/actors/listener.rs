@@ -11,6 +11,7 @@
 //! (close everything, recheck permissions) go through it.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,14 @@ const READ_COUNT: usize = 1000;
 /// A read returning at least this many entries (over all streams) means
 /// the streams are busy.
 const BUSY_READ_ENTRIES: usize = 2;
+/// Entries per second (over a group's streams) up to which busy reads are
+/// spaced by the least interval; above it the spacing grows in proportion
+/// (up to the longest), so a busier server carries more messages per read
+/// and per socket write instead of making more of each.
+const BUSY_RATE: f64 = 2500.0;
+/// Weight of the latest read in the group's entry rate (smoothed, so the
+/// spacing does not swing with one read).
+const RATE_WEIGHT: f64 = 0.3;
 /// The longest a busy read waits for the rooms to handle the previous one
 /// (a thread stuck elsewhere must not stop every room's stream).
 const FAN_OUT_WAIT: Duration = Duration::from_secs(1);
@@ -53,6 +62,9 @@ struct Group {
     /// `CLIENT ID` and node of the connection inside the running read, if one runs.
     reading: Option<(i64, ReaderNode)>,
     backoff: Backoff,
+    /// Entries read per second, smoothed, and when the last read started.
+    rate: f64,
+    last_start: Option<Instant>,
 }
 
 impl Group {
@@ -63,7 +75,27 @@ impl Group {
             busy: false,
             reading: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            rate: 0.0,
+            last_start: None,
         }
+    }
+
+    /// Counts a read that started at `started` and returned `entries`, and
+    /// answers how long after `started` the next busy read may start.
+    fn spacing(
+        &mut self,
+        started: Instant,
+        entries: usize,
+        interval: &RangeInclusive<Duration>,
+    ) -> Duration {
+        if let Some(last) = self.last_start.replace(started) {
+            let since = started.duration_since(last).as_secs_f64().max(0.001);
+            self.rate += RATE_WEIGHT * (entries as f64 / since - self.rate);
+        }
+        interval
+            .start()
+            .mul_f64((self.rate / BUSY_RATE).max(1.0))
+            .min(*interval.end())
     }
 }
 
@@ -71,9 +103,10 @@ pub struct RedisListener {
     streams: RedisStreams,
     block: Duration,
     read_margin: Duration,
-    /// Least time between the starts of two reads of a group while its
-    /// streams are busy, so that under load one read collects many publishes.
-    read_interval: Duration,
+    /// Least and longest time between the starts of two reads of a group
+    /// while its streams are busy, so that under load one read collects
+    /// many publishes (see `BUSY_RATE`).
+    read_interval: RangeInclusive<Duration>,
     groups: HashMap<GroupKey, Group>,
 }
 
@@ -92,7 +125,7 @@ impl RedisListener {
         streams: RedisStreams,
         block: Duration,
         read_margin: Duration,
-        read_interval: Duration,
+        read_interval: RangeInclusive<Duration>,
     ) -> Self {
         RedisListener {
             streams,
@@ -185,10 +218,11 @@ impl RedisListener {
                                 group.backoff.reset();
                             }
                             group.connection = Some((conn, id, node));
+                            let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
+                            let spacing = group.spacing(started, entries, &act.read_interval);
                             if recovered {
                                 act.resync_rooms(key);
                             }
-                            let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
                             let (signal, handled) = HandledSignal::new();
                             act.route(key, &asked, batches, Arc::new(signal));
                             // One entry is light traffic (an edit at a time):
@@ -205,11 +239,9 @@ impl RedisListener {
                             if let Some(group) = act.groups.get_mut(&key) {
                                 group.busy = true;
                             }
-                            let interval = act.read_interval;
                             let pause = async move {
                                 let _ = tokio::time::timeout(FAN_OUT_WAIT, handled).await;
-                                tokio::time::sleep(interval.saturating_sub(started.elapsed()))
-                                    .await;
+                                tokio::time::sleep(spacing.saturating_sub(started.elapsed())).await;
                             };
                             ctx.spawn(pause.into_actor(act).map(move |(), act, ctx| {
                                 if let Some(group) = act.groups.get_mut(&key) {
