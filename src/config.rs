@@ -195,7 +195,7 @@ pub struct RedisArgs {
     /// While the streams are busy, reads start at most this often (ms); 0 reads again at once
     #[arg(long, env = "REDIS_READ_INTERVAL_MS", default_value = "10", value_parser = millis)]
     pub redis_read_interval_ms: Duration,
-    /// Longest spacing of reads (ms) as the streams get busier (it grows with the entries read per second); equal to REDIS_READ_INTERVAL_MS keeps the spacing fixed
+    /// Longest spacing of busy reads (ms): it grows with the messages delivered per second above 60,000; equal to REDIS_READ_INTERVAL_MS keeps the spacing fixed
     #[arg(long, env = "REDIS_READ_INTERVAL_MAX_MS", default_value = "30", value_parser = millis)]
     pub redis_read_interval_max_ms: Duration,
 }

@@ -22,6 +22,7 @@ use super::messages::{
     Broadcast, HandledSignal, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
 };
 use crate::backoff::Backoff;
+use crate::metrics;
 use crate::streams::{
     client_id, read_streams_blocking, ReaderNode, RedisError, RedisStreams, StreamEntry, StreamId,
 };
@@ -37,14 +38,13 @@ const READ_COUNT: usize = 1000;
 /// A read returning at least this many entries (over all streams) means
 /// the streams are busy.
 const BUSY_READ_ENTRIES: usize = 2;
-/// Entries per second (over a group's streams) up to which busy reads are
-/// spaced by the least interval; above it the spacing grows in proportion
-/// (up to the longest), so a busier server carries more messages per read
-/// and per socket write instead of making more of each.
-const BUSY_RATE: f64 = 2500.0;
-/// Weight of the latest read in the group's entry rate (smoothed, so the
-/// spacing does not swing with one read).
-const RATE_WEIGHT: f64 = 0.3;
+/// Messages per second this process delivers to clients up to which busy
+/// reads are spaced by the least interval; above it the spacing grows in
+/// proportion (up to the longest), so heavy fan-out carries more messages
+/// per read and per socket write instead of making more of each.
+const BUSY_DELIVERY_RATE: f64 = 60_000.0;
+/// The delivery rate is measured over windows of at least this long.
+const RATE_WINDOW: Duration = Duration::from_millis(200);
 /// The longest a busy read waits for the rooms to handle the previous one
 /// (a thread stuck elsewhere must not stop every room's stream).
 const FAN_OUT_WAIT: Duration = Duration::from_secs(1);
@@ -62,9 +62,6 @@ struct Group {
     /// `CLIENT ID` and node of the connection inside the running read, if one runs.
     reading: Option<(i64, ReaderNode)>,
     backoff: Backoff,
-    /// Entries read per second, smoothed, and when the last read started.
-    rate: f64,
-    last_start: Option<Instant>,
 }
 
 impl Group {
@@ -75,26 +72,38 @@ impl Group {
             busy: false,
             reading: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
-            rate: 0.0,
-            last_start: None,
         }
     }
+}
 
-    /// Counts a read that started at `started` and returned `entries`, and
-    /// answers how long after `started` the next busy read may start.
+/// How fast this process delivers messages to clients, which sets the
+/// spacing of busy reads.
+#[derive(Default)]
+struct DeliveryRate {
+    per_second: f64,
+    /// When the current window started, and the delivery count then.
+    window: Option<(Instant, u64)>,
+}
+
+impl DeliveryRate {
+    /// The spacing of busy reads at `now`, with `delivered` messages
+    /// delivered so far: `interval`'s start up to [`BUSY_DELIVERY_RATE`],
+    /// then growing in proportion up to its end.
     fn spacing(
         &mut self,
-        started: Instant,
-        entries: usize,
+        now: Instant,
+        delivered: u64,
         interval: &RangeInclusive<Duration>,
     ) -> Duration {
-        if let Some(last) = self.last_start.replace(started) {
-            let since = started.duration_since(last).as_secs_f64().max(0.001);
-            self.rate += RATE_WEIGHT * (entries as f64 / since - self.rate);
+        let (since, at_start) = *self.window.get_or_insert((now, delivered));
+        let elapsed = now.duration_since(since);
+        if elapsed >= RATE_WINDOW {
+            self.per_second = delivered.saturating_sub(at_start) as f64 / elapsed.as_secs_f64();
+            self.window = Some((now, delivered));
         }
         interval
             .start()
-            .mul_f64((self.rate / BUSY_RATE).max(1.0))
+            .mul_f64((self.per_second / BUSY_DELIVERY_RATE).max(1.0))
             .min(*interval.end())
     }
 }
@@ -105,8 +114,9 @@ pub struct RedisListener {
     read_margin: Duration,
     /// Least and longest time between the starts of two reads of a group
     /// while its streams are busy, so that under load one read collects
-    /// many publishes (see `BUSY_RATE`).
+    /// many publishes (see [`BUSY_DELIVERY_RATE`]).
     read_interval: RangeInclusive<Duration>,
+    delivery_rate: DeliveryRate,
     groups: HashMap<GroupKey, Group>,
 }
 
@@ -132,6 +142,7 @@ impl RedisListener {
             block,
             read_margin,
             read_interval,
+            delivery_rate: DeliveryRate::default(),
             groups: HashMap::new(),
         }
     }
@@ -219,7 +230,6 @@ impl RedisListener {
                             }
                             group.connection = Some((conn, id, node));
                             let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
-                            let spacing = group.spacing(started, entries, &act.read_interval);
                             if recovered {
                                 act.resync_rooms(key);
                             }
@@ -239,6 +249,11 @@ impl RedisListener {
                             if let Some(group) = act.groups.get_mut(&key) {
                                 group.busy = true;
                             }
+                            let spacing = act.delivery_rate.spacing(
+                                Instant::now(),
+                                metrics::MESSAGES_OUT.get(),
+                                &act.read_interval,
+                            );
                             let pause = async move {
                                 let _ = tokio::time::timeout(FAN_OUT_WAIT, handled).await;
                                 tokio::time::sleep(spacing.saturating_sub(started.elapsed())).await;
@@ -446,5 +461,50 @@ impl Handler<Broadcast> for RedisListener {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEAST: Duration = Duration::from_millis(10);
+    const LONGEST: Duration = Duration::from_millis(30);
+
+    /// The spacing after 2 s of delivering `per_second` messages a second,
+    /// asked every 10 ms.
+    fn steady(per_second: u64, interval: RangeInclusive<Duration>) -> Duration {
+        let mut rate = DeliveryRate::default();
+        let start = Instant::now();
+        let mut spacing = Duration::ZERO;
+        for ms in (0..2000).step_by(10) {
+            spacing = rate.spacing(
+                start + Duration::from_millis(ms),
+                per_second * ms / 1000,
+                &interval,
+            );
+        }
+        spacing
+    }
+
+    #[test]
+    fn busy_reads_are_spaced_by_the_least_interval_up_to_the_busy_rate() {
+        assert_eq!(steady(0, LEAST..=LONGEST), LEAST);
+        assert_eq!(steady(50_000, LEAST..=LONGEST), LEAST);
+    }
+
+    #[test]
+    fn spacing_grows_with_the_delivery_rate_up_to_the_longest() {
+        let spacing = steady(120_000, LEAST..=LONGEST);
+        assert!(
+            (19..=21).contains(&spacing.as_millis()),
+            "spacing {spacing:?} at 120,000 deliveries/s"
+        );
+        assert_eq!(steady(1_000_000, LEAST..=LONGEST), LONGEST);
+    }
+
+    #[test]
+    fn a_fixed_range_keeps_the_spacing_fixed() {
+        assert_eq!(steady(1_000_000, LEAST..=LEAST), LEAST);
     }
 }
