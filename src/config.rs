@@ -1144,7 +1144,7 @@ mod tests {
         ] {
             assert!(vars.iter().any(|v| v == var), "{var}");
         }
-        assert_eq!(vars.len(), 59);
+        assert_eq!(vars.len(), 60);
     }
 
     #[test]
