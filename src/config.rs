@@ -192,7 +192,7 @@ pub struct RedisArgs {
     /// How long in ms one XREAD BLOCK waits
     #[arg(long, env = "REDIS_BLOCK_MS", default_value = "1000", value_parser = millis)]
     pub redis_block_ms: Duration,
-    /// While the streams are busy, reads start at most this often (ms); 0 reads again at once
+    /// While the streams are busy, reads start at most this often (ms); 0: no spacing (a busy read still waits until the rooms handled the previous one)
     #[arg(long, env = "REDIS_READ_INTERVAL_MS", default_value = "10", value_parser = millis)]
     pub redis_read_interval_ms: Duration,
     /// Longest spacing of busy reads (ms): it grows with the messages delivered per second above 60,000; equal to REDIS_READ_INTERVAL_MS keeps the spacing fixed
