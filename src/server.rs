@@ -487,15 +487,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Asks every session to close with 1012 and waits (at most `grace`) until they have.
+/// Asks every session to close with 1012 and waits (at most `grace`) until
+/// they have. The request goes out again every 100 ms while sessions stay
+/// open: one that was opening as shutdown began (or connected since) joins
+/// its room after the first request passed and would otherwise be cut
+/// without a close frame when the server stops.
 async fn close_sessions(listener: &Addr<RedisListener>, open: &AtomicUsize, grace: Duration) {
     tracing::info!(sessions = open.load(Ordering::Relaxed), "closing sessions");
-    listener.do_send(Broadcast::CloseAll {
-        code: CLOSE_SERVICE_RESTART,
-        reason: "server restarting",
-    });
     let deadline = Instant::now() + grace;
+    let mut next_request = Instant::now();
     while Instant::now() < deadline && open.load(Ordering::Relaxed) > 0 {
+        if Instant::now() >= next_request {
+            listener.do_send(Broadcast::CloseAll {
+                code: CLOSE_SERVICE_RESTART,
+                reason: "server restarting",
+            });
+            next_request += Duration::from_millis(100);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
