@@ -490,9 +490,9 @@ impl RedisStreams {
         messages: &[Bytes],
     ) -> Result<(), RedisError> {
         let _timer = CommandTimer::start();
-        let mut conn = self.thread_connection().await?;
         let worker = self.keys.worker_stream_of(stream_key);
-        if let Connection::Cluster(_) = conn {
+        if self.connector.is_cluster() {
+            let mut conn = self.thread_connection().await?;
             return self
                 .add_messages_in_scripts(&mut conn, stream_key, &worker, messages)
                 .await;
@@ -533,6 +533,7 @@ impl RedisStreams {
             }
             match failure.code().unwrap_or_default() {
                 "NOSCRIPT" => {
+                    let mut conn = self.thread_connection().await?;
                     self.add_message.load_async(&mut conn).await?;
                 }
                 // Redis lost the worker group (restarted empty).
