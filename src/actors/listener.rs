@@ -24,12 +24,17 @@ use super::messages::{
 use crate::backoff::Backoff;
 use crate::metrics;
 use crate::streams::{
-    client_id, read_streams_blocking, ReaderNode, RedisError, RedisStreams, StreamEntry, StreamId,
+    client_id, read_streams_blocking, stream_read_command, ReaderNode, RedisError, RedisStreams,
+    StreamEntry, StreamId,
 };
 
 struct Subscription {
     /// Entries up to here were handed out; None while no room reads yet.
     after: Option<StreamId>,
+    /// Where the running read asked this stream from. Its entries are
+    /// handed out only if `after` is still there: a subscription rewound
+    /// (or renewed) meanwhile reads them again from its new position.
+    read_from: Option<StreamId>,
     rooms: Vec<(u64, Recipient<RoomEvent>)>,
 }
 
@@ -188,18 +193,23 @@ impl RedisListener {
             }));
             return;
         };
-        let streams: Vec<(String, StreamId)> = group
-            .subscriptions
-            .iter()
-            .filter_map(|(k, s)| Some((k.clone(), s.after?)))
-            .collect();
+        let mut ready = 0;
+        for sub in group.subscriptions.values_mut() {
+            sub.read_from = sub.after;
+            ready += usize::from(sub.after.is_some());
+        }
         // Only subscriptions still loading their room: idle until one is
         // ready (its Subscribe starts the read, as `reading` stays None).
-        if streams.is_empty() {
+        if ready == 0 {
             group.busy = false;
             group.connection = Some((conn, id, node));
             return;
         }
+        let ready_streams = group
+            .subscriptions
+            .iter()
+            .filter_map(|(key, sub)| Some((key.as_str(), sub.after?)));
+        let command = stream_read_command(ready_streams, self.block, READ_COUNT);
         group.reading = Some((id, node.clone()));
         let block = self.block;
         // A connection whose peer vanished without a reset never answers;
@@ -207,68 +217,65 @@ impl RedisListener {
         let deadline = block + self.read_margin;
         let started = Instant::now();
         let read = async move {
-            let reading = read_streams_blocking(&mut conn, &streams, block, READ_COUNT);
+            let reading = read_streams_blocking(&mut conn, command);
             let result = match tokio::time::timeout(deadline, reading).await {
                 Ok(result) => result,
                 Err(_) => Err(RedisError::ReadTimeout(deadline)),
             };
-            (conn, streams, result)
+            (conn, result)
         };
-        ctx.spawn(
-            read.into_actor(self)
-                .map(move |(conn, asked, result), act, ctx| {
-                    let Some(group) = act.groups.get_mut(&key) else {
-                        return;
-                    };
-                    group.busy = false;
-                    group.reading = None;
-                    match result {
-                        Ok(batches) => {
-                            let recovered = group.backoff.failures() > 0;
-                            if recovered {
-                                group.backoff.reset();
-                            }
-                            group.connection = Some((conn, id, node));
-                            let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
-                            if recovered {
-                                act.resync_rooms(key);
-                            }
-                            let (signal, handled) = HandledSignal::new();
-                            act.route(key, &asked, batches, Arc::new(signal));
-                            // One entry is light traffic (an edit at a time):
-                            // read again at once. Several: the streams are
-                            // busy, so space the reads out, and wait until
-                            // the rooms wrote this read's entries: a server
-                            // short of CPU then reads less often, in larger
-                            // batches (fewer reads, fewer socket writes per
-                            // message), instead of queueing batches.
-                            if entries < BUSY_READ_ENTRIES {
-                                act.read_next(key, ctx);
-                                return;
-                            }
-                            if let Some(group) = act.groups.get_mut(&key) {
-                                group.busy = true;
-                            }
-                            let spacing = act.delivery_rate.spacing(
-                                Instant::now(),
-                                metrics::MESSAGES_OUT.get(),
-                                &act.read_interval,
-                            );
-                            let pause = async move {
-                                let _ = tokio::time::timeout(FAN_OUT_WAIT, handled).await;
-                                tokio::time::sleep(spacing.saturating_sub(started.elapsed())).await;
-                            };
-                            ctx.spawn(pause.into_actor(act).map(move |(), act, ctx| {
-                                if let Some(group) = act.groups.get_mut(&key) {
-                                    group.busy = false;
-                                }
-                                act.read_next(key, ctx);
-                            }));
-                        }
-                        Err(e) => act.retry_later(key, e, ctx),
+        ctx.spawn(read.into_actor(self).map(move |(conn, result), act, ctx| {
+            let Some(group) = act.groups.get_mut(&key) else {
+                return;
+            };
+            group.busy = false;
+            group.reading = None;
+            match result {
+                Ok(batches) => {
+                    let recovered = group.backoff.failures() > 0;
+                    if recovered {
+                        group.backoff.reset();
                     }
-                }),
-        );
+                    group.connection = Some((conn, id, node));
+                    let entries: usize = batches.iter().map(|(_, e)| e.len()).sum();
+                    if recovered {
+                        act.resync_rooms(key);
+                    }
+                    let (signal, handled) = HandledSignal::new();
+                    act.route(key, batches, Arc::new(signal));
+                    // One entry is light traffic (an edit at a time):
+                    // read again at once. Several: the streams are
+                    // busy, so space the reads out, and wait until
+                    // the rooms wrote this read's entries: a server
+                    // short of CPU then reads less often, in larger
+                    // batches (fewer reads, fewer socket writes per
+                    // message), instead of queueing batches.
+                    if entries < BUSY_READ_ENTRIES {
+                        act.read_next(key, ctx);
+                        return;
+                    }
+                    if let Some(group) = act.groups.get_mut(&key) {
+                        group.busy = true;
+                    }
+                    let spacing = act.delivery_rate.spacing(
+                        Instant::now(),
+                        metrics::MESSAGES_OUT.get(),
+                        &act.read_interval,
+                    );
+                    let pause = async move {
+                        let _ = tokio::time::timeout(FAN_OUT_WAIT, handled).await;
+                        tokio::time::sleep(spacing.saturating_sub(started.elapsed())).await;
+                    };
+                    ctx.spawn(pause.into_actor(act).map(move |(), act, ctx| {
+                        if let Some(group) = act.groups.get_mut(&key) {
+                            group.busy = false;
+                        }
+                        act.read_next(key, ctx);
+                    }));
+                }
+                Err(e) => act.retry_later(key, e, ctx),
+            }
+        }));
     }
 
     /// Drops the connection and tries again with backoff; logs once per
@@ -334,22 +341,19 @@ impl RedisListener {
     fn route(
         &mut self,
         key: GroupKey,
-        asked: &[(String, StreamId)],
         batches: Vec<(String, Vec<StreamEntry>)>,
         handled: Arc<HandledSignal>,
     ) {
         let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
-        let asked: HashMap<&str, StreamId> =
-            asked.iter().map(|(k, id)| (k.as_str(), *id)).collect();
         for (key, entries) in batches {
             let Some(sub) = group.subscriptions.get_mut(&key) else {
                 continue;
             };
             // A subscription rewound while this read ran: the next read
             // fetches these entries again, from the earlier position.
-            if asked.get(key.as_str()) != sub.after.as_ref() {
+            if sub.read_from.is_none() || sub.read_from != sub.after {
                 continue;
             }
             let Some(last) = entries.last() else { continue };
@@ -401,6 +405,7 @@ impl Handler<Subscribe> for RedisListener {
             .entry(msg.key)
             .or_insert_with(|| Subscription {
                 after: None,
+                read_from: None,
                 rooms: Vec::new(),
             });
         if !sub.rooms.iter().any(|(id, _)| *id == msg.room_id) {

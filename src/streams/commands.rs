@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -933,25 +934,38 @@ pub async fn client_id(conn: &mut MultiplexedConnection) -> Result<i64, RedisErr
     Ok(redis::cmd("CLIENT").arg("ID").query_async(conn).await?)
 }
 
-/// `XREAD COUNT count BLOCK block STREAMS keys... ids...`, entries per key.
-pub async fn read_streams_blocking(
-    conn: &mut MultiplexedConnection,
-    streams: &[(String, StreamId)],
+/// `XREAD COUNT count BLOCK block STREAMS keys... ids...`: built where the
+/// streams are listed, without a copy of every key and id (a listener names
+/// thousands of streams per read).
+pub fn stream_read_command<'a>(
+    streams: impl Iterator<Item = (&'a str, StreamId)> + Clone,
     block: Duration,
     count: usize,
-) -> Result<Vec<(String, Vec<StreamEntry>)>, RedisError> {
+) -> Cmd {
     let mut cmd = redis::cmd("XREAD");
     cmd.arg("COUNT")
         .arg(count)
         .arg("BLOCK")
         .arg(block.as_millis() as u64)
         .arg("STREAMS");
-    for (key, _) in streams {
+    for (key, _) in streams.clone() {
         cmd.arg(key);
     }
+    let mut id_text = String::new();
     for (_, id) in streams {
-        cmd.arg(id.to_string());
+        id_text.clear();
+        // Writing to a String cannot fail.
+        let _ = write!(id_text, "{id}");
+        cmd.arg(id_text.as_str());
     }
+    cmd
+}
+
+/// Runs a [`stream_read_command`]: entries per key, for the keys that have any.
+pub async fn read_streams_blocking(
+    conn: &mut MultiplexedConnection,
+    cmd: Cmd,
+) -> Result<Vec<(String, Vec<StreamEntry>)>, RedisError> {
     let reply: Value = cmd.query_async(conn).await?;
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),
@@ -978,7 +992,8 @@ pub async fn read_streams_blocking(
         .into_iter()
         .map(|(key, entries)| {
             let key = match key {
-                Some(Value::BulkString(key)) => String::from_utf8_lossy(&key).into_owned(),
+                Some(Value::BulkString(key)) => String::from_utf8(key)
+                    .map_err(|_| malformed("XREAD", "-", "stream name is not UTF-8".into()))?,
                 _ => return Err(malformed("XREAD", "-", "stream without a name".into())),
             };
             let entries = parse_entries(&key, entries.unwrap_or(Value::Nil))?;
@@ -1011,10 +1026,12 @@ fn parse_entries(key: &str, reply: Value) -> Result<Vec<StreamEntry>, RedisError
             };
             let mut parts = parts.into_iter();
             let raw_id = match parts.next() {
-                Some(Value::BulkString(id)) => String::from_utf8_lossy(&id).into_owned(),
+                Some(Value::BulkString(id)) => id,
                 _ => return Err(malformed(key, "-", "entry without an id".into())),
             };
-            let id: StreamId = raw_id.parse().map_err(|e| malformed(key, &raw_id, e))?;
+            let raw_id = std::str::from_utf8(&raw_id)
+                .map_err(|_| malformed(key, "-", "entry id is not UTF-8".into()))?;
+            let id: StreamId = raw_id.parse().map_err(|e| malformed(key, raw_id, e))?;
             let fields = match parts.next() {
                 Some(Value::Array(fields)) => fields,
                 Some(Value::Map(pairs)) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),

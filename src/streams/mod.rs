@@ -6,7 +6,8 @@ mod commands;
 mod connect;
 
 pub use commands::{
-    client_id, read_streams_blocking, ReaderNode, RedisError, RedisStreams, StreamEntry, Task,
+    client_id, read_streams_blocking, stream_read_command, ReaderNode, RedisError, RedisStreams,
+    StreamEntry, Task,
 };
 pub use connect::{ConnectError, Connector, RedisSettings, SentinelSettings, TlsFiles};
 pub use y_redis_protocol::names::{decode_uri_component, encode_uri_component, Keys};
