@@ -207,30 +207,32 @@ impl Room {
 
     /// Writes `entries` to every synced member past its own position.
     fn deliver(&mut self, entries: &[StreamEntry]) {
-        let entries: Vec<&StreamEntry> = entries.iter().filter(|e| !e.message.is_empty()).collect();
-        let Some(last) = entries.last().map(|e| e.id) else {
+        // Each message becomes a websocket frame once, for every member;
+        // with its id and the message bytes from it on (for the metrics).
+        let mut frames = Vec::with_capacity(entries.len());
+        let mut ids_and_bytes_from: Vec<(StreamId, usize)> = Vec::with_capacity(entries.len());
+        for entry in entries.iter().filter(|e| !e.message.is_empty()) {
+            frames.push(binary_frame(&entry.message));
+            ids_and_bytes_from.push((entry.id, entry.message.len()));
+        }
+        let Some(&(last, _)) = ids_and_bytes_from.last() else {
             return;
         };
-        let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
-        // Each message becomes a websocket frame once, for every member.
-        let frames: Vec<Bytes> = entries.iter().map(|e| binary_frame(&e.message)).collect();
-        // bytes_from[i]: message bytes of entries[i..], for the metrics.
-        let mut bytes_from: Vec<usize> = entries.iter().map(|e| e.message.len()).collect();
-        for i in (1..bytes_from.len()).rev() {
-            bytes_from[i - 1] += bytes_from[i];
+        for i in (1..ids_and_bytes_from.len()).rev() {
+            ids_and_bytes_from[i - 1].1 += ids_and_bytes_from[i].1;
         }
         let (mut messages_out, mut bytes_out) = (0, 0);
         for member in self.members.values_mut() {
             let Some(through) = member.synced_through else {
                 continue;
             };
-            let start = ids.partition_point(|id| *id <= through);
-            if start == ids.len() {
+            let start = ids_and_bytes_from.partition_point(|(id, _)| *id <= through);
+            let Some(&(_, bytes)) = ids_and_bytes_from.get(start) else {
                 continue;
-            }
+            };
             member.synced_through = Some(last);
-            messages_out += ids.len() - start;
-            bytes_out += bytes_from[start];
+            messages_out += frames.len() - start;
+            bytes_out += bytes;
             if member.outlet.deliver(&frames[start..]) {
                 member.session.do_send(ToSession::Delivered);
             }

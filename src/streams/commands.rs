@@ -280,6 +280,20 @@ pub struct RedisStreams {
     pool: Pool,
     connector: Connector,
     command_timeout: Duration,
+    /// Shared: every publish clones the store into its future, and the key
+    /// names and scripts (each with its source and hash) would cost a
+    /// dozen allocations per clone.
+    fixed: Arc<Fixed>,
+    /// Where the next claim round starts among the worker queues (cluster).
+    claim_cursor: Arc<AtomicUsize>,
+    /// Bumped when Redis is known to have come back after an outage:
+    /// connections opened before are dropped instead of failing a client's
+    /// first command after the outage.
+    generation: Arc<AtomicU64>,
+}
+
+/// What a store never changes after it is made.
+struct Fixed {
     keys: Keys,
     add_message: Script,
     add_messages: Script,
@@ -287,12 +301,6 @@ pub struct RedisStreams {
     finish_compaction: Script,
     renew: Script,
     unlock: Script,
-    /// Where the next claim round starts among the worker queues (cluster).
-    claim_cursor: Arc<AtomicUsize>,
-    /// Bumped when Redis is known to have come back after an outage:
-    /// connections opened before are dropped instead of failing a client's
-    /// first command after the outage.
-    generation: Arc<AtomicU64>,
 }
 
 impl RedisStreams {
@@ -315,13 +323,15 @@ impl RedisStreams {
             pool,
             connector,
             command_timeout,
-            keys,
-            add_message: Script::new(ADD_MESSAGE_LUA),
-            add_messages: Script::new(ADD_MESSAGES_LUA),
-            delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
-            finish_compaction: Script::new(FINISH_COMPACTION_LUA),
-            renew: Script::new(RENEW_LUA),
-            unlock: Script::new(UNLOCK_LUA),
+            fixed: Arc::new(Fixed {
+                keys,
+                add_message: Script::new(ADD_MESSAGE_LUA),
+                add_messages: Script::new(ADD_MESSAGES_LUA),
+                delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
+                finish_compaction: Script::new(FINISH_COMPACTION_LUA),
+                renew: Script::new(RENEW_LUA),
+                unlock: Script::new(UNLOCK_LUA),
+            }),
             claim_cursor: Arc::new(AtomicUsize::new(0)),
             generation: Arc::new(AtomicU64::new(0)),
         })
@@ -352,7 +362,7 @@ impl RedisStreams {
     }
 
     pub fn keys(&self) -> &Keys {
-        &self.keys
+        &self.fixed.keys
     }
 
     async fn conn(&self) -> Result<Pooled, RedisError> {
@@ -453,7 +463,7 @@ impl RedisStreams {
 
     /// Creates the worker queues and their consumer groups if missing.
     pub async fn ensure_worker_group(&self) -> Result<(), RedisError> {
-        for queue in self.keys.worker_streams() {
+        for queue in self.fixed.keys.worker_streams() {
             self.ensure_queue(&queue).await?;
         }
         Ok(())
@@ -491,7 +501,7 @@ impl RedisStreams {
         messages: &[Bytes],
     ) -> Result<(), RedisError> {
         let _timer = CommandTimer::start();
-        let worker = self.keys.worker_stream_of(stream_key);
+        let worker = self.fixed.keys.worker_stream_of(stream_key);
         if self.connector.is_cluster() {
             let mut conn = self.thread_connection().await?;
             return self
@@ -505,8 +515,12 @@ impl RedisStreams {
             let commands = batch
                 .iter()
                 .map(|message| {
-                    let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(self.add_message.get_hash())
+                    let hash = self.fixed.add_message.get_hash();
+                    // Sized up front: the arguments would grow it several times.
+                    let data = 16 + hash.len() + stream_key.len() + worker.len() + message.len();
+                    let mut cmd = Cmd::with_capacity(6, data);
+                    cmd.arg("EVALSHA")
+                        .arg(hash)
                         .arg(2)
                         .arg(stream_key)
                         .arg(&worker)
@@ -535,7 +549,7 @@ impl RedisStreams {
             match failure.code().unwrap_or_default() {
                 "NOSCRIPT" => {
                     let mut conn = self.thread_connection().await?;
-                    self.add_message.load_async(&mut conn).await?;
+                    self.fixed.add_message.load_async(&mut conn).await?;
                 }
                 // Redis lost the worker group (restarted empty).
                 "NOGROUP" => self.ensure_queue(&worker).await?,
@@ -621,7 +635,7 @@ impl RedisStreams {
         for batch in messages.chunks(PUBLISH_BATCH) {
             let mut repaired = false;
             loop {
-                let mut call = self.add_messages.key(stream_key);
+                let mut call = self.fixed.add_messages.key(stream_key);
                 call.key(worker);
                 for message in batch {
                     call.arg(message.as_ref());
@@ -696,7 +710,7 @@ impl RedisStreams {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<Task>, RedisError> {
-        let queues = self.keys.worker_streams();
+        let queues = self.fixed.keys.worker_streams();
         let start = self.claim_cursor.fetch_add(1, Ordering::Relaxed);
         let mut tasks = Vec::new();
         for i in 0..queues.len() {
@@ -721,7 +735,7 @@ impl RedisStreams {
             // A bucket queue that is gone holds no task: the next publish to
             // one of its rooms recreates it. Claiming would bring back all 32
             // queues of a cluster after every flush of the prefix.
-            Err(e) if e.is_missing_group() && self.keys.is_clustered() => Ok(Vec::new()),
+            Err(e) if e.is_missing_group() && self.fixed.keys.is_clustered() => Ok(Vec::new()),
             Err(e) if e.is_missing_group() => {
                 tracing::warn!(
                     queue,
@@ -778,6 +792,7 @@ impl RedisStreams {
     pub async fn delete_room_if_empty(&self, task: &Task) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let deleted: i64 = self
+            .fixed
             .delete_empty_room
             .key(&task.stream_key)
             .key(&task.queue)
@@ -798,7 +813,8 @@ impl RedisStreams {
     ) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
         let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
-        self.finish_compaction
+        self.fixed
+            .finish_compaction
             .key(&task.stream_key)
             .key(&task.queue)
             .arg(task.id.to_string())
@@ -830,7 +846,7 @@ impl RedisStreams {
     ) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let reply: Option<String> = redis::cmd("SET")
-            .arg(self.keys.room_lock(stream_key))
+            .arg(self.fixed.keys.room_lock(stream_key))
             .arg(owner)
             .arg("NX")
             .arg("PX")
@@ -849,8 +865,9 @@ impl RedisStreams {
     ) -> Result<bool, RedisError> {
         let mut conn = self.conn().await?;
         let renewed: i64 = self
+            .fixed
             .renew
-            .key(self.keys.room_lock(stream_key))
+            .key(self.fixed.keys.room_lock(stream_key))
             .arg(owner)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -860,8 +877,9 @@ impl RedisStreams {
 
     pub async fn unlock_room(&self, stream_key: &str, owner: &str) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        self.unlock
-            .key(self.keys.room_lock(stream_key))
+        self.fixed
+            .unlock
+            .key(self.fixed.keys.room_lock(stream_key))
             .arg(owner)
             .invoke_async::<i64>(&mut conn)
             .await?;
