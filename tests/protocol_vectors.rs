@@ -378,3 +378,57 @@ fn merged_updates_match_yjs_merge() {
     let merged = v.bytes("merge_updates", "hex");
     assert_eq!(text_of(&merged), "hello world");
 }
+
+/// An update holding the edits of `clients` writers, each typing after the
+/// previous one's text (so each run depends on the one before), and the
+/// same update without the first writer's edits.
+fn chained_edits(clients: u64) -> (Vec<u8>, Vec<u8>) {
+    use yrs::updates::decoder::Decode;
+    use yrs::{ReadTxn, StateVector, Text};
+    let shared = yrs::Doc::with_client_id(1_000);
+    for client in 1..=clients {
+        let writer = yrs::Doc::with_client_id(client);
+        let text = writer.get_or_insert_text("text");
+        let mut txn = writer.transact_mut();
+        let so_far = shared
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        txn.apply_update(yrs::Update::decode_v1(&so_far).expect("valid update"))
+            .expect("applies");
+        let end = text.len(&txn);
+        text.insert(&mut txn, end, &format!("[{client}]"));
+        let edit = txn.encode_state_as_update_v1(&StateVector::default());
+        drop(txn);
+        shared
+            .transact_mut()
+            .apply_update(yrs::Update::decode_v1(&edit).expect("valid update"))
+            .expect("applies");
+    }
+    let txn = shared.transact();
+    let whole = txn.encode_state_as_update_v1(&StateVector::default());
+    let mut first_known = StateVector::default();
+    let first = yrs::block::ClientID::new(1);
+    first_known.set_max(first, txn.state_vector().get(&first));
+    (whole, txn.encode_state_as_update_v1(&first_known))
+}
+
+#[test]
+fn updates_of_few_and_many_writers_are_judged_alike() {
+    // A handful of runs is looked up by scanning, more through a map.
+    for clients in [3, 8, 9, 20] {
+        let (whole, without_first) = chained_edits(clients);
+        let mut doc = DocState::default();
+        assert!(
+            matches!(verdict(&mut doc, &without_first), Verdict::Hold { .. }),
+            "{clients} writers: the second writer's edit needs the first's"
+        );
+        assert!(
+            matches!(verdict(&mut doc, &whole), Verdict::Accept(_)),
+            "{clients} writers: the whole chain integrates"
+        );
+        assert!(
+            matches!(verdict(&mut doc, &without_first), Verdict::Redundant),
+            "{clients} writers: nothing new once all is known"
+        );
+    }
+}

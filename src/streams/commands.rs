@@ -168,12 +168,14 @@ pub struct StreamEntry {
 /// Adds a message to a room stream; a stream that did not exist yet gets a
 /// `compact` task, claimed by the pseudo-consumer `pending` so that workers
 /// only see it after the debounce (XAUTOCLAIM min-idle). Atomic, as in @y/redis.
+/// Answers nothing (nil): nobody needs the entry's id, and one reply per
+/// published message is parsed on the hot path.
 const ADD_MESSAGE_LUA: &str = r#"
 if redis.call("EXISTS", KEYS[1]) == 0 then
   redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
   redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
 end
-return redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
+redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
 "#;
 
 /// [`ADD_MESSAGE_LUA`] for several messages of one room in one call, with

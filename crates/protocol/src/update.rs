@@ -205,10 +205,19 @@ fn read_update(update: &[u8], mode: Mode) -> Result<Analysis, InvalidUpdate> {
         parents: HashSet::new(),
         deletes: Vec::new(),
     };
-    let mut seen = HashSet::with_capacity(clients as usize);
+    // Clients seen so far: the runs themselves while few, a set past that.
+    let mut seen = HashSet::new();
     for _ in 0..clients {
         let run = read_client(&mut d, mode, &mut analysis)?;
-        if !seen.insert(run.client) {
+        let repeated = if analysis.runs.len() < RunIndex::SCAN_UP_TO {
+            analysis.runs.iter().any(|r| r.client == run.client)
+        } else {
+            if seen.is_empty() {
+                seen.extend(analysis.runs.iter().map(|r| r.client));
+            }
+            !seen.insert(run.client)
+        };
+        if repeated {
             // yjs keeps only the last list of a client, yrs merges them.
             return invalid(format!("client {} appears twice", run.client));
         }
@@ -609,32 +618,67 @@ fn check_parents(analysis: &Analysis, known: &dyn Known) -> Result<(), InvalidUp
     Ok(())
 }
 
+/// How far [`Analysis::verdict`] got in one run.
+struct Progress {
+    /// Integrated up to here.
+    clock: u32,
+    /// The first gate not passed yet.
+    next_gate: usize,
+    /// On the stack of runs being integrated (a dependency back to it is a cycle).
+    on_stack: bool,
+}
+
+/// Position of a client's run in an update: a scan over the usual handful
+/// of runs (no table to allocate per update), a map past that.
+enum RunIndex {
+    Scan,
+    Map(HashMap<u64, usize>),
+}
+
+impl RunIndex {
+    const SCAN_UP_TO: usize = 8;
+
+    fn new(runs: &[ClientRun]) -> Self {
+        if runs.len() <= Self::SCAN_UP_TO {
+            return RunIndex::Scan;
+        }
+        RunIndex::Map(
+            runs.iter()
+                .enumerate()
+                .map(|(i, r)| (r.client, i))
+                .collect(),
+        )
+    }
+
+    fn get(&self, runs: &[ClientRun], client: u64) -> Option<usize> {
+        match self {
+            RunIndex::Scan => runs.iter().position(|r| r.client == client),
+            RunIndex::Map(map) => map.get(&client).copied(),
+        }
+    }
+}
+
 impl Analysis {
     /// Whether yjs would integrate all of the update at once, given `known`.
     pub fn verdict(&self, known: &dyn Known) -> Verdict {
-        let index: HashMap<u64, usize> = self
+        let index = RunIndex::new(&self.runs);
+        let mut progress: Vec<Progress> = self
             .runs
             .iter()
-            .enumerate()
-            .map(|(i, r)| (r.client, i))
+            .map(|r| Progress {
+                clock: known.clock(r.client),
+                next_gate: 0,
+                on_stack: false,
+            })
             .collect();
-        let mut state: Vec<u32> = self.runs.iter().map(|r| known.clock(r.client)).collect();
-        let mut next_gate = vec![0usize; self.runs.len()];
-        let mut on_stack = vec![false; self.runs.len()];
+        let mut stack = Vec::new();
         for first in 0..self.runs.len() {
-            if let Err(missing) = self.integrate(
-                first,
-                &index,
-                known,
-                &mut state,
-                &mut next_gate,
-                &mut on_stack,
-            ) {
+            if let Err(missing) = self.integrate(first, &index, known, &mut progress, &mut stack) {
                 return Verdict::Hold { missing };
             }
         }
-        let clock_of = |client: u64| match index.get(&client) {
-            Some(&i) => state[i],
+        let clock_of = |client: u64| match index.get(&self.runs, client) {
+            Some(i) => progress[i].clock,
             None => known.clock(client),
         };
         for &(client, start, end) in &self.deletes {
@@ -649,9 +693,9 @@ impl Analysis {
             }
         }
         let mut effects = Effects::default();
-        for (run, &clock) in self.runs.iter().zip(&state) {
-            if clock > known.clock(run.client) {
-                effects.clocks.push((run.client, clock));
+        for (run, progress) in self.runs.iter().zip(&progress) {
+            if progress.clock > known.clock(run.client) {
+                effects.clocks.push((run.client, progress.clock));
             }
         }
         effects.types = self
@@ -684,59 +728,60 @@ impl Analysis {
     fn integrate(
         &self,
         first: usize,
-        index: &HashMap<u64, usize>,
+        index: &RunIndex,
         known: &dyn Known,
-        state: &mut [u32],
-        next_gate: &mut [usize],
-        on_stack: &mut [bool],
+        progress: &mut [Progress],
+        stack: &mut Vec<(usize, Option<u32>)>,
     ) -> Result<(), Id> {
         // (run, clock to integrate past; None: the whole run)
-        let mut stack: Vec<(usize, Option<u32>)> = vec![(first, None)];
-        on_stack[first] = true;
+        stack.clear();
+        stack.push((first, None));
+        progress[first].on_stack = true;
         while let Some(&(r, target)) = stack.last() {
             let run = &self.runs[r];
+            let at = &progress[r];
             let done = match target {
-                Some(clock) => state[r] > clock,
+                Some(clock) => at.clock > clock,
                 None => {
-                    run.start >= run.end || (state[r] >= run.end && next_gate[r] == run.gates.len())
+                    run.start >= run.end || (at.clock >= run.end && at.next_gate == run.gates.len())
                 }
             };
             if done {
                 stack.pop();
-                on_stack[r] = false;
+                progress[r].on_stack = false;
                 continue;
             }
             let here = Id {
                 client: run.client,
-                clock: state[r],
+                clock: at.clock,
             };
-            if run.start > state[r] {
+            if run.start > at.clock {
                 // Earlier structs of this client are missing.
                 return Err(here);
             }
-            let gate = run.gates.get(next_gate[r]);
+            let gate = run.gates.get(at.next_gate);
             let free_until = gate
                 .map_or(run.end, |g| g.clock)
                 .min(run.gap_at.unwrap_or(u32::MAX));
-            if free_until > state[r] {
-                state[r] = free_until;
+            if free_until > at.clock {
+                progress[r].clock = free_until;
                 continue;
             }
-            let Some(gate) = gate.filter(|g| g.clock <= state[r]) else {
+            let Some(gate) = gate.filter(|g| g.clock <= at.clock) else {
                 // A gap, or a dependency past what this update holds.
                 return Err(here);
             };
             let mut waiting = None;
             for dep in gate.deps.iter().flatten() {
-                let (held, run_of_dep) = match index.get(&dep.client) {
-                    Some(&i) => (state[i], Some(i)),
+                let (held, run_of_dep) = match index.get(&self.runs, dep.client) {
+                    Some(i) => (progress[i].clock, Some(i)),
                     None => (known.clock(dep.client), None),
                 };
                 if dep.clock < held {
                     continue;
                 }
                 match run_of_dep {
-                    Some(i) if !on_stack[i] => {
+                    Some(i) if !progress[i].on_stack => {
                         waiting = Some((i, dep.clock));
                         break;
                     }
@@ -745,12 +790,12 @@ impl Analysis {
             }
             match waiting {
                 Some((i, clock)) => {
-                    on_stack[i] = true;
+                    progress[i].on_stack = true;
                     stack.push((i, Some(clock)));
                 }
                 None => {
-                    state[r] = state[r].max(gate.end);
-                    next_gate[r] += 1;
+                    progress[r].clock = progress[r].clock.max(gate.end);
+                    progress[r].next_gate += 1;
                 }
             }
         }
