@@ -432,3 +432,37 @@ fn updates_of_few_and_many_writers_are_judged_alike() {
         );
     }
 }
+
+#[test]
+fn a_client_named_twice_in_one_update_is_refused() {
+    // v1 updates of empty client lists: count, then (structs 0, client, clock 0)
+    // per client, then an empty delete set.
+    let update = |clients: &[u8]| {
+        let mut bytes = vec![clients.len() as u8];
+        for &client in clients {
+            bytes.extend([0, client, 0]);
+        }
+        bytes.push(0);
+        bytes
+    };
+    // Few clients are checked by a scan, more by a set.
+    for count in [2u8, 9, 20] {
+        let distinct: Vec<u8> = (1..=count).collect();
+        let doc = DocState::default();
+        assert!(
+            analyze(&update(&distinct), &doc).is_ok(),
+            "{count} distinct clients"
+        );
+        let mut repeated = distinct.clone();
+        *repeated.last_mut().expect("clients") = 1;
+        let refused = analyze(&update(&repeated), &doc)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("appears twice")),
+            "{count} clients, one twice: {refused:?}"
+        );
+    }
+}

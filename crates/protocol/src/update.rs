@@ -205,17 +205,14 @@ fn read_update(update: &[u8], mode: Mode) -> Result<Analysis, InvalidUpdate> {
         parents: HashSet::new(),
         deletes: Vec::new(),
     };
-    // Clients seen so far: the runs themselves while few, a set past that.
-    let mut seen = HashSet::new();
+    // Clients seen so far: a scan of the runs when the update names few
+    // (most name one), a set otherwise.
+    let mut seen = (clients as usize > RunIndex::SCAN_UP_TO).then(HashSet::new);
     for _ in 0..clients {
         let run = read_client(&mut d, mode, &mut analysis)?;
-        let repeated = if analysis.runs.len() < RunIndex::SCAN_UP_TO {
-            analysis.runs.iter().any(|r| r.client == run.client)
-        } else {
-            if seen.is_empty() {
-                seen.extend(analysis.runs.iter().map(|r| r.client));
-            }
-            !seen.insert(run.client)
+        let repeated = match &mut seen {
+            Some(seen) => !seen.insert(run.client),
+            None => analysis.runs.iter().any(|r| r.client == run.client),
         };
         if repeated {
             // yjs keeps only the last list of a client, yrs merges them.
