@@ -674,29 +674,29 @@ impl RedisStreams {
     }
 
     /// Wakes a connection blocked in `XREAD BLOCK` (it returns as if timed
-    /// out); with Cluster, on the node it reads from.
+    /// out); with Cluster, on the node it reads from. It goes over this
+    /// thread's multiplexed connection: a burst of joins interrupts the
+    /// read once per new room, and a pool checkout each would open a
+    /// connection per concurrent interruption and keep them all.
     pub async fn unblock_client(
         &self,
         node: &ReaderNode,
         client_id: i64,
     ) -> Result<(), RedisError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.thread_connection().await?;
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("UNBLOCK").arg(client_id);
-        match (node, conn.inner()) {
+        let result = match (node, &mut conn) {
             (Some((host, port)), Connection::Cluster(cluster)) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
                     port: *port,
                 });
-                let result = cluster.route_command(cmd, routing).await;
-                conn.note(&result);
-                result?;
+                cluster.route_command(cmd, routing).await.map(drop)
             }
-            _ => {
-                cmd.query_async::<Value>(&mut conn).await?;
-            }
-        }
+            _ => cmd.query_async::<Value>(&mut conn).await.map(drop),
+        };
+        result.inspect_err(|e| self.check_thread_connection(e))?;
         Ok(())
     }
 }
