@@ -28,6 +28,9 @@ fn main() -> ExitCode {
     if let Some(exit) = service::serve_doc_helper_if_asked() {
         return exit;
     }
+    // Before any thread starts: may restart the process with glibc's
+    // per-thread allocation caches off (they pin freed memory).
+    y_redis::memory::without_thread_caches();
     storage::skip_s3_location_constraint();
     // Before clap reads the environment; reported only by the commands that
     // read settings.
@@ -141,6 +144,7 @@ async fn run(job: Job) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn serve(role: Roles, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    y_redis::memory::log_allocator_settings();
     let storage = storage::open(&config.storage).await?;
     tracing::info!(storage = %config.storage.describe(), "storage ready");
     service::run(role, config, storage, y_redis::shutdown::wait_for_signal()).await?;
