@@ -11,6 +11,9 @@
 //     never stored; written into the stream behind the server's back (as another
 //     server of a mixed fleet could), every process that reads the room survives,
 //     the room keeps working and its good edits persist
+//   - updates shaped to make the door's checks quadratic (parents in the last of
+//     100,000 runs) cost linear time and are accepted; delete sets written back
+//     to front (quadratic in yrs) are refused
 //   - the smaller ones: admin secret checked before the body, rechecks in order and
 //     for sessions that joined during one, /readyz names only what is down
 import { describe, it, before, after } from 'node:test'
@@ -183,6 +186,60 @@ const YRS_SEGV = [
   '00021b0101bf988b9c0f6fc4bf988b9c0f68bf988b9c0f69046100313700',
   '00021b0101bf988b9c0f400188bf988b9c0f9801027d007601016f7d1700'
 ].map((hex) => Buffer.from(hex, 'hex'))
+/** A sync Update frame carrying `update`. */
+const updateFrame = (update) => msg((e) => {
+  encoding.writeVarUint(e, 0)
+  encoding.writeVarUint(e, 2)
+  encoding.writeVarUint8Array(e, update)
+})
+/**
+ * An update whose parent lookups were quadratic in the number of clients it
+ * names: `n` clients each add one character to a text whose item is in the
+ * last client's run (n shared texts in a root array "a").
+ */
+function manyParentsUpdate (n) {
+  const owner = 7
+  return encoding.encode((e) => {
+    encoding.writeVarUint(e, n + 1)
+    for (let i = 0; i < n; i++) {
+      encoding.writeVarUint(e, 1) // one struct
+      encoding.writeVarUint(e, 1_000_000 + i) // client
+      encoding.writeVarUint(e, 0) // first clock
+      encoding.writeUint8(e, 4) // string item, no origins
+      encoding.writeVarUint(e, 0) // parent is an item:
+      encoding.writeVarUint(e, owner)
+      encoding.writeVarUint(e, i)
+      encoding.writeVarString(e, 'x')
+    }
+    encoding.writeVarUint(e, n)
+    encoding.writeVarUint(e, owner)
+    encoding.writeVarUint(e, 0)
+    for (let i = 0; i < n; i++) {
+      if (i === 0) {
+        encoding.writeUint8(e, 7) // type item in root "a"
+        encoding.writeVarUint(e, 1)
+        encoding.writeVarString(e, 'a')
+      } else {
+        encoding.writeUint8(e, 7 | 0x80) // type item after the previous one
+        encoding.writeVarUint(e, owner)
+        encoding.writeVarUint(e, i - 1)
+      }
+      encoding.writeVarUint(e, 2) // Y.Text
+    }
+    encoding.writeVarUint(e, 0) // no deletions
+  })
+}
+/** An update of nothing but a delete set with `ranges` of `client` written back to front. */
+const backToFrontDeletes = (client, ranges) => encoding.encode((e) => {
+  encoding.writeVarUint(e, 0)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarUint(e, client)
+  encoding.writeVarUint(e, ranges)
+  for (let i = ranges - 1; i >= 0; i--) {
+    encoding.writeVarUint(e, 2 * i)
+    encoding.writeVarUint(e, 1)
+  }
+})
 const pct = (xs, p) => { const s = [...xs].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor(p * s.length))] }
 
 describe('hostile clients', { timeout: 300000 }, () => {
@@ -420,6 +477,63 @@ describe('hostile clients', { timeout: 300000 }, () => {
     for (const p of [s1, s2, w]) assert.ok(p.running, `${p.name} is still running`)
     for (const c of [good, late, fresh]) c.destroy()
     await w.stop()
+  }))
+
+  it('updates shaped to make the checks quadratic cost linear time; delete sets written back to front are refused', h.wrap(async (t) => {
+    const [s1, s2] = h.servers
+    const room = `quadratic-${randomHex(3)}`
+    const calm = `${room}-calm`
+    perm.set(room, 'watcher', 'r').set(room, 'evil', 'rw').set(room, 'late', 'r')
+    perm.set(calm, 'a', 'rw').set(calm, 'b', 'rw')
+    // The room is read on both servers (by sockets that do not integrate
+    // what they get: this process must not be the one that stalls).
+    const watchers = [await rawAuthed(s1, room, 'watcher'), await rawAuthed(s2, room, 'watcher')]
+    // Edits in another room, between the two servers both ways, on both
+    // socket threads of each.
+    const pairs = []
+    for (const [x, y] of [[s1, s2], [s2, s1], [s1, s2], [s2, s1]]) {
+      const a = await authed(x, calm, 'a')
+      const b = await authed(y, calm, 'b')
+      await Promise.all([a.synced(), b.synced()])
+      pairs.push([a, b])
+    }
+    const probes = pairs.map(([a, b]) => latencyProbe(a, b, 20))
+    await sleep(500)
+    const before = probes.map((p) => p.samples.length)
+    // 100,000 clients in 1.9 MB: the parent checks scanned the runs once per
+    // parent, about 10 s per check in each process that reads the stream
+    // (the session, then the room of every server, on its socket thread).
+    const n = 100000
+    const big = updateFrame(manyParentsUpdate(n))
+    const evil = await rawAuthed(s1, room, 'evil')
+    const t0 = performance.now()
+    evil.ws.send(big)
+    const key = h.roomKey(room)
+    await waitFor(async () => (await xrangeRaw(h.redis, key)).some((e) => e.fields[1]?.length > 1000000), {
+      // its check took 13.6 s before the parent lookups went through an index
+      timeout: 8000, interval: 50, message: 'the update to be accepted into the stream'
+    })
+    const acceptedMs = performance.now() - t0
+    await sleep(1500) // both servers' rooms read it meanwhile
+    for (const p of probes) await p.stop()
+    const during = probes.flatMap((p, i) => p.samples.slice(before[i]))
+    // A client that writes a delete set back to front (no encoder does) is refused at the door.
+    const reverse = await rawAuthed(s2, room, 'evil')
+    reverse.ws.send(updateFrame(backToFrontDeletes(1_000_000, 3)))
+    const reverseClose = await Promise.race([reverse.closed, sleep(5000).then(() => ({ code: 'open' }))])
+    const late = await authed(s2, room, 'late')
+    await late.synced(30000)
+    const texts = late.doc.getArray('a')
+    t.diagnostic(`${n} clients' parents in ${(big.length / 1e6).toFixed(1)} MB: in the stream after ${acceptedMs.toFixed(0)} ms; other clients' edit round trips meanwhile p50 ${pct(during, 0.5).toFixed(1)} ms, p99 ${pct(during, 0.99).toFixed(1)} ms, max ${Math.max(...during).toFixed(1)} ms over ${during.length} edits; back-to-front delete set: close ${reverseClose.code}; a late client got ${texts.length} texts`)
+    assert.equal(reverseClose.code, 4400, 'a delete set written back to front closes with 4400')
+    // A bound, not a benchmark: the quadratic checks stalled each server's
+    // socket thread for over 5 s (the probe's limit); now well under 1 s.
+    assert.ok(Math.max(...during) <= 2500, `no stall for other clients (max ${Math.max(...during).toFixed(1)} ms)`)
+    assert.equal(texts.length, n, 'the update is a valid one: a late client gets all of it')
+    assert.equal(texts.get(n - 1).toString(), 'x')
+    for (const p of [s1, s2]) assert.ok(p.running, `${p.name} is still running`)
+    for (const { ws } of [evil, ...watchers]) await closeRaw(ws)
+    for (const c of [...pairs.flat(), late]) c.destroy()
   }))
 
   it('2,000 upgrades per second from one address and 10,000 messages per second on one connection are limited', h.wrap(async (t) => {

@@ -33,6 +33,39 @@ impl RangeSet {
         self.ranges.splice(first..last, std::iter::once(merged));
     }
 
+    /// Inserts many ranges at once, in any order: sorted and merged with
+    /// the set in one pass (inserting them one by one shifts the set's tail
+    /// each time, quadratic in a delete set written back to front).
+    pub fn insert_all(&mut self, mut ranges: Vec<(u32, u32)>) {
+        if ranges.len() <= 1 {
+            for (start, end) in ranges {
+                self.insert(start, end);
+            }
+            return;
+        }
+        ranges.sort_unstable();
+        let held = std::mem::take(&mut self.ranges);
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(held.len() + ranges.len());
+        let mut held = held.into_iter().peekable();
+        let mut new = ranges.into_iter().peekable();
+        loop {
+            let next = match (held.peek(), new.peek()) {
+                (Some(a), Some(b)) if a <= b => held.next(),
+                (_, Some(_)) => new.next(),
+                (Some(_), None) => held.next(),
+                (None, None) => break,
+            };
+            let Some((start, end)) = next.filter(|(start, end)| start < end) else {
+                continue;
+            };
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        self.ranges = merged;
+    }
+
     pub fn contains(&self, clock: u32) -> bool {
         self.covers(clock, clock.saturating_add(1))
     }
@@ -72,8 +105,22 @@ impl DocState {
             *held = (*held).max(clock);
         }
         self.types.extend(effects.types.iter().copied());
-        for &(client, start, end) in &effects.deleted {
+        if let [(client, start, end)] = effects.deleted[..] {
             self.deleted.entry(client).or_default().insert(start, end);
+            return;
+        }
+        // One merge per client: deletions come in delete-set order, then the
+        // collected structs of each run, so a client's ranges need not be
+        // sorted (and whole documents are read leniently).
+        let mut deleted = effects.deleted.clone();
+        deleted.sort_unstable_by_key(|&(client, _, _)| client);
+        for same_client in deleted.chunk_by(|a, b| a.0 == b.0) {
+            let client = same_client[0].0;
+            let ranges = same_client.iter().map(|&(_, start, end)| (start, end));
+            self.deleted
+                .entry(client)
+                .or_default()
+                .insert_all(ranges.collect());
         }
     }
 
@@ -176,6 +223,40 @@ impl Known for Layered<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inserting_all_at_once_matches_inserting_one_by_one() {
+        // A small deterministic generator: ranges in every order, touching,
+        // overlapping, empty and nested.
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move |bound: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed % bound
+        };
+        for round in 0..200 {
+            let mut one_by_one = RangeSet::default();
+            let mut at_once = RangeSet::default();
+            for _ in 0..next(4) {
+                let start = next(100);
+                let (start, end) = (start, start + next(5));
+                one_by_one.insert(start, end);
+                at_once.insert(start, end);
+            }
+            let batch: Vec<(u32, u32)> = (0..next(30))
+                .map(|_| {
+                    let start = next(120);
+                    (start, start + next(8))
+                })
+                .collect();
+            for &(start, end) in &batch {
+                one_by_one.insert(start, end);
+            }
+            at_once.insert_all(batch);
+            assert_eq!(at_once, one_by_one, "round {round}");
+        }
+    }
 
     #[test]
     fn ranges_merge_and_cover() {

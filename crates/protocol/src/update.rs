@@ -16,7 +16,7 @@
 //! - `Err(InvalidUpdate)`: yjs would throw, or yjs and yrs would read it
 //!   differently; an honest client never sends it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 use thiserror::Error;
 
@@ -150,6 +150,9 @@ struct ClientRun {
 #[derive(Debug)]
 pub struct Analysis {
     runs: Vec<ClientRun>,
+    /// Where each client's run is (every lookup by client goes through it,
+    /// so none costs more than a handful of steps however many runs there are).
+    index: RunIndex,
     types: HashSet<Id>,
     /// Explicit parent references to structs of other items.
     parents: HashSet<Id>,
@@ -201,26 +204,20 @@ fn read_update(update: &[u8], mode: Mode) -> Result<Analysis, InvalidUpdate> {
     }
     let mut analysis = Analysis {
         runs: Vec::with_capacity(clients as usize),
+        index: RunIndex::for_clients(clients as usize),
         types: HashSet::new(),
         parents: HashSet::new(),
         deletes: Vec::new(),
     };
-    // Clients seen so far: a scan of the runs when the update names few
-    // (most name one), a set otherwise.
-    let mut seen = (clients as usize > RunIndex::SCAN_UP_TO).then(HashSet::new);
     for _ in 0..clients {
         let run = read_client(&mut d, mode, &mut analysis)?;
-        let repeated = match &mut seen {
-            Some(seen) => !seen.insert(run.client),
-            None => analysis.runs.iter().any(|r| r.client == run.client),
-        };
-        if repeated {
+        if !analysis.index.add(&analysis.runs, run.client) {
             // yjs keeps only the last list of a client, yrs merges them.
             return invalid(format!("client {} appears twice", run.client));
         }
         analysis.runs.push(run);
     }
-    read_delete_set(&mut d, &mut analysis.deletes)?;
+    read_delete_set(&mut d, mode, &mut analysis.deletes)?;
     d.finish()?;
     Ok(analysis)
 }
@@ -562,20 +559,31 @@ fn read_doc_options(d: &mut Decoder) -> Result<(), InvalidUpdate> {
     Ok(())
 }
 
+/// Reads a delete set. Checked strictly, each client comes once with its
+/// ranges in ascending order, as every yjs and yrs encoder writes them
+/// (sorted and merged): yrs applies ranges given back to front in time
+/// quadratic in their number, seconds for a frame of a few hundred KB.
 fn read_delete_set(
     d: &mut Decoder,
+    mode: Mode,
     deletes: &mut Vec<(u64, u32, u32)>,
 ) -> Result<(), InvalidUpdate> {
+    let strict = matches!(mode, Mode::Check(_));
     let clients = d.read_var_uint()?;
     if clients > (d.remaining() / 2) as u64 {
         return invalid("delete set longer than its bytes");
     }
+    let mut seen = HashSet::new();
     for _ in 0..clients {
         let client = d.read_var_uint()?;
+        if strict && clients > 1 && !seen.insert(client) {
+            return invalid(format!("client {client} appears twice in the delete set"));
+        }
         let ranges = d.read_var_uint()?;
         if ranges > (d.remaining() / 2) as u64 {
             return invalid("delete set longer than its bytes");
         }
+        let mut previous_end = 0;
         for _ in 0..ranges {
             let clock = read_u32(d, "clock")?;
             let len = read_u32(d, "length")?;
@@ -583,7 +591,13 @@ fn read_delete_set(
             if len == 0 {
                 return invalid("empty delete range");
             }
-            deletes.push((client, clock, end_of(clock, len)?));
+            if strict && clock < previous_end {
+                return invalid(format!(
+                    "delete range {client}:{clock} is out of order (the previous one ends at {previous_end})"
+                ));
+            }
+            previous_end = end_of(clock, len)?;
+            deletes.push((client, clock, previous_end));
         }
     }
     Ok(())
@@ -593,18 +607,20 @@ fn read_delete_set(
 /// of any other item, yrs refuses the whole update.
 fn check_parents(analysis: &Analysis, known: &dyn Known) -> Result<(), InvalidUpdate> {
     for &parent in &analysis.parents {
-        let acceptable =
-            if parent.clock < known.clock(parent.client) {
-                // A re-sent struct says nothing: the document's own item decides.
-                known.may_parent(parent)
-            } else if let Some(run) = analysis.runs.iter().find(|r| {
-                r.client == parent.client && r.start <= parent.clock && parent.clock < r.end
-            }) {
-                analysis.types.contains(&parent) || run.gc.contains(parent.clock)
-            } else {
-                // Not there yet: the update waits for it and is judged again.
-                true
-            };
+        let acceptable = if parent.clock < known.clock(parent.client) {
+            // A re-sent struct says nothing: the document's own item decides.
+            known.may_parent(parent)
+        } else if let Some(run) = analysis
+            .index
+            .get(&analysis.runs, parent.client)
+            .map(|i| &analysis.runs[i])
+            .filter(|r| r.start <= parent.clock && parent.clock < r.end)
+        {
+            analysis.types.contains(&parent) || run.gc.contains(parent.clock)
+        } else {
+            // Not there yet: the update waits for it and is judged again.
+            true
+        };
         if !acceptable {
             return invalid(format!(
                 "parent {}:{} is not a shared type",
@@ -627,6 +643,7 @@ struct Progress {
 
 /// Position of a client's run in an update: a scan over the usual handful
 /// of runs (no table to allocate per update), a map past that.
+#[derive(Debug)]
 enum RunIndex {
     Scan,
     Map(HashMap<u64, usize>),
@@ -635,16 +652,29 @@ enum RunIndex {
 impl RunIndex {
     const SCAN_UP_TO: usize = 8;
 
-    fn new(runs: &[ClientRun]) -> Self {
-        if runs.len() <= Self::SCAN_UP_TO {
-            return RunIndex::Scan;
+    /// For an update that declares `clients` clients. The map grows as runs
+    /// are read: a declared count is only bounded by the update's length.
+    fn for_clients(clients: usize) -> Self {
+        if clients <= Self::SCAN_UP_TO {
+            RunIndex::Scan
+        } else {
+            RunIndex::Map(HashMap::new())
         }
-        RunIndex::Map(
-            runs.iter()
-                .enumerate()
-                .map(|(i, r)| (r.client, i))
-                .collect(),
-        )
+    }
+
+    /// Records that `client`'s run comes next after `runs`; false if the
+    /// client has a run already.
+    fn add(&mut self, runs: &[ClientRun], client: u64) -> bool {
+        match self {
+            RunIndex::Scan => !runs.iter().any(|r| r.client == client),
+            RunIndex::Map(map) => match map.entry(client) {
+                Entry::Occupied(_) => false,
+                Entry::Vacant(slot) => {
+                    slot.insert(runs.len());
+                    true
+                }
+            },
+        }
     }
 
     fn get(&self, runs: &[ClientRun], client: u64) -> Option<usize> {
@@ -658,7 +688,7 @@ impl RunIndex {
 impl Analysis {
     /// Whether yjs would integrate all of the update at once, given `known`.
     pub fn verdict(&self, known: &dyn Known) -> Verdict {
-        let index = RunIndex::new(&self.runs);
+        let index = &self.index;
         let mut progress: Vec<Progress> = self
             .runs
             .iter()
@@ -670,7 +700,7 @@ impl Analysis {
             .collect();
         let mut stack = Vec::new();
         for first in 0..self.runs.len() {
-            if let Err(missing) = self.integrate(first, &index, known, &mut progress, &mut stack) {
+            if let Err(missing) = self.integrate(first, index, known, &mut progress, &mut stack) {
                 return Verdict::Hold { missing };
             }
         }

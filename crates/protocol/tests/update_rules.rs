@@ -3,7 +3,7 @@
 
 use y_redis_protocol::doc_state::{DocState, Layered};
 use y_redis_protocol::lib0::{write_var_bytes, write_var_uint};
-use y_redis_protocol::update::{analyze, index_document, Id, Nothing, Verdict};
+use y_redis_protocol::update::{analyze, index_document, Id, Known, Nothing, Verdict};
 
 enum Parent<'a> {
     Root(&'a str),
@@ -299,6 +299,97 @@ fn deletions_wait_for_their_structs_and_repeat_deletions_are_redundant() {
         analyze(&update(&[], &[(A, 0, 0)]), &doc).is_err(),
         "empty range"
     );
+}
+
+#[test]
+fn delete_sets_are_read_in_the_order_encoders_write() {
+    let mut doc = DocState::default();
+    accept(
+        &mut doc,
+        &update(&[(A, 0, vec![text(None, "abcdefgh")])], &[]),
+    );
+    accept(&mut doc, &update(&[(B, 0, vec![text(None, "ab")])], &[]));
+    let ascending = update(&[], &[(A, 0, 1), (A, 2, 1), (A, 3, 2), (B, 0, 1)]);
+    assert!(matches!(verdict(&doc, &ascending), Verdict::Accept(_)));
+    // Back to front, overlapping, or a client named twice: no yjs or yrs
+    // encoder writes these, and yrs applies ranges given back to front in
+    // quadratic time.
+    for refused in [
+        update(&[], &[(A, 4, 1), (A, 2, 1)]),
+        update(&[], &[(A, 0, 3), (A, 2, 2)]),
+    ] {
+        let error = analyze(&refused, &doc).expect_err("out of order");
+        assert!(error.to_string().contains("out of order"), "{error}");
+    }
+    let mut twice = vec![0, 3];
+    for (client, clock) in [(A, 0), (B, 0), (A, 4)] {
+        write_var_uint(&mut twice, client);
+        write_var_uint(&mut twice, 1);
+        write_var_uint(&mut twice, clock);
+        write_var_uint(&mut twice, 1);
+    }
+    let error = analyze(&twice, &doc).expect_err("a client twice");
+    assert!(error.to_string().contains("appears twice"), "{error}");
+    // Whole documents are read leniently: the view learns every range.
+    let effects = index_document(&update(&[], &[(A, 4, 1), (A, 2, 1)])).expect("lenient");
+    let mut indexed = DocState::default();
+    indexed.apply(&effects);
+    assert!(
+        indexed.is_deleted(A, 4, 5) && indexed.is_deleted(A, 2, 3) && !indexed.is_deleted(A, 3, 4)
+    );
+}
+
+/// An update naming more clients than a scan covers: every lookup of a run
+/// by client (duplicates, parents, dependencies) goes through the index.
+#[test]
+fn many_clients_are_looked_up_by_index() {
+    let clients: Vec<u64> = (0..40).map(|i| 10_000 + i).collect();
+    let mut runs: Vec<(u64, u32, Vec<S>)> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, &client)| {
+            let parent = Parent::Item(B, i as u32);
+            (
+                client,
+                0,
+                vec![S::Text {
+                    origin: None,
+                    right: None,
+                    parent,
+                    text: "x",
+                }],
+            )
+        })
+        .collect();
+    // The parents come last: maps, each after the one before.
+    let maps: Vec<S> = (0..40)
+        .map(|i| S::Map {
+            parent: Parent::Root("m"),
+            key: if i % 2 == 0 { "even" } else { "odd" },
+        })
+        .collect();
+    runs.push((B, 0, maps));
+    let doc = DocState::default();
+    let all = update(&runs, &[]);
+    match verdict(&doc, &all) {
+        Verdict::Accept(effects) => assert_eq!(effects.clocks.len(), 41),
+        other => panic!("{other:?}"),
+    }
+    // The same children without their parents wait for them.
+    let children = update(&runs[..40], &[]);
+    assert!(matches!(verdict(&doc, &children), Verdict::Hold { .. }));
+    // A parent in this update that is not a shared type is refused.
+    let forty = "p".repeat(40);
+    runs[40] = (B, 0, vec![text(None, &forty)]);
+    let error = analyze(&update(&runs, &[]), &doc).expect_err("parent is text");
+    assert!(
+        error.to_string().contains("is not a shared type"),
+        "{error}"
+    );
+    // A client twice among many.
+    runs[40].0 = clients[7];
+    let error = analyze(&update(&runs, &[]), &doc).expect_err("a client twice");
+    assert!(error.to_string().contains("appears twice"), "{error}");
 }
 
 #[test]
