@@ -24,7 +24,7 @@ use y_redis_protocol::message::{
     encode_sync_step1, encode_sync_update, is_update_frame, parse_client_frame, ClientMessage,
     ProtocolError,
 };
-use y_redis_protocol::update::{analyze, InvalidUpdate, Verdict};
+use y_redis_protocol::update::{analyze, Id, InvalidUpdate, Known, Verdict};
 
 use super::messages::{
     ConnId, FromSession, ToSession, CLOSE_BAD_MESSAGE, CLOSE_PERMISSION_REVOKED,
@@ -96,7 +96,7 @@ const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct Updates {
     /// Waiting for dependencies that have not reached the room.
-    held: VecDeque<Vec<u8>>,
+    held: VecDeque<Held>,
     held_bytes: usize,
     /// When the oldest held update started waiting.
     held_since: Option<Instant>,
@@ -105,6 +105,15 @@ struct Updates {
     checking: bool,
     /// Updates accepted so far (held ones are retried when it moves).
     accepted: u64,
+}
+
+/// An update waiting for a struct the room lacks.
+struct Held {
+    update: Vec<u8>,
+    /// The first struct it misses; `None` if it came before the room knew
+    /// its document. Judging it again before that struct arrives would
+    /// only repeat the verdict.
+    waits_for: Option<Id>,
 }
 
 /// This connection's presence: the client id it speaks for, and a rate
@@ -264,11 +273,34 @@ impl WsSession {
         self.close(ctx, code, reason);
     }
 
+    fn rate_limited(&mut self, ctx: &mut Context<Self>) {
+        metrics::RATE_LIMITED.inc();
+        tracing::warn!(room = %self.room, conn = self.conn, "closing connection: message rate limit");
+        self.close(ctx, CLOSE_TOO_MANY_MESSAGES, "too many messages");
+    }
+
+    /// Whether the struct a held update waits for is here now (in the room
+    /// or among this session's own updates).
+    fn has_arrived(&self, waits_for: Option<Id>) -> bool {
+        let Some(view) = &self.view else {
+            return false;
+        };
+        let view = view.borrow();
+        let Some(doc) = &view.doc else {
+            return false;
+        };
+        waits_for.is_none_or(|missing| {
+            let known = Layered {
+                base: doc,
+                top: &self.own,
+            };
+            known.clock(missing.client) > missing.clock
+        })
+    }
+
     fn handle_frame(&mut self, frame: &[u8], ctx: &mut Context<Self>) {
         if !self.messages.try_take(1.0) || !self.bytes.try_take(frame.len() as f64) {
-            metrics::RATE_LIMITED.inc();
-            tracing::warn!(room = %self.room, conn = self.conn, "closing connection: message rate limit");
-            return self.close(ctx, CLOSE_TOO_MANY_MESSAGES, "too many messages");
+            return self.rate_limited(ctx);
         }
         // Read-only users still sync; their edits go nowhere, unread.
         if self.grant.access == Access::ReadOnly && is_update_frame(frame) {
@@ -323,7 +355,7 @@ impl WsSession {
     fn check_update(&mut self, update: Vec<u8>, ctx: &mut Context<Self>) {
         let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
             // The room does not know its document yet: judged once it does.
-            return self.hold(update, ctx);
+            return self.hold(update, None, ctx);
         };
         if update.len() <= INLINE_CHECK_BYTES {
             let verdict = {
@@ -388,12 +420,12 @@ impl WsSession {
             }
             Ok(Verdict::Hold { missing }) => {
                 tracing::debug!(room = %self.room, conn = self.conn, client = missing.client, clock = missing.clock, "holding an update until its dependencies reach the room");
-                self.hold(update, ctx);
+                self.hold(update, Some(missing), ctx);
             }
         }
     }
 
-    fn hold(&mut self, update: Vec<u8>, ctx: &mut Context<Self>) {
+    fn hold(&mut self, update: Vec<u8>, waits_for: Option<Id>, ctx: &mut Context<Self>) {
         let held = &mut self.updates;
         if held.held.len() >= MAX_HELD_UPDATES || held.held_bytes + update.len() > MAX_HELD_BYTES {
             return self.reject(
@@ -403,7 +435,7 @@ impl WsSession {
             );
         }
         held.held_bytes += update.len();
-        held.held.push_back(update);
+        held.held.push_back(Held { update, waits_for });
         self.watch_deliveries();
         // Before the initial sync, updates wait for the room's document,
         // however long loading it takes; the clock runs from then on.
@@ -456,11 +488,31 @@ impl WsSession {
             if self.updates.held.is_empty() || self.updates.checking {
                 return;
             }
+            let (ready, waiting): (VecDeque<Held>, VecDeque<Held>) =
+                std::mem::take(&mut self.updates.held)
+                    .into_iter()
+                    .partition(|held| self.has_arrived(held.waits_for));
+            self.updates.held = waiting;
+            if ready.is_empty() {
+                return;
+            }
+            let size = |held: &Held| held.update.len();
+            self.updates.held_bytes -= ready.iter().map(size).sum::<usize>();
+            // Judging again costs what judging first did: a client whose
+            // updates are released struct by struct, over and over, pays for
+            // it as for sending them again. (Those that waited for the room's
+            // document are judged again once, free.)
+            let rejudged: usize = ready
+                .iter()
+                .filter(|held| held.waits_for.is_some())
+                .map(size)
+                .sum();
+            if !self.bytes.try_take(rejudged as f64) {
+                return self.rate_limited(ctx);
+            }
             let accepted = self.updates.accepted;
-            let held = std::mem::take(&mut self.updates.held);
-            self.updates.held_bytes = 0;
-            for update in held {
-                self.receive_update(update, ctx);
+            for held in ready {
+                self.receive_update(held.update, ctx);
             }
             if self.updates.held.is_empty() {
                 self.updates.held_since = None;

@@ -240,6 +240,38 @@ const backToFrontDeletes = (client, ranges) => encoding.encode((e) => {
     encoding.writeVarUint(e, 1)
   }
 })
+/** One struct of client `x` at `clock`: a character of root text "t" after the one before. */
+const chainLink = (x, clock) => encoding.encode((e) => {
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarUint(e, x)
+  encoding.writeVarUint(e, clock)
+  if (clock === 0) {
+    encoding.writeUint8(e, 4)
+    encoding.writeVarUint(e, 1)
+    encoding.writeVarString(e, 't')
+  } else {
+    encoding.writeUint8(e, 4 | 0x80)
+    encoding.writeVarUint(e, x)
+    encoding.writeVarUint(e, clock - 1)
+  }
+  encoding.writeVarString(e, 'x')
+  encoding.writeVarUint(e, 0)
+})
+/** `length` characters of client `y`, the j-th right after client `x`'s j-th: it waits for each of x's structs in turn. */
+const waitsStructByStruct = (y, x, length) => encoding.encode((e) => {
+  encoding.writeVarUint(e, 1)
+  encoding.writeVarUint(e, length)
+  encoding.writeVarUint(e, y)
+  encoding.writeVarUint(e, 0)
+  for (let j = 0; j < length; j++) {
+    encoding.writeUint8(e, 4 | 0x80)
+    encoding.writeVarUint(e, x)
+    encoding.writeVarUint(e, j)
+    encoding.writeVarString(e, 'y')
+  }
+  encoding.writeVarUint(e, 0)
+})
 const pct = (xs, p) => { const s = [...xs].sort((x, y) => x - y); return s[Math.min(s.length - 1, Math.floor(p * s.length))] }
 
 describe('hostile clients', { timeout: 300000 }, () => {
@@ -534,6 +566,32 @@ describe('hostile clients', { timeout: 300000 }, () => {
     for (const p of [s1, s2]) assert.ok(p.running, `${p.name} is still running`)
     for (const { ws } of [evil, ...watchers]) await closeRaw(ws)
     for (const c of [...pairs.flat(), late]) c.destroy()
+  }))
+
+  it('held updates released struct by struct are paid for like sent bytes', h.wrap(async (t) => {
+    const [s1] = h.servers
+    const room = `released-${randomHex(3)}`
+    perm.set(room, 'evil', 'rw')
+    const evil = await rawAuthed(s1, room, 'evil')
+    await sleep(300) // the initial sync
+    // 100 updates of 60 KB (6 MB held), each waiting for the attacker's own
+    // client 3 one struct at a time: every struct it sends releases all of
+    // them, to be judged again and held again.
+    for (let k = 0; k < 100; k++) evil.ws.send(updateFrame(waitsStructByStruct(500_000 + k, 3, 10000)))
+    let steps = 0
+    let closed = null
+    evil.closed.then((c) => { closed = c })
+    const rateLimited0 = await metric(s1, 'yredis_rate_limited_total')
+    for (; steps < 40 && !closed; steps++) {
+      evil.ws.send(updateFrame(chainLink(3, steps)))
+      await sleep(20)
+    }
+    const close = await Promise.race([evil.closed, sleep(5000).then(() => ({ code: 'open' }))])
+    t.diagnostic(`6 MB of held updates released ${steps} times (${steps * 6} MB to judge again): close ${close.code}`)
+    assert.equal(close.code, 4429, 'judging released updates again is charged to the byte rate: 4429')
+    assert.ok(steps < 40, `closed after ${steps} releases`)
+    assert.ok((await metric(s1, 'yredis_rate_limited_total')) > rateLimited0)
+    assert.ok(s1.running)
   }))
 
   it('2,000 upgrades per second from one address and 10,000 messages per second on one connection are limited', h.wrap(async (t) => {
