@@ -22,6 +22,15 @@ fn offer(doc: &yrs::Doc, known: &mut DocState, update: &[u8]) -> Option<bool> {
             doc.transact_mut()
                 .apply_update(decoded)
                 .expect("an accepted update applies in yrs");
+            // Accepted means integrated whole: the door's view of each
+            // client's clock is yrs's.
+            let state = doc.transact().state_vector();
+            let yrs_clocks: std::collections::HashMap<u64, u32> =
+                state.iter().map(|(client, &clock)| (client.get(), clock)).collect();
+            for (client, clock) in known.clocks() {
+                let held = yrs_clocks.get(&client).copied().unwrap_or(0);
+                assert_eq!(held, clock, "clock of client {client}");
+            }
             Some(false)
         }
         Ok(Verdict::Hold { .. }) => Some(true),
