@@ -7,7 +7,7 @@
 //! check the sessions' updates) and who is present.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use y_redis_protocol::doc_state::DocState;
 use y_redis_protocol::message::{
     classify_stream_message, encode_sync_step1, encode_sync_step2, StreamMessage,
 };
-use y_redis_protocol::update::{analyze, index_document, Verdict};
+use y_redis_protocol::update::{analyze, index_document, Effects, Verdict};
 
 use super::listener::RedisListener;
 use super::messages::{
@@ -96,7 +96,21 @@ pub struct Room {
     loading: bool,
     /// Entries that arrived while a load was running, for its waiting members.
     held_back: Vec<StreamEntry>,
+    /// Stream updates the view has still to take, in stream order (shared
+    /// with the frames, not copied), and their bytes.
+    view_queue: VecDeque<Bytes>,
+    view_queue_bytes: usize,
+    /// A large update is being checked off the thread; the queue waits.
+    view_busy: bool,
 }
+
+/// Stream updates up to this size move the view on the room's thread;
+/// larger ones are checked on the blocking pool, so that a client's big
+/// update does not stall every socket of every thread that reads its room.
+const INLINE_VIEW_BYTES: usize = 64 * 1024;
+/// Past this many bytes waiting for the view, the thread checks them
+/// itself: slower for its sockets, but the queue stays bounded.
+const MAX_VIEW_QUEUE_BYTES: usize = 64 << 20;
 
 /// How often presence states are checked for expiry.
 const AWARENESS_SWEEP: Duration = Duration::from_secs(5);
@@ -121,6 +135,9 @@ impl Room {
             subscribed: false,
             loading: false,
             held_back: Vec::new(),
+            view_queue: VecDeque::new(),
+            view_queue_bytes: 0,
+            view_busy: false,
         }
     }
 
@@ -176,33 +193,68 @@ impl Room {
     }
 
     /// Moves the view on by `entries` (those past its position) and answers them.
-    fn advance(&mut self, entries: &[StreamEntry]) -> usize {
+    fn advance(&mut self, entries: &[StreamEntry], ctx: &mut Context<Self>) -> usize {
         let fresh = entries.partition_point(|e| e.id <= self.position);
-        let mut view = self.view.borrow_mut();
-        let view = &mut *view;
-        let now = now_ms();
-        for entry in &entries[fresh..] {
-            match classify_stream_message(&entry.message) {
-                StreamMessage::Update(update) => {
-                    let Some(doc) = view.doc.as_mut() else {
-                        continue;
-                    };
-                    // Only what yjs integrates at once moves the view on; anything
-                    // else (from a foreign writer) leaves it behind, on the safe side.
-                    if let Ok(Verdict::Accept(effects)) =
-                        analyze(update, doc).map(|a| a.verdict(doc))
-                    {
-                        doc.apply(&effects);
+        {
+            let mut view = self.view.borrow_mut();
+            let now = now_ms();
+            for entry in &entries[fresh..] {
+                match classify_stream_message(&entry.message) {
+                    StreamMessage::Update(update) => {
+                        self.view_queue_bytes += update.len();
+                        self.view_queue.push_back(entry.message.slice_ref(update));
                     }
+                    StreamMessage::Awareness(payload) => view.awareness.apply_message(payload, now),
+                    StreamMessage::Unknown => {}
                 }
-                StreamMessage::Awareness(payload) => view.awareness.apply_message(payload, now),
-                StreamMessage::Unknown => {}
             }
         }
         if let Some(last) = entries.last() {
             self.position = self.position.max(last.id);
         }
+        self.take_view_updates(ctx);
         fresh
+    }
+
+    /// The view takes queued updates in order: small ones here, a large
+    /// one on the blocking pool (the queue waits for it).
+    fn take_view_updates(&mut self, ctx: &mut Context<Self>) {
+        while !self.view_busy {
+            let Some(update) = self.view_queue.pop_front() else {
+                return;
+            };
+            self.view_queue_bytes -= update.len();
+            let mut view = self.view.borrow_mut();
+            let Some(doc) = view.doc.as_mut() else {
+                // The first load covers it.
+                continue;
+            };
+            if update.len() <= INLINE_VIEW_BYTES || self.view_queue_bytes > MAX_VIEW_QUEUE_BYTES {
+                if let Some(effects) = accepted_effects(&update, doc) {
+                    doc.apply(&effects);
+                }
+                continue;
+            }
+            // What the view holds now is what it will hold when the check
+            // returns: the queue waits.
+            let snapshot = doc.clone();
+            drop(view);
+            self.view_busy = true;
+            let check = tokio::task::spawn_blocking(move || accepted_effects(&update, &snapshot));
+            ctx.spawn(check.into_actor(self).map(|checked, act, ctx| {
+                act.view_busy = false;
+                if let Ok(Some(effects)) = checked {
+                    if let Some(doc) = act.view.borrow_mut().doc.as_mut() {
+                        doc.apply(&effects);
+                    }
+                }
+                // Sessions holding updates that build on this one may pass now.
+                for member in act.members.values() {
+                    member.session.do_send(ToSession::Delivered);
+                }
+                act.take_view_updates(ctx);
+            }));
+        }
     }
 
     /// Writes `entries` to every synced member past its own position.
@@ -252,6 +304,16 @@ impl Room {
             });
             false
         });
+    }
+}
+
+/// What `update` adds to `doc` if yjs would integrate all of it at once.
+/// Anything else (from a foreign writer) leaves the view behind, on the safe
+/// side: sessions then hold what builds on it.
+fn accepted_effects(update: &[u8], doc: &DocState) -> Option<Effects> {
+    match analyze(update, doc).map(|a| a.verdict(doc)) {
+        Ok(Verdict::Accept(effects)) => Some(effects),
+        _ => None,
     }
 }
 
@@ -373,7 +435,7 @@ impl Handler<Loaded> for Room {
             // covers them, so the listener's copy will pass them by: take
             // them in now, for the view (its awareness goes into the sync)
             // and for the members already here.
-            let fresh = self.advance(&entries);
+            let fresh = self.advance(&entries, ctx);
             self.deliver(&entries[fresh..]);
         }
         if !self.subscribed {
@@ -442,10 +504,10 @@ impl Handler<Loaded> for Room {
 impl Handler<RoomEvent> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: RoomEvent, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: RoomEvent, ctx: &mut Context<Self>) {
         match msg {
             RoomEvent::Batch(StreamBatch { entries, .. }) => {
-                let fresh = self.advance(&entries);
+                let fresh = self.advance(&entries, ctx);
                 if self.loading {
                     self.held_back.extend(entries[fresh..].iter().cloned());
                 }

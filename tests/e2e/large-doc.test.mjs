@@ -1,5 +1,7 @@
 // e. A ~2 MB Y.Text written in chunks (frames larger than 64 KiB) reaches a
-//    client on the other server, live and as a late joiner.
+//    client on the other server, live and as a late joiner; edits that build
+//    on a large update as soon as it arrives pass (the servers check large
+//    updates off their socket threads, in order).
 import { describe, it, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Harness, waitFor, randomHex, pseudoText, sleep } from './harness.mjs'
@@ -36,5 +38,35 @@ describe('large document', { timeout: 120000 }, () => {
     await waitFor(() => late.text.length === TOTAL, { timeout: 10000, interval: 100, message: progress(late) })
     assert.ok(late.text.toString() === content, 'late joiner content differs from what was written')
     assert.equal(writer.closeEvents.length, 0, `writer was disconnected: ${JSON.stringify(writer.closeEvents)}`)
+  }))
+
+  it('edits that build on a large update as soon as it arrives pass while the servers still check it', { timeout: 60000 }, h.wrap(async (t) => {
+    const [s1, s2] = h.servers
+    const name = `${room}-build-on`
+    const writer = h.client(s1, name, { name: 'writer' })
+    const editor = h.client(s2, name, { name: 'editor' })
+    await Promise.all([writer.synced(), editor.synced()])
+    // Each round: one transaction of 4,000 separate insertions (an update of
+    // about 100 KB that takes a while to check), and the editor's edit
+    // inside it the moment it arrives, judged against a view that may not
+    // have taken the large update yet.
+    const rounds = 5
+    const waits = []
+    for (let r = 0; r < rounds; r++) {
+      const base = writer.text.length
+      writer.doc.transact(() => {
+        for (let i = 0; i < 4000; i++) writer.text.insert(base + 2 * i, `${r}${i % 10}`.slice(0, 1))
+      })
+      const length = writer.text.length
+      await waitFor(() => editor.text.length >= length, { timeout: 20000, interval: 1, message: () => `editor to get round ${r}` })
+      const mark = `<${r}>`
+      editor.text.insert(base + 1, mark)
+      const t0 = performance.now()
+      await waitFor(() => writer.text.toString().includes(mark), { timeout: 8000, interval: 5, message: () => `the editor's edit of round ${r} to reach the writer; editor closeEvents=${JSON.stringify(editor.closeEvents)}` })
+      waits.push(performance.now() - t0)
+    }
+    t.diagnostic(`edits inside ~100 KB updates reached the other server's client after ${waits.map((w) => w.toFixed(0)).join(', ')} ms`)
+    assert.equal(editor.closeEvents.length, 0, `editor was disconnected: ${JSON.stringify(editor.closeEvents)}`)
+    assert.deepEqual(editor.snapshot(), writer.snapshot())
   }))
 })
