@@ -146,7 +146,8 @@ pub struct WsSession {
     /// What this session published that the room may not have read back yet.
     own: DocState,
     updates: Updates,
-    outbox: VecDeque<Bytes>,
+    /// Taken whole by each publish: an idle session keeps no buffer.
+    outbox: Vec<Bytes>,
     outbox_bytes: usize,
     publishing: bool,
     presence: Presence,
@@ -181,7 +182,7 @@ impl WsSession {
             synced: false,
             own: DocState::default(),
             updates: Updates::default(),
-            outbox: VecDeque::new(),
+            outbox: Vec::new(),
             outbox_bytes: 0,
             publishing: false,
             presence: Presence {
@@ -606,7 +607,7 @@ impl WsSession {
     /// round trip, while deliveries go on.
     fn publish(&mut self, message: Bytes, ctx: &mut Context<Self>) {
         self.outbox_bytes += message.len();
-        self.outbox.push_back(message);
+        self.outbox.push(message);
         // The rate limits keep this small; past it Redis is not keeping up.
         let limit = (64 << 20).max(self.context.max_frame_bytes * 2);
         if self.outbox_bytes > limit {
@@ -622,7 +623,7 @@ impl WsSession {
             return;
         }
         self.publishing = true;
-        let batch: Vec<Bytes> = self.outbox.drain(..).collect();
+        let batch = std::mem::take(&mut self.outbox);
         let sent: usize = batch.iter().map(Bytes::len).sum();
         let (redis, key) = (self.context.redis.clone(), self.key.clone());
         let publishing = async move { redis.add_messages(&key, &batch).await };

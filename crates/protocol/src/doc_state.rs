@@ -136,6 +136,10 @@ impl DocState {
             };
             ranges.iter().any(|(s, e)| !other.covers(s, e))
         });
+        // Most sessions publish now and then: between times they hold no tables.
+        if self.is_empty() {
+            *self = DocState::default();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
