@@ -60,6 +60,10 @@ pub fn incoming(
     stream::unfold(state, |mut st| async move {
         loop {
             if let Some(message) = st.ready.pop_front() {
+                if st.ready.is_empty() {
+                    // An idle connection keeps no queue.
+                    st.ready = VecDeque::new();
+                }
                 return Some((Ok(message), st));
             }
             if st.done {
@@ -275,12 +279,9 @@ impl Outgoing {
                 Err(_) => return Flush::Failed,
             }
         }
-        // Nothing queued: an idle connection keeps no big buffer (a small one
-        // is kept: it is reused by every write that the socket does not take
-        // whole).
-        if self.pieces.capacity() > 16 {
-            self.pieces = VecDeque::new();
-        }
+        // Nothing queued: an idle connection keeps no buffer (deliveries go
+        // straight to the socket; only what it does not take is queued).
+        self.pieces = VecDeque::new();
         Flush::Done
     }
 
