@@ -11,6 +11,8 @@
 //     never stored; written into the stream behind the server's back (as another
 //     server of a mixed fleet could), every process that reads the room survives,
 //     the room keeps working and its good edits persist
+//   - a foreign writer's update ahead of its dependency in the stream: edits that
+//     build on it still pass
 //   - updates shaped to make the door's checks quadratic (parents in the last of
 //     100,000 runs) cost linear time and are accepted; delete sets written back
 //     to front (quadratic in yrs) are refused
@@ -509,6 +511,39 @@ describe('hostile clients', { timeout: 300000 }, () => {
     for (const p of [s1, s2, w]) assert.ok(p.running, `${p.name} is still running`)
     for (const c of [good, late, fresh]) c.destroy()
     await w.stop()
+  }))
+
+  it('a foreign writer\'s update that comes before its dependency: edits building on it pass (a client supplies what a room\'s view lacks)', h.wrap(async (t) => {
+    const [s1, s2] = h.servers
+    const room = `pending-${randomHex(3)}`
+    perm.set(room, 'c', 'rw').set(room, 'd', 'rw')
+    const c = await authed(s1, room, 'c')
+    const d = await authed(s2, room, 'd')
+    await Promise.all([c.synced(), d.synced()])
+    // Another server of a mixed fleet writes a client's second update into
+    // the stream before its first (no server of ours would).
+    const foreign = new Y.Doc()
+    const updates = []
+    foreign.on('update', (u) => updates.push(u))
+    foreign.getText('text').insert(0, 'first ')
+    foreign.getText('text').insert(6, 'second')
+    const key = h.roomKey(room)
+    for (const u of [updates[1], updates[0]]) await redisRaw(h.redis, ['XADD', key, '*', 'm', updateFrame(u)])
+    await waitFor(() => c.text.toString() === 'first second' && d.text.toString() === 'first second', { timeout: 5000, message: 'both clients to get the foreign edits' })
+    // Edits right after "second": they build on the update that came first,
+    // which the rooms' views could not take (it waited for "first"). The
+    // session asks its client for what the room lacks (SyncStep1) and the
+    // client's answer brings it in.
+    c.text.insert(c.text.length, ' +c')
+    d.text.insert(d.text.length, ' +d')
+    await waitFor(() => [c, d].every((x) => x.text.toString().includes('+c') && x.text.toString().includes('+d')), {
+      timeout: 5000,
+      message: () => `edits building on the early update to pass; c has ${JSON.stringify(c.text.toString())}, d ${JSON.stringify(d.text.toString())}, closes ${JSON.stringify([c.closeEvents, d.closeEvents])}`
+    })
+    t.diagnostic(`stream order second, first: both clients got ${JSON.stringify(c.text.toString())}`)
+    assert.deepEqual(c.closeEvents, [])
+    assert.deepEqual(d.closeEvents, [])
+    for (const x of [c, d]) x.destroy()
   }))
 
   it('updates shaped to make the checks quadratic cost linear time; delete sets written back to front are refused', h.wrap(async (t) => {
