@@ -9,13 +9,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use y_redis_protocol::doc_state::DocState;
-use y_redis_protocol::update::{analyze, Verdict};
+use y_redis_protocol::update::{judge, Verdict};
 use yrs::updates::decoder::Decode;
 use yrs::{ReadTxn, StateVector, Transact};
 
 /// Checks `update` and applies it if accepted; answers whether it was held.
 fn offer(doc: &yrs::Doc, known: &mut DocState, update: &[u8]) -> Option<bool> {
-    match analyze(update, known).map(|a| a.verdict(known)) {
+    match judge(update, known) {
         Ok(Verdict::Accept(effects)) => {
             known.apply(&effects);
             let decoded = yrs::Update::decode_v1(update).expect("an accepted update decodes in yrs");

@@ -4,6 +4,7 @@
 //! is each thread's registry of rooms; [`messages`] holds every message
 //! they exchange, so no actor module depends on another's.
 
+pub mod checks;
 pub mod listener;
 pub mod messages;
 pub mod revocation;

@@ -20,8 +20,9 @@ use y_redis_protocol::doc_state::DocState;
 use y_redis_protocol::message::{
     classify_stream_message, encode_sync_step1, encode_sync_step2, StreamMessage,
 };
-use y_redis_protocol::update::{analyze, index_document, Effects, Verdict};
+use y_redis_protocol::update::{index_document, judge, Effects, Verdict};
 
+use super::checks::{self, INLINE_CHECK_BYTES};
 use super::listener::RedisListener;
 use super::messages::{
     ConnId, FromSession, RoomEvent, StreamBatch, Subscribe, ToSession, Unsubscribe,
@@ -104,10 +105,6 @@ pub struct Room {
     view_busy: bool,
 }
 
-/// Stream updates up to this size move the view on the room's thread;
-/// larger ones are checked on the blocking pool, so that a client's big
-/// update does not stall every socket of every thread that reads its room.
-const INLINE_VIEW_BYTES: usize = 64 * 1024;
 /// Past this many bytes waiting for the view, the thread checks them
 /// itself: slower for its sockets, but the queue stays bounded.
 const MAX_VIEW_QUEUE_BYTES: usize = 64 << 20;
@@ -229,7 +226,7 @@ impl Room {
                 // The first load covers it.
                 continue;
             };
-            if update.len() <= INLINE_VIEW_BYTES || self.view_queue_bytes > MAX_VIEW_QUEUE_BYTES {
+            if update.len() <= INLINE_CHECK_BYTES || self.view_queue_bytes > MAX_VIEW_QUEUE_BYTES {
                 if let Some(effects) = accepted_effects(&update, doc) {
                     doc.apply(&effects);
                 }
@@ -240,7 +237,7 @@ impl Room {
             let snapshot = doc.clone();
             drop(view);
             self.view_busy = true;
-            let check = tokio::task::spawn_blocking(move || accepted_effects(&update, &snapshot));
+            let check = checks::off_thread(move || accepted_effects(&update, &snapshot));
             ctx.spawn(check.into_actor(self).map(|checked, act, ctx| {
                 act.view_busy = false;
                 if let Ok(Some(effects)) = checked {
@@ -311,7 +308,7 @@ impl Room {
 /// Anything else (from a foreign writer) leaves the view behind, on the safe
 /// side: sessions then hold what builds on it.
 fn accepted_effects(update: &[u8], doc: &DocState) -> Option<Effects> {
-    match analyze(update, doc).map(|a| a.verdict(doc)) {
+    match judge(update, doc) {
         Ok(Verdict::Accept(effects)) => Some(effects),
         _ => None,
     }

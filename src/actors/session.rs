@@ -15,7 +15,6 @@ use std::rc::Rc;
 use actix::prelude::*;
 use actix_rt::net::TcpStream;
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 use y_redis_protocol::awareness::{
     encode_awareness_message, encode_awareness_removal, AwarenessEntry, AwarenessLimits,
 };
@@ -24,8 +23,9 @@ use y_redis_protocol::message::{
     encode_sync_step1, encode_sync_update, is_update_frame, parse_client_frame, ClientMessage,
     ProtocolError,
 };
-use y_redis_protocol::update::{analyze, Id, InvalidUpdate, Known, Verdict};
+use y_redis_protocol::update::{judge, Id, InvalidUpdate, Known, Verdict};
 
+use super::checks::{self, INLINE_CHECK_BYTES};
 use super::messages::{
     ConnId, FromSession, ToSession, CLOSE_BAD_MESSAGE, CLOSE_PERMISSION_REVOKED,
     CLOSE_TOKEN_EXPIRED, CLOSE_TOO_LARGE, CLOSE_TOO_MANY_MESSAGES, CLOSE_TRY_AGAIN_LATER,
@@ -47,10 +47,6 @@ const STALL_GRACE: Duration = Duration::from_secs(5);
 /// Past this multiple of the cap a client is cut off even if it still reads.
 const HARD_CAP_FACTOR: usize = 4;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(45);
-/// Updates up to this size are checked on the socket's thread; larger ones
-/// on the blocking pool, a few at a time process-wide.
-const INLINE_CHECK_BYTES: usize = 64 * 1024;
-static LARGE_CHECKS: Semaphore = Semaphore::const_new(2);
 /// Updates a session may hold while their dependencies have not reached the
 /// room (an honest client's wait for its own SyncStep2 is one or two).
 const MAX_HELD_UPDATES: usize = 4096;
@@ -366,7 +362,7 @@ impl WsSession {
                     base: doc,
                     top: &self.own,
                 };
-                analyze(&update, &known).map(|analysis| analysis.verdict(&known))
+                judge(&update, &known)
             };
             return self.apply_verdict(update, verdict, ctx);
         }
@@ -374,18 +370,14 @@ impl WsSession {
         let base = view.borrow().doc.clone().unwrap_or_default();
         let top = self.own.clone();
         self.updates.checking = true;
-        let check = async move {
-            let _permit = LARGE_CHECKS.acquire().await;
-            tokio::task::spawn_blocking(move || {
-                let known = Layered {
-                    base: &base,
-                    top: &top,
-                };
-                let verdict = analyze(&update, &known).map(|analysis| analysis.verdict(&known));
-                (update, verdict)
-            })
-            .await
-        };
+        let check = checks::off_thread(move || {
+            let known = Layered {
+                base: &base,
+                top: &top,
+            };
+            let verdict = judge(&update, &known);
+            (update, verdict)
+        });
         ctx.spawn(check.into_actor(self).map(|checked, act, ctx| {
             act.updates.checking = false;
             match checked {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use y_redis_protocol::doc_state::DocState;
 use y_redis_protocol::lib0::{write_var_bytes, write_var_uint, DecodeError, Decoder};
-use y_redis_protocol::update::{analyze, index_document, Verdict};
+use y_redis_protocol::update::{index_document, judge, Verdict};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
@@ -163,7 +163,7 @@ enum Outcome {
 /// Checks one stream update against `known` and applies it if it passes.
 fn apply_checked(doc: &Doc, known: &mut Option<DocState>, bytes: &[u8]) -> Outcome {
     if let Some(state) = known.as_mut() {
-        match analyze(bytes, state).map(|analysis| analysis.verdict(state)) {
+        match judge(bytes, state) {
             Ok(Verdict::Accept(effects)) => state.apply(&effects),
             Ok(Verdict::Redundant) => return Outcome::Redundant,
             Ok(Verdict::Hold { .. }) => return Outcome::Held,

@@ -167,6 +167,12 @@ enum Mode<'a> {
     Index,
 }
 
+/// Reads `update` against `known` and tells what to do with it: the checks
+/// every session, room and document engine runs.
+pub fn judge(update: &[u8], known: &dyn Known) -> Result<Verdict, InvalidUpdate> {
+    analyze(update, known).map(|analysis| analysis.verdict(known))
+}
+
 /// Reads `update` (a Yjs update v1) against `known`, refusing what yjs would
 /// throw on or what yrs would read differently.
 pub fn analyze(update: &[u8], known: &dyn Known) -> Result<Analysis, InvalidUpdate> {
