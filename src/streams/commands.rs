@@ -384,10 +384,13 @@ impl RedisStreams {
                 return Ok(conn);
             }
         }
-        let conn = self
-            .connector
-            .connect(&command_config(self.command_timeout))
-            .await?;
+        // Boxed: opening a connection (TLS, Sentinel) is a large future
+        // that every caller would otherwise carry.
+        let conn = Box::pin(
+            self.connector
+                .connect(&command_config(self.command_timeout)),
+        )
+        .await?;
         THREAD_CONNECTIONS.with(|c| c.borrow_mut().insert(self.id, (generation, conn.clone())));
         Ok(conn)
     }
@@ -504,11 +507,16 @@ impl RedisStreams {
     ) -> Result<(), RedisError> {
         let _timer = CommandTimer::start();
         let worker = self.fixed.keys.worker_stream_of(stream_key);
+        // The rare paths (a cluster, repairs) are boxed: their futures are
+        // large, and every publish would otherwise carry and copy their
+        // space (about 11 KiB).
         if self.connector.is_cluster() {
-            let mut conn = self.thread_connection().await?;
-            return self
-                .add_messages_in_scripts(&mut conn, stream_key, &worker, messages)
-                .await;
+            return Box::pin(async {
+                let mut conn = self.thread_connection().await?;
+                self.add_messages_in_scripts(&mut conn, stream_key, &worker, messages)
+                    .await
+            })
+            .await;
         }
         let mut done = 0;
         let mut repairs = 0;
@@ -550,11 +558,15 @@ impl RedisStreams {
             }
             match failure.code().unwrap_or_default() {
                 "NOSCRIPT" => {
-                    let mut conn = self.thread_connection().await?;
-                    self.fixed.add_message.load_async(&mut conn).await?;
+                    Box::pin(async {
+                        let mut conn = self.thread_connection().await?;
+                        self.fixed.add_message.load_async(&mut conn).await?;
+                        Ok::<_, RedisError>(())
+                    })
+                    .await?
                 }
                 // Redis lost the worker group (restarted empty).
-                "NOGROUP" => self.ensure_queue(&worker).await?,
+                "NOGROUP" => Box::pin(self.ensure_queue(&worker)).await?,
                 _ => return Err(error),
             }
         }
