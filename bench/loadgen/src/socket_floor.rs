@@ -60,7 +60,10 @@ fn own_cpu_seconds() -> Result<f64, Box<dyn std::error::Error>> {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').ok_or("unreadable /proc/self/stat")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
+        return Err("unreadable /proc/self/stat".into());
+    };
+    let ticks = utime.parse::<f64>()? + stime.parse::<f64>()?;
     Ok(ticks / 100.0)
 }
 
@@ -93,6 +96,9 @@ fn read_all(addr: SocketAddr, conns: usize) -> Result<(), Box<dyn std::error::Er
 }
 
 fn write_all(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.conns == 0 || args.threads == 0 || args.per_write == 0 || args.rate <= 0.0 {
+        return Err("--conns, --threads, --per-write and --rate must be above zero".into());
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let mut reader = Command::new(std::env::current_exe()?)
