@@ -327,6 +327,10 @@ impl Outlet {
         self.watching.get() || out.queued > 0 || out.failed
     }
 
+    pub fn is_watching(&self) -> bool {
+        self.watching.get()
+    }
+
     pub fn set_watching(&self, watching: bool) {
         self.watching.set(watching);
     }

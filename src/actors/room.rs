@@ -245,8 +245,9 @@ impl Room {
                         doc.apply(&effects);
                     }
                 }
-                // Sessions holding updates that build on this one may pass now.
-                for member in act.members.values() {
+                // Sessions holding updates that build on this one may pass
+                // now; the others have nothing to judge again.
+                for member in act.members.values().filter(|m| m.outlet.is_watching()) {
                     member.session.do_send(ToSession::Delivered);
                 }
                 act.take_view_updates(ctx);

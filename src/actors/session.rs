@@ -481,14 +481,21 @@ impl WsSession {
             if self.updates.held.is_empty() || self.updates.checking {
                 return;
             }
+            // Most deliveries bring nothing a held update waits for: the
+            // queue is then left as it is, not rebuilt.
+            if !self
+                .updates
+                .held
+                .iter()
+                .any(|h| self.has_arrived(h.waits_for))
+            {
+                return;
+            }
             let (ready, waiting): (VecDeque<Held>, VecDeque<Held>) =
                 std::mem::take(&mut self.updates.held)
                     .into_iter()
                     .partition(|held| self.has_arrived(held.waits_for));
             self.updates.held = waiting;
-            if ready.is_empty() {
-                return;
-            }
             let size = |held: &Held| held.update.len();
             self.updates.held_bytes -= ready.iter().map(size).sum::<usize>();
             // Judging again costs what judging first did: a client whose
