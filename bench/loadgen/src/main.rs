@@ -41,6 +41,10 @@ struct Args {
     /// Writing clients per room.
     #[arg(long, default_value_t = 1)]
     writers: usize,
+    /// More rooms with `readers` readers each and no writer: they only cost
+    /// the servers what serving a quiet room costs.
+    #[arg(long, default_value_t = 0)]
+    quiet_rooms: usize,
     /// Updates per second per writer.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -344,7 +348,7 @@ async fn main() {
     let mut readers = Vec::new();
     let mut writers = Vec::new();
     let mut i = 0;
-    for room in 0..args.rooms {
+    for room in 0..args.rooms + args.quiet_rooms {
         for _ in 0..args.readers {
             let (run, gate, url) = (run.clone(), gate.clone(), url(i, room));
             readers.push(tokio::spawn(
@@ -410,8 +414,9 @@ async fn main() {
     let histogram = run.latency_us.lock().unwrap_or_else(|e| e.into_inner());
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "config rooms={} readers={} writers={} rate={} payload={} probe_ms={} duration={}s urls={}",
+        "config rooms={} quiet_rooms={} readers={} writers={} rate={} payload={} probe_ms={} duration={}s urls={}",
         args.rooms,
+        args.quiet_rooms,
         args.readers,
         args.writers,
         args.rate,
