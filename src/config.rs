@@ -198,6 +198,10 @@ pub struct RedisArgs {
     /// Longest spacing of busy reads (ms): it grows with the messages delivered per second above 60,000; equal to REDIS_READ_INTERVAL_MS keeps the spacing fixed
     #[arg(long, env = "REDIS_READ_INTERVAL_MAX_MS", default_value = "30", value_parser = millis)]
     pub redis_read_interval_max_ms: Duration,
+    /// Name only busy streams in stream reads and wake quiet ones by Redis keyspace notifications (turned on with CONFIG SET if needed; not on Redis Cluster)
+    #[arg(long, env = "REDIS_STREAM_EVENTS", default_value_t = true, value_parser = boolean,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_stream_events: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -499,6 +503,8 @@ pub struct Config {
     pub redis_read_interval: Duration,
     /// Spacing the listener grows to as the streams get busier.
     pub redis_read_interval_max: Duration,
+    /// Whether keyspace notifications wake stream reads.
+    pub redis_stream_events: bool,
     /// Longest room name (raw path segment) in bytes.
     pub max_room_name_bytes: usize,
     /// Connection, message and byte limits.
@@ -688,6 +694,7 @@ impl Settings {
             redis_read_interval_max: redis
                 .redis_read_interval_max_ms
                 .max(redis.redis_read_interval_ms),
+            redis_stream_events: redis.redis_stream_events,
             max_room_name_bytes: limits.max_room_name_bytes,
             limits: Limits {
                 max_connections: limits.max_connections,
@@ -1144,7 +1151,7 @@ mod tests {
         ] {
             assert!(vars.iter().any(|v| v == var), "{var}");
         }
-        assert_eq!(vars.len(), 60);
+        assert_eq!(vars.len(), 61);
     }
 
     #[test]

@@ -352,6 +352,7 @@ pub async fn run(
         config.redis_block,
         config.redis_command_timeout,
         config.redis_read_interval..=config.redis_read_interval_max,
+        config.redis_stream_events,
     )
     .start();
     let rechecks = Arc::new(RecheckLog::default());

@@ -6,17 +6,31 @@
 //! a slot, so one `XREAD` may name them all; ARCHITECTURE.md, "Redis Cluster
 //! layout"). A group exists only while it has subscribed streams, so quiet
 //! buckets cost nothing. A new subscription interrupts its group's blocked
-//! read (`CLIENT UNBLOCK`), so it never waits for the block timeout. It also
-//! knows every room subscription of the process, so process-wide requests
-//! (close everything, recheck permissions) go through it.
+//! read (`CLIENT UNBLOCK`), so it never waits for the block timeout.
+//!
+//! On a single Redis (or Sentinel), quiet streams are not named in reads:
+//! a stream without entries for [`QUIET_AFTER`] has its keyspace
+//! notification channel subscribed ([`StreamEvents`]), and is read again
+//! only when Redis announces an append to it (a read blocked on the busy
+//! streams is interrupted for it). Its first entries make it busy again and
+//! end its subscription, since a notification per append would cost Redis
+//! more than naming the stream in every read. So the cost of a read follows
+//! the busy rooms, not the number of rooms served. Whenever the notification
+//! connection is down, every stream counts as busy; a read naming every
+//! stream also runs once per block time, in case a notification went
+//! missing.
+//!
+//! It also knows every room subscription of the process, so process-wide
+//! requests (close everything, recheck permissions) go through it.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::fut::{wrap_stream, ActorStreamExt};
 use actix::prelude::*;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{MultiplexedConnection, PubSubSink};
 
 use super::messages::{
     Broadcast, HandledSignal, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
@@ -25,7 +39,7 @@ use crate::backoff::Backoff;
 use crate::metrics;
 use crate::streams::{
     client_id, read_streams_blocking, stream_read_command, ReaderNode, RedisError, RedisStreams,
-    StreamEntry, StreamId,
+    StreamEntry, StreamEvents, StreamId,
 };
 
 struct Subscription {
@@ -36,6 +50,23 @@ struct Subscription {
     /// (or renewed) meanwhile reads them again from its new position.
     read_from: Option<StreamId>,
     rooms: Vec<(u64, Recipient<RoomEvent>)>,
+    /// Redis announced an append since the last read that named the stream
+    /// (or entries are left over, or it was rewound).
+    news: bool,
+    /// Quiet: its notification channel is subscribed, and reads skip it
+    /// unless it has news.
+    announced: bool,
+    /// Its channel is being subscribed.
+    announcing: bool,
+    /// When it last had entries (or was subscribed).
+    last_active: Instant,
+}
+
+impl Subscription {
+    /// Whether the next read names this stream.
+    fn wanted(&self, sweep: bool) -> bool {
+        self.after.is_some() && (sweep || self.news || !self.announced)
+    }
 }
 
 /// Entries per stream per read; a busy room catches up over several reads.
@@ -53,6 +84,13 @@ const RATE_WINDOW: Duration = Duration::from_millis(200);
 /// The longest a busy read waits for the rooms to handle the previous one
 /// (a thread stuck elsewhere must not stop every room's stream).
 const FAN_OUT_WAIT: Duration = Duration::from_secs(1);
+/// A stream without entries this long counts as quiet: notifications wake
+/// its reads (when they are live).
+const QUIET_AFTER: Duration = Duration::from_secs(2);
+/// Interrupting a read that Redis has not started blocking yet does
+/// nothing: tries, and the pause between them.
+const UNBLOCK_TRIES: usize = 3;
+const UNBLOCK_RETRY: Duration = Duration::from_millis(5);
 
 /// Streams read together, and the connection reading them: all streams
 /// (key None), or one cluster bucket's.
@@ -67,6 +105,8 @@ struct Group {
     /// `CLIENT ID` and node of the connection inside the running read, if one runs.
     reading: Option<(i64, ReaderNode)>,
     backoff: Backoff,
+    /// The next read names every stream, notified or not.
+    sweep_due: bool,
 }
 
 impl Group {
@@ -77,8 +117,27 @@ impl Group {
             busy: false,
             reading: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            sweep_due: false,
         }
     }
+}
+
+/// How reads learn which streams have news.
+enum Wakeups {
+    /// Every read names every stream and blocks: notifications are not
+    /// wanted (`REDIS_STREAM_EVENTS=false`), not usable (Redis Cluster), or
+    /// Redis refused them.
+    Off,
+    /// Connecting the notification subscriber, or waiting to retry; reads
+    /// name every stream meanwhile.
+    Connecting,
+    /// Notifications arrive on this connection.
+    Live {
+        sink: PubSubSink,
+        channel_prefix: String,
+        /// The task handling the notifications (cancelled to drop the connection).
+        messages: SpawnHandle,
+    },
 }
 
 /// How fast this process delivers messages to clients, which sets the
@@ -123,6 +182,11 @@ pub struct RedisListener {
     read_interval: RangeInclusive<Duration>,
     delivery_rate: DeliveryRate,
     groups: HashMap<GroupKey, Group>,
+    wakeups: Wakeups,
+    /// Counts notification connections, so that late answers from one
+    /// that is gone change nothing.
+    wakeup_generation: u64,
+    wakeup_backoff: Backoff,
 }
 
 /// Whether a read failed only because its slot moved or is moving between
@@ -136,12 +200,20 @@ fn is_redirect(error: &RedisError) -> bool {
 
 impl RedisListener {
     /// `read_margin`: how much longer than `block` a read may take.
+    /// `stream_events`: wake reads by keyspace notifications (ignored on
+    /// Redis Cluster, where each node announces only its own keys).
     pub fn new(
         streams: RedisStreams,
         block: Duration,
         read_margin: Duration,
         read_interval: RangeInclusive<Duration>,
+        stream_events: bool,
     ) -> Self {
+        let wakeups = if stream_events && !streams.keys().is_clustered() {
+            Wakeups::Connecting
+        } else {
+            Wakeups::Off
+        };
         RedisListener {
             streams,
             block,
@@ -149,7 +221,14 @@ impl RedisListener {
             read_interval,
             delivery_rate: DeliveryRate::default(),
             groups: HashMap::new(),
+            wakeups,
+            wakeup_generation: 0,
+            wakeup_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
         }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self.wakeups, Wakeups::Live { .. })
     }
 
     fn group_of(&self, key: &str) -> GroupKey {
@@ -193,24 +272,36 @@ impl RedisListener {
             }));
             return;
         };
-        let mut ready = 0;
+        let sweep = std::mem::take(&mut group.sweep_due);
+        let (mut named, mut news) = (0, sweep);
         for sub in group.subscriptions.values_mut() {
             sub.read_from = sub.after;
-            ready += usize::from(sub.after.is_some());
+            if sub.wanted(sweep) {
+                named += 1;
+                news |= sub.news;
+            }
         }
-        // Only subscriptions still loading their room: idle until one is
-        // ready (its Subscribe starts the read, as `reading` stays None).
-        if ready == 0 {
+        // Only subscriptions still loading their room, or quiet streams
+        // without news: idle until a Subscribe or a notification starts the
+        // read (`reading` stays None).
+        if named == 0 {
             group.busy = false;
             group.connection = Some((conn, id, node));
             return;
         }
-        let ready_streams = group
+        let named_streams = group
             .subscriptions
             .iter()
+            .filter(|(_, sub)| sub.wanted(sweep))
             .filter_map(|(key, sub)| Some((key.as_str(), sub.after?)));
-        let command = stream_read_command(ready_streams, self.block, READ_COUNT);
-        group.reading = Some((id, node.clone()));
+        // Announced news is there to read; only busy streams are waited on.
+        let blocking = (!news).then_some(self.block);
+        let command = stream_read_command(named_streams, blocking, READ_COUNT);
+        for sub in group.subscriptions.values_mut() {
+            // Named in this read (or not ready to be read at all).
+            sub.news = false;
+        }
+        group.reading = blocking.map(|_| (id, node.clone()));
         let block = self.block;
         // A connection whose peer vanished without a reset never answers;
         // past this the read counts as failed and the connection is replaced.
@@ -242,7 +333,7 @@ impl RedisListener {
                         act.resync_rooms(key);
                     }
                     let (signal, handled) = HandledSignal::new();
-                    act.route(key, batches, Arc::new(signal));
+                    act.route(key, batches, Arc::new(signal), ctx);
                     // One entry is light traffic (an edit at a time):
                     // read again at once. Several: the streams are
                     // busy, so space the reads out, and wait until
@@ -287,6 +378,8 @@ impl RedisListener {
         };
         group.connection = None;
         group.busy = true;
+        // What the failed read was to carry is read again, from everywhere.
+        group.sweep_due = true;
         let delay = if is_redirect(&error) {
             tracing::debug!(error = %error, bucket = ?key, "stream read redirected; reading again");
             Duration::from_millis(50)
@@ -296,6 +389,11 @@ impl RedisListener {
             }
             group.backoff.next_delay()
         };
+        // The notification connection to the same Redis may be as dead
+        // without knowing it: connect it again too.
+        if self.is_live() {
+            self.wakeups_lost(ctx);
+        }
         ctx.run_later(delay, move |act, ctx| {
             if let Some(group) = act.groups.get_mut(&key) {
                 group.busy = false;
@@ -343,10 +441,13 @@ impl RedisListener {
         key: GroupKey,
         batches: Vec<(String, Vec<StreamEntry>)>,
         handled: Arc<HandledSignal>,
+        ctx: &mut Context<Self>,
     ) {
         let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
+        let mut quiet_no_more = Vec::new();
+        let now = Instant::now();
         for (key, entries) in batches {
             let Some(sub) = group.subscriptions.get_mut(&key) else {
                 continue;
@@ -358,6 +459,14 @@ impl RedisListener {
             }
             let Some(last) = entries.last() else { continue };
             sub.after = Some(last.id);
+            // A full read may leave entries behind: no notification will say so.
+            sub.news |= entries.len() >= READ_COUNT;
+            sub.last_active = now;
+            if sub.announced {
+                // Busy again: named in every read, without notifications.
+                sub.announced = false;
+                quiet_no_more.push(key.clone());
+            }
             let batch = StreamBatch {
                 entries: Arc::from(entries),
                 handled: handled.clone(),
@@ -366,30 +475,268 @@ impl RedisListener {
                 room.do_send(RoomEvent::Batch(batch.clone()));
             }
         }
+        for key in quiet_no_more {
+            self.forget(&key, ctx);
+        }
     }
 
-    /// Interrupts the group's running read so the next one sees new subscriptions.
+    /// Interrupts the group's blocked read (once) so the next one sees new
+    /// subscriptions or announced news.
     fn interrupt_read(&mut self, key: GroupKey, ctx: &mut Context<Self>) {
-        let Some(group) = self.groups.get(&key) else {
+        let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
-        match &group.reading {
+        match group.reading.take() {
             Some((client_id, node)) => {
-                let (streams, client_id, node) = (self.streams.clone(), *client_id, node.clone());
+                let streams = self.streams.clone();
                 actix::spawn(async move {
-                    if let Err(e) = streams.unblock_client(&node, client_id).await {
-                        tracing::warn!(error = %e, "could not interrupt the blocked stream read");
+                    // The read may not have reached Redis yet: try again shortly.
+                    for _ in 0..UNBLOCK_TRIES {
+                        match streams.unblock_client(&node, client_id).await {
+                            Ok(true) => return,
+                            Ok(false) => tokio::time::sleep(UNBLOCK_RETRY).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not interrupt the blocked stream read");
+                                return;
+                            }
+                        }
                     }
                 });
             }
-            // Idle: start reading; connecting or backing off: the next read includes it.
+            // Idle, or reading without blocking: start reading (a running
+            // read is followed by another); connecting or backing off: the
+            // next read includes it.
             None => self.read_next(key, ctx),
         }
+    }
+
+    /// Connects the notification subscriber (quiet streams are then
+    /// subscribed by [`Self::announce_quiet`]); retries with backoff, gives up
+    /// (every stream counts as busy) if Redis refuses notifications.
+    fn connect_wakeups(&mut self, ctx: &mut Context<Self>) {
+        self.wakeups = Wakeups::Connecting;
+        self.wakeup_generation += 1;
+        let generation = self.wakeup_generation;
+        let streams = self.streams.clone();
+        let connect = async move { streams.stream_events().await };
+        ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
+            if act.wakeup_generation != generation {
+                return;
+            }
+            match result {
+                Ok(events) => {
+                    if act.wakeup_backoff.failures() > 0 {
+                        tracing::info!("stream notifications restored");
+                    }
+                    act.wakeup_backoff.reset();
+                    let messages = wrap_stream::<_, Self>(events.messages)
+                        .map(|message, act, ctx| act.notified(&message, ctx))
+                        .finish()
+                        .map(move |(), act, ctx| {
+                            if act.wakeup_generation == generation {
+                                tracing::warn!("stream notification connection closed; reconnecting");
+                                act.wakeups_lost(ctx);
+                            }
+                        });
+                    let messages = ctx.spawn(messages);
+                    act.wakeups = Wakeups::Live {
+                        sink: events.sink,
+                        channel_prefix: events.channel_prefix,
+                        messages,
+                    };
+                    tracing::info!("quiet streams are read when redis keyspace notifications announce news");
+                }
+                Err(RedisError::EventsUnavailable(reason)) => {
+                    tracing::warn!(%reason, "redis refuses keyspace notifications; every stream read names every stream (REDIS_STREAM_EVENTS=false skips asking)");
+                    act.wakeups = Wakeups::Off;
+                }
+                Err(e) => {
+                    if act.wakeup_backoff.failures() == 0 {
+                        tracing::error!(error = %e, "cannot subscribe to stream notifications; reads name every stream meanwhile");
+                    }
+                    ctx.run_later(act.wakeup_backoff.next_delay(), move |act, ctx| {
+                        if act.wakeup_generation == generation {
+                            act.connect_wakeups(ctx);
+                        }
+                    });
+                }
+            }
+        }));
+    }
+
+    /// The notification connection is gone (or suspect): every stream
+    /// counts as busy until its channel is subscribed on a new one.
+    fn wakeups_lost(&mut self, ctx: &mut Context<Self>) {
+        if let Wakeups::Live { messages, .. } = &self.wakeups {
+            ctx.cancel_future(*messages);
+        }
+        for group in self.groups.values_mut() {
+            for sub in group.subscriptions.values_mut() {
+                sub.announced = false;
+                sub.announcing = false;
+            }
+        }
+        self.connect_wakeups(ctx);
+        // A quiet stream may have news that no notification will bring.
+        self.interrupt_read(None, ctx);
+    }
+
+    /// Subscribes the notification channels of the streams that had no
+    /// entries for [`QUIET_AFTER`].
+    fn announce_quiet(&mut self, ctx: &mut Context<Self>) {
+        if !self.is_live() {
+            return;
+        }
+        let Some(group) = self.groups.get_mut(&None) else {
+            return;
+        };
+        let now = Instant::now();
+        let quiet: Vec<String> = group
+            .subscriptions
+            .iter_mut()
+            .filter(|(_, sub)| {
+                sub.after.is_some()
+                    && !sub.announced
+                    && !sub.announcing
+                    && now.duration_since(sub.last_active) >= QUIET_AFTER
+            })
+            .map(|(key, sub)| {
+                sub.announcing = true;
+                key.clone()
+            })
+            .collect();
+        if !quiet.is_empty() {
+            tracing::debug!(
+                streams = quiet.len(),
+                "subscribing notifications of quiet streams"
+            );
+        }
+        self.announce(quiet, ctx);
+    }
+
+    /// Subscribes the notification channels of `keys`; once Redis confirms,
+    /// those streams are read once more (what was appended before the
+    /// subscription took effect) and then only when announced. One that had
+    /// entries meanwhile is busy: its channel is unsubscribed again.
+    fn announce(&mut self, keys: Vec<String>, ctx: &mut Context<Self>) {
+        let Wakeups::Live {
+            sink,
+            channel_prefix,
+            ..
+        } = &self.wakeups
+        else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let mut sink = sink.clone();
+        let channels: Vec<String> = keys
+            .iter()
+            .map(|key| StreamEvents::channel(channel_prefix, key))
+            .collect();
+        let generation = self.wakeup_generation;
+        let asked = Instant::now();
+        let subscribe = async move { sink.subscribe(channels).await };
+        ctx.spawn(subscribe.into_actor(self).map(move |result, act, ctx| {
+            if act.wakeup_generation != generation {
+                return;
+            }
+            let Some(group) = act.groups.get_mut(&None) else {
+                return;
+            };
+            if let Err(e) = &result {
+                // The connection failing ends its messages, which reconnects.
+                tracing::warn!(error = %e, streams = keys.len(), "could not subscribe stream notifications");
+            }
+            let mut busy_again = Vec::new();
+            for key in keys {
+                let Some(sub) = group.subscriptions.get_mut(&key) else {
+                    continue;
+                };
+                sub.announcing = false;
+                if result.is_err() {
+                    continue;
+                }
+                if sub.last_active > asked {
+                    busy_again.push(key);
+                } else {
+                    sub.announced = true;
+                    sub.news = true;
+                }
+            }
+            tracing::debug!(busy_again = busy_again.len(), ok = result.is_ok(), "quiet stream notifications subscribed");
+            for key in busy_again {
+                act.forget(&key, ctx);
+            }
+            act.interrupt_read(None, ctx);
+        }));
+    }
+
+    /// Unsubscribes the notification channel of a stream that is busy again
+    /// or that no room here reads any more. (Spawned on the actor like
+    /// `announce`, so a quick re-subscription reaches Redis after it.)
+    fn forget(&mut self, key: &str, ctx: &mut Context<Self>) {
+        let Wakeups::Live {
+            sink,
+            channel_prefix,
+            ..
+        } = &self.wakeups
+        else {
+            return;
+        };
+        let mut sink = sink.clone();
+        let channel = StreamEvents::channel(channel_prefix, key);
+        let unsubscribe = async move {
+            if let Err(e) = sink.unsubscribe(channel).await {
+                tracing::debug!(error = %e, "could not unsubscribe stream notifications");
+            }
+        };
+        ctx.spawn(unsubscribe.into_actor(self));
+    }
+
+    /// A notification: an append to a quiet stream marks it, and starts a
+    /// read, or interrupts the one blocked on the busy streams (a read
+    /// running otherwise is followed by another).
+    fn notified(&mut self, message: &redis::Msg, ctx: &mut Context<Self>) {
+        let Wakeups::Live { channel_prefix, .. } = &self.wakeups else {
+            return;
+        };
+        let Some(key) = StreamEvents::appended(channel_prefix, message) else {
+            return;
+        };
+        let Some(group) = self.groups.get_mut(&None) else {
+            return;
+        };
+        let Some(sub) = group.subscriptions.get_mut(key) else {
+            return;
+        };
+        sub.news = true;
+        self.interrupt_read(None, ctx);
     }
 }
 
 impl Actor for RedisListener {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.wakeups, Wakeups::Off) {
+            return;
+        }
+        self.connect_wakeups(ctx);
+        ctx.run_interval(QUIET_AFTER / 2, |act, ctx| act.announce_quiet(ctx));
+        // A read naming every stream once per block time, in case a
+        // notification went missing.
+        ctx.run_interval(self.block, |act, ctx| {
+            if !act.is_live() {
+                return;
+            }
+            if let Some(group) = act.groups.get_mut(&None) {
+                group.sweep_due = true;
+            }
+            act.read_next(None, ctx);
+        });
+    }
 }
 
 impl Handler<Subscribe> for RedisListener {
@@ -407,6 +754,10 @@ impl Handler<Subscribe> for RedisListener {
                 after: None,
                 read_from: None,
                 rooms: Vec::new(),
+                news: false,
+                announced: false,
+                announcing: false,
+                last_active: Instant::now(),
             });
         if !sub.rooms.iter().any(|(id, _)| *id == msg.room_id) {
             sub.rooms.push((msg.room_id, msg.room));
@@ -418,6 +769,7 @@ impl Handler<Subscribe> for RedisListener {
         let rewind = sub.after.is_none_or(|current| after < current);
         if rewind {
             sub.after = Some(after);
+            sub.news = true;
             self.interrupt_read(key, ctx);
         }
     }
@@ -426,14 +778,16 @@ impl Handler<Subscribe> for RedisListener {
 impl Handler<Unsubscribe> for RedisListener {
     type Result = ();
 
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
         let key = self.group_of(&msg.key);
         let Some(group) = self.groups.get_mut(&key) else {
             return;
         };
+        let mut gone = false;
         if let Some(sub) = group.subscriptions.get_mut(&msg.key) {
             sub.rooms.retain(|(id, _)| *id != msg.room_id);
             if sub.rooms.is_empty() {
+                gone = sub.announced || sub.announcing;
                 group.subscriptions.remove(&msg.key);
             }
         }
@@ -441,6 +795,9 @@ impl Handler<Unsubscribe> for RedisListener {
         // (see `read_next`).
         if group.subscriptions.is_empty() && !group.busy && key.is_some() {
             self.groups.remove(&key);
+        }
+        if gone {
+            self.forget(&msg.key, ctx);
         }
     }
 }

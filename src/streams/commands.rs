@@ -40,6 +40,8 @@ pub enum RedisError {
     Tls(redis::RedisError),
     #[error("redis did not answer a blocking read within {0:?}")]
     ReadTimeout(Duration),
+    #[error("redis refuses keyspace notifications ({0}); stream reads name every stream (set REDIS_STREAM_EVENTS=false to skip asking)")]
+    EventsUnavailable(String),
     #[error("redis returned a malformed stream entry {id} in {key}: {reason}")]
     MalformedEntry {
         key: String,
@@ -280,7 +282,7 @@ thread_local! {
 pub struct RedisStreams {
     id: u64,
     pool: Pool,
-    connector: Connector,
+    pub(super) connector: Connector,
     command_timeout: Duration,
     /// Shared: every publish clones the store into its future, and the key
     /// names and scripts (each with its source and hash) would cost a
@@ -690,11 +692,12 @@ impl RedisStreams {
     /// thread's multiplexed connection: a burst of joins interrupts the
     /// read once per new room, and a pool checkout each would open a
     /// connection per concurrent interruption and keep them all.
+    /// Answers whether the connection was blocked.
     pub async fn unblock_client(
         &self,
         node: &ReaderNode,
         client_id: i64,
-    ) -> Result<(), RedisError> {
+    ) -> Result<bool, RedisError> {
         let mut conn = self.thread_connection().await?;
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("UNBLOCK").arg(client_id);
@@ -704,12 +707,12 @@ impl RedisStreams {
                     host: host.clone(),
                     port: *port,
                 });
-                cluster.route_command(cmd, routing).await.map(drop)
+                cluster.route_command(cmd, routing).await
             }
-            _ => cmd.query_async::<Value>(&mut conn).await.map(drop),
+            _ => cmd.query_async::<Value>(&mut conn).await,
         };
-        result.inspect_err(|e| self.check_thread_connection(e))?;
-        Ok(())
+        let reply = result.inspect_err(|e| self.check_thread_connection(e))?;
+        Ok(matches!(reply, Value::Int(1)))
     }
 }
 
@@ -966,20 +969,20 @@ pub async fn client_id(conn: &mut MultiplexedConnection) -> Result<i64, RedisErr
     Ok(redis::cmd("CLIENT").arg("ID").query_async(conn).await?)
 }
 
-/// `XREAD COUNT count BLOCK block STREAMS keys... ids...`: built where the
-/// streams are listed, without a copy of every key and id (a listener names
-/// thousands of streams per read).
+/// `XREAD COUNT count [BLOCK block] STREAMS keys... ids...`: built where the
+/// streams are listed, without a copy of every key and id (a listener may
+/// name thousands of streams per read).
 pub fn stream_read_command<'a>(
     streams: impl Iterator<Item = (&'a str, StreamId)> + Clone,
-    block: Duration,
+    block: Option<Duration>,
     count: usize,
 ) -> Cmd {
     let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(count)
-        .arg("BLOCK")
-        .arg(block.as_millis() as u64)
-        .arg("STREAMS");
+    cmd.arg("COUNT").arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    cmd.arg("STREAMS");
     for (key, _) in streams.clone() {
         cmd.arg(key);
     }

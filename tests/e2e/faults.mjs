@@ -40,14 +40,15 @@ const pingRedis = (port) => new Promise((resolve) => {
  * it, `start()` starts it again on the same port.
  */
 export class PrivateRedis {
-  /** @param {{ tag?: string }} [opts] */
-  static async start ({ tag = 'redis' } = {}) {
-    const r = new PrivateRedis(await freePort(), tag)
+  /** @param {{ tag?: string, args?: string[] }} [opts] `args`: more redis-server options */
+  static async start ({ tag = 'redis', args = [] } = {}) {
+    const r = new PrivateRedis(await freePort(), tag, args)
     await r.start()
     return r
   }
 
-  constructor (port, tag) {
+  constructor (port, tag, args = []) {
+    this.args = args
     this.port = port
     this.url = `redis://127.0.0.1:${port}`
     this.dir = path.join(LOG_DIR, `${tag}-redis-${port}-${randomHex(3)}`)
@@ -70,7 +71,7 @@ export class PrivateRedis {
       const fd = fs.openSync(this.logPath, 'a')
       fs.writeSync(fd, `# ${bin} --port ${this.port} (start #${++this.starts})\n`)
       const proc = spawn(bin, ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-        '--daemonize', 'no', '--dir', this.dir, '--protected-mode', 'no'], { stdio: ['ignore', fd, fd] })
+        '--daemonize', 'no', '--dir', this.dir, '--protected-mode', 'no', ...this.args], { stdio: ['ignore', fd, fd] })
       fs.closeSync(fd)
       this.proc = proc
       this.exited = new Promise((resolve) => proc.once('exit', resolve))
