@@ -129,7 +129,7 @@ describe('stream reads woken by keyspace notifications', { timeout: 150000 }, ()
       const started = Date.now()
       quietWriter.text.insert(0, `<quiet${i}>`)
       await waitFor(() => q.reader.text.toString().includes(`<quiet${i}>`), {
-        timeout: 2000, message: `the edit in quiet room ${i} to reach its reader on the other server`
+        timeout: 2000, interval: 1, message: `the edit in quiet room ${i} to reach its reader on the other server`
       })
       console.log(`# quiet room ${i}: edit crossed in ${Date.now() - started} ms`)
       quietWriter.destroy()
@@ -148,7 +148,7 @@ describe('stream reads woken by keyspace notifications', { timeout: 150000 }, ()
     } finally {
       await client.destroy()
     }
-    await waitFor(() => q.reader.text.toString().includes('<external>'), { timeout: 2000, message: 'the XADD to reach the reader' })
+    await waitFor(() => q.reader.text.toString().includes('<external>'), { timeout: 2000, interval: 1, message: 'the XADD to reach the reader' })
     console.log(`# external append reached the reader in ${Date.now() - started} ms`)
   }))
 
