@@ -619,22 +619,12 @@ impl RedisListener {
     /// subscription took effect) and then only when announced. One that had
     /// entries meanwhile is busy: its channel is unsubscribed again.
     fn announce(&mut self, keys: Vec<String>, ctx: &mut Context<Self>) {
-        let Wakeups::Live {
-            sink,
-            channel_prefix,
-            ..
-        } = &self.wakeups
-        else {
-            return;
-        };
         if keys.is_empty() {
             return;
         }
-        let mut sink = sink.clone();
-        let channels: Vec<String> = keys
-            .iter()
-            .map(|key| StreamEvents::channel(channel_prefix, key))
-            .collect();
+        let Some((mut sink, channels)) = self.channels_of(&keys) else {
+            return;
+        };
         let generation = self.wakeup_generation;
         let asked = Instant::now();
         let subscribe = async move { sink.subscribe(channels).await };
@@ -677,22 +667,33 @@ impl RedisListener {
     /// or that no room here reads any more. (Spawned on the actor like
     /// `announce`, so a quick re-subscription reaches Redis after it.)
     fn forget(&mut self, key: &str, ctx: &mut Context<Self>) {
+        let Some((mut sink, channels)) = self.channels_of(&[key]) else {
+            return;
+        };
+        let unsubscribe = async move {
+            if let Err(e) = sink.unsubscribe(channels).await {
+                tracing::debug!(error = %e, "could not unsubscribe stream notifications");
+            }
+        };
+        ctx.spawn(unsubscribe.into_actor(self));
+    }
+
+    /// The notification channels of `keys`, and the connection to
+    /// (un)subscribe them on, while notifications are live.
+    fn channels_of(&self, keys: &[impl AsRef<str>]) -> Option<(PubSubSink, Vec<String>)> {
         let Wakeups::Live {
             sink,
             channel_prefix,
             ..
         } = &self.wakeups
         else {
-            return;
+            return None;
         };
-        let mut sink = sink.clone();
-        let channel = StreamEvents::channel(channel_prefix, key);
-        let unsubscribe = async move {
-            if let Err(e) = sink.unsubscribe(channel).await {
-                tracing::debug!(error = %e, "could not unsubscribe stream notifications");
-            }
-        };
-        ctx.spawn(unsubscribe.into_actor(self));
+        let channels = keys
+            .iter()
+            .map(|key| StreamEvents::channel(channel_prefix, key.as_ref()))
+            .collect();
+        Some((sink.clone(), channels))
     }
 
     /// A notification: an append to a quiet stream marks it, and starts a

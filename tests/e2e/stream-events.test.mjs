@@ -66,6 +66,19 @@ async function notifyFlags (redis) {
   }
 }
 
+/** Five quiet rooms read on server 2, and an active one written on server 1 and read on server 2. */
+async function activeAndQuietRooms (h) {
+  const [s1, s2] = h.servers
+  const quiet = []
+  for (let i = 0; i < 5; i++) quiet.push(h.client(s2, `quiet-${i}-${randomHex(3)}`, { name: `quiet${i}` }))
+  await Promise.all(quiet.map((c) => c.synced()))
+  const room = `active-${randomHex(4)}`
+  const writer = h.client(s1, room, { name: 'writer' })
+  const reader = h.client(s2, room, { name: 'reader' })
+  await Promise.all([writer.synced(), reader.synced()])
+  return { writer, reader }
+}
+
 const hasStreamEvents = (flags) => flags.includes('K') && (flags.includes('t') || flags.includes('A'))
 
 describe('stream reads woken by keyspace notifications', { timeout: 150000 }, () => {
@@ -209,17 +222,10 @@ describe('a Redis that refuses CONFIG', { timeout: 90000 }, () => {
   })
 
   it('says so once, and reads every stream, blocking, with edits crossing as before', h.wrap(async () => {
-    const [s1, s2] = h.servers
     for (const s of h.servers) {
       await waitFor(() => grepLog(s, /redis refuses keyspace notifications/).length === 1, { message: `${s.name} to report the refusal` })
     }
-    const quiet = []
-    for (let i = 0; i < 5; i++) quiet.push(h.client(s2, `quiet-${i}-${randomHex(3)}`, { name: `quiet${i}` }))
-    await Promise.all(quiet.map((c) => c.synced()))
-    const room = `active-${randomHex(4)}`
-    const writer = h.client(s1, room, { name: 'writer' })
-    const reader = h.client(s2, room, { name: 'reader' })
-    await Promise.all([writer.synced(), reader.synced()])
+    const { writer, reader } = await activeAndQuietRooms(h)
     let slowest = 0
     const reads = await watchReads(redis, h.prefix, async () => { slowest = await editsCross(writer, reader, 10, 'e') })
     console.log(`# polling: ${reads.length} reads, slowest edit ${slowest} ms`)
@@ -243,14 +249,7 @@ describe('REDIS_STREAM_EVENTS=false', { timeout: 90000 }, () => {
   })
 
   it('leaves Redis settings alone and reads every stream', h.wrap(async () => {
-    const [s1, s2] = h.servers
-    const quiet = []
-    for (let i = 0; i < 5; i++) quiet.push(h.client(s2, `quiet-${i}-${randomHex(3)}`, { name: `quiet${i}` }))
-    await Promise.all(quiet.map((c) => c.synced()))
-    const room = `active-${randomHex(4)}`
-    const writer = h.client(s1, room, { name: 'writer' })
-    const reader = h.client(s2, room, { name: 'reader' })
-    await Promise.all([writer.synced(), reader.synced()])
+    const { writer, reader } = await activeAndQuietRooms(h)
     await sleep(QUIET_SETTLE_MS)
     const reads = await watchReads(redis, h.prefix, () => editsCross(writer, reader, 10, 'f'))
     assert.ok(reads.some((r) => r.blocks && r.named === 6), `expected blocking reads naming all 6 streams: ${JSON.stringify(reads)}`)
