@@ -9,7 +9,7 @@
 //! read (`CLIENT UNBLOCK`), so it never waits for the block timeout.
 //!
 //! On a single Redis (or Sentinel), quiet streams are not named in reads:
-//! a stream without entries for [`QUIET_AFTER`] has its keyspace
+//! a stream without entries for 2 s (`QUIET_AFTER`) has its keyspace
 //! notification channel subscribed ([`StreamEvents`]), and is read again
 //! only when Redis announces an append to it (a read blocked on the busy
 //! streams is interrupted for it). Its first entries make it busy again and
