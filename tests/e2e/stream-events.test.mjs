@@ -178,8 +178,9 @@ describe('stream reads woken by keyspace notifications', { timeout: 150000 }, ()
     }
     await sleep(QUIET_SETTLE_MS)
     const reads = await watchReads(redis, h.prefix, () => editsCross(writer, reader, 10, 'c'))
-    assert.ok(reads.length >= 10 && reads.every((r) => r.named <= 2),
-      `after resubscribing, reads should name only the busy streams: ${JSON.stringify(reads)}`)
+    // Streams of clients that were still settling may be busy: far fewer than all 31.
+    assert.ok(reads.length >= 10 && reads.every((r) => r.named <= 5),
+      `after resubscribing, reads should leave the quiet streams out: ${JSON.stringify(reads)}`)
   }))
 
   it('after a Redis restart (which forgets the setting) the notifications are on again', { timeout: 90000 }, h.wrap(async () => {
@@ -202,8 +203,8 @@ describe('stream reads woken by keyspace notifications', { timeout: 150000 }, ()
     // of seconds after it synced.
     await sleep(2 * QUIET_SETTLE_MS)
     const reads = await watchReads(redis, h.prefix, () => editsCross(writer, reader, 10, 'd', 5000))
-    assert.ok(reads.length >= 10 && reads.every((r) => r.named <= 2),
-      `after the restart, reads should name only the busy streams: ${JSON.stringify(reads)}`)
+    assert.ok(reads.length >= 10 && reads.every((r) => r.named <= 5),
+      `after the restart, reads should leave the quiet streams out: ${JSON.stringify(reads)}`)
   }))
 })
 
