@@ -106,7 +106,7 @@ type Pool = managed::Pool<PoolManager>;
 /// A connection checked out of the pool. One that failed in a way that
 /// makes it unusable (broken, or talking to a demoted master) is dropped
 /// instead of going back to the pool.
-struct Pooled {
+pub(super) struct Pooled {
     conn: Option<Object<PoolManager>>,
     unusable: bool,
 }
@@ -282,7 +282,7 @@ thread_local! {
 pub struct RedisStreams {
     id: u64,
     pool: Pool,
-    pub(super) connector: Connector,
+    connector: Connector,
     command_timeout: Duration,
     /// Shared: every publish clones the store into its future, and the key
     /// names and scripts (each with its source and hash) would cost a
@@ -369,7 +369,7 @@ impl RedisStreams {
         &self.fixed.keys
     }
 
-    async fn conn(&self) -> Result<Pooled, RedisError> {
+    pub(super) async fn conn(&self) -> Result<Pooled, RedisError> {
         Ok(Pooled {
             conn: Some(self.pool.get().await?),
             unusable: false,

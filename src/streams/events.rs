@@ -8,9 +8,7 @@
 //! each server's share of notifications to the rooms it serves.
 
 use redis::aio::{ConnectionLike, PubSubSink, PubSubStream};
-use redis::AsyncConnectionConfig;
 use std::collections::HashMap;
-use std::time::Duration;
 
 use super::{RedisError, RedisStreams};
 
@@ -50,9 +48,7 @@ impl RedisStreams {
     /// Redis refusing `CONFIG` (managed services, ACLs) answers
     /// [`RedisError::EventsUnavailable`].
     pub async fn stream_events(&self) -> Result<StreamEvents, RedisError> {
-        let config =
-            AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(5)));
-        let mut conn = self.connector.connect_single(&config).await?;
+        let mut conn = self.conn().await?;
         let db = conn.get_db();
         let current: HashMap<String, String> = redis::cmd("CONFIG")
             .arg("GET")
