@@ -26,6 +26,7 @@ use y_redis_protocol::message::{
 use y_redis_protocol::update::{judge, Id, InvalidUpdate, Known, Verdict};
 
 use super::checks::{self, INLINE_CHECK_BYTES};
+use super::outbox::{Destination, Outbox};
 use super::messages::{
     ConnId, FromSession, ToSession, CLOSE_BAD_MESSAGE, CLOSE_PERMISSION_REVOKED,
     CLOSE_TOKEN_EXPIRED, CLOSE_TOO_LARGE, CLOSE_TOO_MANY_MESSAGES, CLOSE_TRY_AGAIN_LATER,
@@ -126,9 +127,9 @@ struct Presence {
 
 pub struct WsSession {
     conn: ConnId,
-    room: String,
+    room: Arc<str>,
     docid: String,
-    key: String,
+    key: Arc<str>,
     rooms: ThreadRooms,
     context: Arc<SessionContext>,
     room_addr: Option<Addr<Room>>,
@@ -142,10 +143,7 @@ pub struct WsSession {
     /// What this session published that the room may not have read back yet.
     own: DocState,
     updates: Updates,
-    /// Taken whole by each publish: an idle session keeps no buffer.
-    outbox: Vec<Bytes>,
-    outbox_bytes: usize,
-    publishing: bool,
+    outbox: Outbox,
     presence: Presence,
     messages: TokenBucket,
     bytes: TokenBucket,
@@ -166,9 +164,9 @@ impl WsSession {
         let awareness_rate = limits.awareness_per_second;
         WsSession {
             conn: p.conn,
-            room: p.room,
+            room: p.room.into(),
             docid: p.docid,
-            key,
+            key: key.into(),
             rooms: p.rooms,
             room_addr: None,
             view: None,
@@ -178,9 +176,7 @@ impl WsSession {
             synced: false,
             own: DocState::default(),
             updates: Updates::default(),
-            outbox: Vec::new(),
-            outbox_bytes: 0,
-            publishing: false,
+            outbox: Outbox::default(),
             presence: Presence {
                 owned: None,
                 rate: TokenBucket::new(awareness_rate, awareness_rate.max(1.0) * 0.5 + 1.0),
@@ -605,41 +601,24 @@ impl WsSession {
     /// Queues a message for Redis; messages leave in order, several per
     /// round trip, while deliveries go on.
     fn publish(&mut self, message: Bytes, ctx: &mut Context<Self>) {
-        self.outbox_bytes += message.len();
-        self.outbox.push(message);
+        let queued = self.outbox.push(message, || self.destination(ctx));
         // The rate limits keep this small; past it Redis is not keeping up.
         let limit = (64 << 20).max(self.context.max_frame_bytes * 2);
-        if self.outbox_bytes > limit {
+        if queued > limit {
             metrics::ERRORS.inc();
-            tracing::error!(room = %self.room, conn = self.conn, queued = self.outbox_bytes, "redis is not keeping up with this connection");
-            return self.close(ctx, CLOSE_TRY_AGAIN_LATER, "server busy, please reconnect");
+            tracing::error!(room = %self.room, conn = self.conn, queued, "redis is not keeping up with this connection");
+            self.close(ctx, CLOSE_TRY_AGAIN_LATER, "server busy, please reconnect");
         }
-        self.send_outbox(ctx);
     }
 
-    fn send_outbox(&mut self, ctx: &mut Context<Self>) {
-        if self.publishing || self.outbox.is_empty() {
-            return;
+    fn destination(&self, ctx: &Context<Self>) -> Destination {
+        Destination {
+            redis: self.context.redis.clone(),
+            stream_key: self.key.clone(),
+            room: self.room.clone(),
+            conn: self.conn,
+            session: ctx.address().recipient(),
         }
-        self.publishing = true;
-        let batch = std::mem::take(&mut self.outbox);
-        let sent: usize = batch.iter().map(Bytes::len).sum();
-        let (redis, key) = (self.context.redis.clone(), self.key.clone());
-        let publishing = async move { redis.add_messages(&key, &batch).await };
-        ctx.spawn(publishing.into_actor(self).map(move |result, act, ctx| {
-            act.publishing = false;
-            act.outbox_bytes = act.outbox_bytes.saturating_sub(sent);
-            match result {
-                Ok(()) => act.send_outbox(ctx),
-                Err(e) => {
-                    // The client keeps its edits and sends them again after reconnecting.
-                    metrics::ERRORS.inc();
-                    tracing::error!(room = %act.room, conn = act.conn, error = %e, "could not publish messages");
-                    act.outbox.clear();
-                    act.close(ctx, CLOSE_TRY_AGAIN_LATER, "could not store the message, please reconnect");
-                }
-            }
-        }));
     }
 
     /// The room wrote the initial sync to the socket.
@@ -758,21 +737,15 @@ impl Actor for WsSession {
         });
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, ctx: &mut Self::Context) {
         metrics::CONNECTIONS.dec();
         self.context
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some((client_id, clock)) = self.presence.owned {
-            let redis = self.context.redis.clone();
-            let key = self.key.clone();
-            let (room, conn) = (self.room.clone(), self.conn);
-            actix::spawn(async move {
-                let removal = Bytes::from(encode_awareness_removal(client_id, clock));
-                if let Err(e) = redis.add_messages(&key, &[removal]).await {
-                    tracing::warn!(room = %room, conn, error = %e, "could not announce that the user left");
-                }
-            });
+            // After whatever the client sent: the outbox outlives the session.
+            let removal = Bytes::from(encode_awareness_removal(client_id, clock));
+            self.outbox.push(removal, || self.destination(ctx));
         }
         if let Some(room) = &self.room_addr {
             room.do_send(FromSession::Leave { conn: self.conn });
