@@ -167,24 +167,11 @@ pub struct StreamEntry {
     pub message: Bytes,
 }
 
-/// Adds a message to a room stream; a stream that did not exist yet gets a
-/// `compact` task, claimed by the pseudo-consumer `pending` so that workers
-/// only see it after the debounce (XAUTOCLAIM min-idle). Atomic, as in @y/redis.
-/// Answers nothing (nil): nobody needs the entry's id, and one reply per
-/// published message is parsed on the hot path.
-const ADD_MESSAGE_LUA: &str = r#"
-if redis.call("EXISTS", KEYS[1]) == 0 then
-  redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
-  redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
-end
-redis.call("XADD", KEYS[1], "*", "m", ARGV[1])
-"#;
-
-/// [`ADD_MESSAGE_LUA`] for several messages of one room in one call, with
-/// the same effect as calling it once per message in order. Used on a
-/// cluster, where a redirected (`MOVED`/`ASK`) or refused (`TRYAGAIN`)
-/// script ran not at all, so following the redirect and sending it again
-/// can neither lose nor repeat a message, and the order holds.
+/// Adds messages to a room stream, in order; a stream that did not exist
+/// yet first gets a `compact` task, claimed by the pseudo-consumer
+/// `pending` so that workers only see it after the debounce (XAUTOCLAIM
+/// min-idle). Atomic, with the same effect as @y/redis's add-message script
+/// called once per message. Answers how many it added.
 const ADD_MESSAGES_LUA: &str = r#"
 if redis.call("EXISTS", KEYS[1]) == 0 then
   redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
@@ -195,6 +182,19 @@ for i = 1, #ARGV do
 end
 return #ARGV
 "#;
+
+/// `XADD key NOMKSTREAM * m message`: appends only to an existing stream
+/// (nil otherwise).
+fn append_if_stream_exists(stream_key: &str, message: &[u8]) -> Cmd {
+    let mut cmd = Cmd::with_capacity(6, 24 + stream_key.len() + message.len());
+    cmd.arg("XADD")
+        .arg(stream_key)
+        .arg("NOMKSTREAM")
+        .arg("*")
+        .arg("m")
+        .arg(message);
+    cmd
+}
 
 /// Deletes a room stream and its task only if the stream is (still) empty,
 /// in one step, so a message added meanwhile never loses its task.
@@ -259,18 +259,15 @@ thread_local! {
     static THREAD_CONNECTIONS: RefCell<HashMap<u64, (u64, Connection)>> = RefCell::new(HashMap::new());
 }
 
-/// Messages one caller's pipeline carries at most.
+/// Messages one publish command carries at most.
 const PUBLISH_BATCH: usize = 64;
-
-/// Replies of one caller's commands, errors included, in order.
-type Replies = Result<Vec<Value>, RedisError>;
 
 /// Publishes waiting on this thread for its next pipeline.
 #[derive(Default)]
 struct PublishQueue {
     pipe: Pipeline,
-    /// Per caller: how many of the commands are its, and where its replies go.
-    callers: Vec<(usize, oneshot::Sender<Replies>)>,
+    /// Where each command's reply goes, in order: one per caller.
+    callers: Vec<oneshot::Sender<Result<Value, RedisError>>>,
 }
 
 thread_local! {
@@ -299,7 +296,6 @@ pub struct RedisStreams {
 /// What a store never changes after it is made.
 struct Fixed {
     keys: Keys,
-    add_message: Script,
     add_messages: Script,
     delete_empty_room: Script,
     finish_compaction: Script,
@@ -329,7 +325,6 @@ impl RedisStreams {
             command_timeout,
             fixed: Arc::new(Fixed {
                 keys,
-                add_message: Script::new(ADD_MESSAGE_LUA),
                 add_messages: Script::new(ADD_MESSAGES_LUA),
                 delete_empty_room: Script::new(DELETE_EMPTY_ROOM_LUA),
                 finish_compaction: Script::new(FINISH_COMPACTION_LUA),
@@ -500,8 +495,14 @@ impl RedisStreams {
         Ok(())
     }
 
-    /// Appends validated messages to a room stream, in order, in one
-    /// pipeline of script calls (see `ADD_MESSAGE_LUA`).
+    /// Appends validated messages to a room stream, in order. A lone
+    /// message, the usual publish under load, goes as a plain `XADD ...
+    /// NOMKSTREAM`: where the stream exists (and so has its task) that does
+    /// what [`ADD_MESSAGES_LUA`] does, for a fraction of Redis's time; where
+    /// it does not, Redis answers nil and the pipeline sends the script
+    /// instead (see [`RedisStreams::send_publish_queue`]). Several messages
+    /// go as one script call. A session has one call in flight at a time,
+    /// so its order holds either way.
     pub async fn add_messages(
         &self,
         stream_key: &str,
@@ -520,75 +521,93 @@ impl RedisStreams {
             })
             .await;
         }
-        let mut done = 0;
-        let mut repairs = 0;
-        while done < messages.len() {
-            let batch = &messages[done..(done + PUBLISH_BATCH).min(messages.len())];
-            let commands = batch
-                .iter()
-                .map(|message| {
-                    let hash = self.fixed.add_message.get_hash();
-                    // Sized up front: the arguments would grow it several times.
-                    let data = 16 + hash.len() + stream_key.len() + worker.len() + message.len();
-                    let mut cmd = Cmd::with_capacity(6, data);
-                    cmd.arg("EVALSHA")
-                        .arg(hash)
-                        .arg(2)
-                        .arg(stream_key)
-                        .arg(&worker)
-                        .arg(message.as_ref());
-                    cmd
-                })
-                .collect();
-            let replies = self.pipelined(commands).await?;
-            // Failures come as a suffix (a missing script or queue fails every
-            // later call too): repair, then send the rest again, keeping the order.
-            let failure = replies.into_iter().find_map(|reply| match reply {
-                Value::ServerError(e) => Some(e),
-                _ => {
-                    done += 1;
-                    None
+        for batch in messages.chunks(PUBLISH_BATCH) {
+            let mut repairs = 0;
+            loop {
+                let command = match batch {
+                    [message] => append_if_stream_exists(stream_key, message),
+                    _ => self.add_messages_command(stream_key, &worker, batch),
+                };
+                let failure = match self.pipelined(command).await? {
+                    Value::ServerError(e) => redis::RedisError::from(e),
+                    _ => break,
+                };
+                // A missing script or queue: repair, then send the batch again.
+                repairs += 1;
+                self.check_thread_connection(&failure);
+                let error = RedisError::Command(failure.clone());
+                if repairs > 2 {
+                    return Err(error);
                 }
-            });
-            let Some(failure) = failure else { continue };
-            repairs += 1;
-            let failure: redis::RedisError = failure.into();
-            self.check_thread_connection(&failure);
-            let error = RedisError::Command(failure.clone());
-            if repairs > 2 {
-                return Err(error);
-            }
-            match failure.code().unwrap_or_default() {
-                "NOSCRIPT" => {
-                    Box::pin(async {
-                        let mut conn = self.thread_connection().await?;
-                        self.fixed.add_message.load_async(&mut conn).await?;
-                        Ok::<_, RedisError>(())
-                    })
-                    .await?
+                match failure.code().unwrap_or_default() {
+                    "NOSCRIPT" => {
+                        Box::pin(async {
+                            let mut conn = self.thread_connection().await?;
+                            self.fixed.add_messages.load_async(&mut conn).await?;
+                            Ok::<_, RedisError>(())
+                        })
+                        .await?
+                    }
+                    // Redis lost the worker group (restarted empty).
+                    "NOGROUP" => Box::pin(self.ensure_queue(&worker)).await?,
+                    _ => return Err(error),
                 }
-                // Redis lost the worker group (restarted empty).
-                "NOGROUP" => Box::pin(self.ensure_queue(&worker)).await?,
-                _ => return Err(error),
             }
         }
         Ok(())
     }
 
-    /// Sends `commands` in this thread's next pipeline. Every session of
+    /// One `EVALSHA` of [`ADD_MESSAGES_LUA`] for `messages`.
+    fn add_messages_command(&self, stream_key: &str, worker: &str, messages: &[Bytes]) -> Cmd {
+        let hash = self.fixed.add_messages.get_hash();
+        // Sized up front: the arguments would grow it several times.
+        let data = 16
+            + hash.len()
+            + stream_key.len()
+            + worker.len()
+            + messages.iter().map(Bytes::len).sum::<usize>();
+        let mut cmd = Cmd::with_capacity(4 + messages.len(), data);
+        cmd.arg("EVALSHA")
+            .arg(hash)
+            .arg(2)
+            .arg(stream_key)
+            .arg(worker);
+        for message in messages {
+            cmd.arg(message.as_ref());
+        }
+        cmd
+    }
+
+    /// The script call that stands in for an `XADD ... NOMKSTREAM` of
+    /// [`append_if_stream_exists`] that found no stream.
+    fn add_message_instead_of(&self, append: &Cmd) -> Option<Cmd> {
+        let args: Vec<&[u8]> = append
+            .args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        let (Some(key), Some(message)) = (args.get(1), args.get(5)) else {
+            return None;
+        };
+        let key = std::str::from_utf8(key).ok()?;
+        let worker = self.fixed.keys.worker_stream_of(key);
+        Some(self.add_messages_command(key, &worker, &[Bytes::copy_from_slice(message)]))
+    }
+
+    /// Sends `command` in this thread's next pipeline. Every session of
     /// the thread that publishes before that pipeline leaves joins it, so
     /// under load many publishes share one write to Redis and one read of
-    /// the replies, for the server and for Redis. Must run on an actix
-    /// (local task set) thread.
-    async fn pipelined(&self, commands: Vec<Cmd>) -> Replies {
+    /// the replies, for the server and for Redis. Answers its reply (an
+    /// error reply included). Must run on an actix (local task set) thread.
+    async fn pipelined(&self, command: Cmd) -> Result<Value, RedisError> {
         let (sender, receiver) = oneshot::channel();
         let first = PUBLISH_QUEUES.with(|queues| {
             let mut queues = queues.borrow_mut();
             let queue = queues.entry(self.id).or_default();
-            queue.callers.push((commands.len(), sender));
-            for cmd in commands {
-                queue.pipe.add_command(cmd);
-            }
+            queue.callers.push(sender);
+            queue.pipe.add_command(command);
             queue.callers.len() == 1
         });
         if first {
@@ -602,6 +621,10 @@ impl RedisStreams {
         })
     }
 
+    /// Sends the thread's waiting publishes in one pipeline, then, in a
+    /// second one, the script calls for appends that found no stream: here
+    /// rather than in each caller, so that a caller gone meanwhile (its
+    /// session closed) still has its message stored.
     async fn send_publish_queue(self) {
         // The thread's other sessions ready now publish first, into this pipeline.
         tokio::task::yield_now().await;
@@ -611,29 +634,59 @@ impl RedisStreams {
             return;
         };
         pipe.ignore_errors();
-        let sent = match self.thread_connection().await {
-            Ok(mut conn) => pipe
-                .query_async::<Vec<Value>>(&mut conn)
-                .await
-                .map_err(|e| {
-                    self.check_thread_connection(&e);
-                    RedisError::Command(e)
-                }),
+        let sent = match self.send_pipeline(&pipe).await {
+            Ok(mut replies) => {
+                let mut instead = Pipeline::new();
+                instead.ignore_errors();
+                let mut missing = Vec::new();
+                for (index, (reply, append)) in replies.iter().zip(pipe.cmd_iter()).enumerate() {
+                    if *reply == Value::Nil {
+                        if let Some(script) = self.add_message_instead_of(append) {
+                            instead.add_command(script);
+                            missing.push(index);
+                        }
+                    }
+                }
+                if missing.is_empty() {
+                    Ok(replies)
+                } else {
+                    self.send_pipeline(&instead).await.map(|fallbacks| {
+                        for (index, reply) in missing.into_iter().zip(fallbacks) {
+                            replies[index] = reply;
+                        }
+                        replies
+                    })
+                }
+            }
             Err(e) => Err(e),
         };
         match sent {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
-                for (count, caller) in callers {
-                    let _ = caller.send(Ok(replies.by_ref().take(count).collect()));
+                for caller in callers {
+                    let reply = replies.next().ok_or_else(|| {
+                        let short = io::Error::other("redis answered fewer replies than commands");
+                        RedisError::Command(short.into())
+                    });
+                    let _ = caller.send(reply);
                 }
             }
             Err(e) => {
-                for (_, caller) in callers {
+                for caller in callers {
                     let _ = caller.send(Err(e.duplicate()));
                 }
             }
         }
+    }
+
+    /// One pipeline over this thread's connection; every command's reply,
+    /// error replies included (`pipe` ignores errors).
+    async fn send_pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        let mut conn = self.thread_connection().await?;
+        pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| {
+            self.check_thread_connection(&e);
+            RedisError::Command(e)
+        })
     }
 
     /// [`Self::add_messages`] on a cluster: up to [`PUBLISH_BATCH`]
