@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use actix_rt::net::TcpStream;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
+use tokio::io::Interest;
 use y_redis_protocol::websocket::{
     encode_close, encode_frame, encode_header, FrameError, FrameReader, Incoming, OPCODE_BINARY,
     OPCODE_PING, OPCODE_PONG,
@@ -92,16 +93,17 @@ pub fn incoming(
             if st.stream.readable().await.is_err() {
                 return None;
             }
-            let read = READ_BUFFER.with(|buffer| {
+            let read = READ_BUFFER.with(|buffer| -> io::Result<Option<Result<(), FrameError>>> {
                 let mut buffer = buffer.borrow_mut();
-                match st.stream.try_read(&mut buffer) {
-                    Ok(0) => Ok(None),
-                    Ok(n) => {
-                        let State { reader, ready, .. } = &mut st;
-                        Ok(Some(reader.feed(&buffer[..n], |m| ready.push_back(m))))
-                    }
-                    Err(e) => Err(e),
+                let n = read_draining(&st.stream, &mut buffer)?;
+                if n == 0 {
+                    return Ok(None);
                 }
+                if n < buffer.len() {
+                    st.reads_this_turn = 0;
+                }
+                let State { reader, ready, .. } = &mut st;
+                Ok(Some(reader.feed(&buffer[..n], |m| ready.push_back(m))))
             });
             match read {
                 Ok(Some(Ok(()))) => {}
@@ -117,6 +119,27 @@ pub fn incoming(
             }
         }
     })
+}
+
+/// Reads into `buffer`. A read that leaves room in the buffer drained the
+/// socket: tokio is told so (as its own `AsyncRead` does), so that the next
+/// read waits for the socket to become readable again instead of making a
+/// system call only to hear `EAGAIN`, one per incoming frame otherwise.
+/// (tokio forgets the readiness only if no new one came meanwhile.)
+fn read_draining(stream: &TcpStream, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut drained = None;
+    let read = stream.try_io(Interest::READABLE, || {
+        let n = stream.try_read(buffer)?;
+        if n > 0 && n < buffer.len() {
+            drained = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (read, drained) {
+        (_, Some(n)) => Ok(n),
+        (read, None) => read,
+    }
 }
 
 /// What a flush achieved.

@@ -26,11 +26,11 @@ use y_redis_protocol::message::{
 use y_redis_protocol::update::{judge, Id, InvalidUpdate, Known, Verdict};
 
 use super::checks::{self, INLINE_CHECK_BYTES};
-use super::outbox::{Destination, Outbox};
 use super::messages::{
     ConnId, FromSession, ToSession, CLOSE_BAD_MESSAGE, CLOSE_PERMISSION_REVOKED,
     CLOSE_TOKEN_EXPIRED, CLOSE_TOO_LARGE, CLOSE_TOO_MANY_MESSAGES, CLOSE_TRY_AGAIN_LATER,
 };
+use super::outbox::{Destination, Outbox};
 use super::revocation::RecheckLog;
 use super::room::{Room, SharedView};
 use super::rooms::ThreadRooms;

@@ -683,10 +683,12 @@ impl RedisStreams {
     /// error replies included (`pipe` ignores errors).
     async fn send_pipeline(&self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
         let mut conn = self.thread_connection().await?;
-        pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(|e| {
-            self.check_thread_connection(&e);
-            RedisError::Command(e)
-        })
+        pipe.query_async::<Vec<Value>>(&mut conn)
+            .await
+            .map_err(|e| {
+                self.check_thread_connection(&e);
+                RedisError::Command(e)
+            })
     }
 
     /// [`Self::add_messages`] on a cluster: up to [`PUBLISH_BATCH`]
