@@ -530,6 +530,13 @@ impl RedisStreams {
                 };
                 let failure = match self.pipelined(command).await? {
                     Value::ServerError(e) => redis::RedisError::from(e),
+                    // An append that found no stream and had no script sent
+                    // for it: never taken for stored.
+                    Value::Nil => {
+                        let lost =
+                            io::Error::other("redis stored nothing: the room stream was missing");
+                        return Err(RedisError::Command(lost.into()));
+                    }
                     _ => break,
                 };
                 // A missing script or queue: repair, then send the batch again.
