@@ -498,9 +498,9 @@ impl RedisStreams {
     /// Appends validated messages to a room stream, in order. A lone
     /// message, the usual publish under load, goes as a plain `XADD ...
     /// NOMKSTREAM`: where the stream exists (and so has its task) that does
-    /// what [`ADD_MESSAGES_LUA`] does, for a fraction of Redis's time; where
+    /// what `ADD_MESSAGES_LUA` does, for a fraction of Redis's time; where
     /// it does not, Redis answers nil and the pipeline sends the script
-    /// instead (see [`RedisStreams::send_publish_queue`]). Several messages
+    /// instead (see `send_publish_queue`). Several messages
     /// go as one script call. A session has one call in flight at a time,
     /// so its order holds either way.
     pub async fn add_messages(
