@@ -103,7 +103,7 @@ def command_stats(ports):
     return stats
 
 
-def start_cluster(masters, scratch, procs):
+def start_cluster(masters, scratch, procs, redis_config):
     """N cluster-enabled redis-servers joined into one cluster; their ports."""
     ports = []
     for i in range(masters):
@@ -114,7 +114,7 @@ def start_cluster(masters, scratch, procs):
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", node_dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
              # the bus port is port + 10000 by default, which may be taken or past 65535
-             "--cluster-port", str(free_port())],
+             "--cluster-port", str(free_port()), *redis_config],
             stdout=subprocess.DEVNULL, start_new_session=True))
         wait_port(port)
         ports.append(port)
@@ -148,6 +148,9 @@ def main():
     parser.add_argument("--redis-masters", type=int, default=1,
                         help="more than 1: a Redis Cluster of that many masters")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the rust servers")
+    parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE",
+                        help="a redis-server setting for the Redis (or every cluster master), "
+                             "e.g. stream-node-max-entries=8")
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     load_args = [a for a in args.rest if a != "--"]
@@ -169,18 +172,23 @@ def main():
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
 
+    redis_config = []
+    for setting in args.redis_config:
+        name, _, value = setting.partition("=")
+        redis_config += [f"--{name}", value]
+
     try:
         cluster_env = {}
         if args.redis_masters > 1:
             if args.impl != "rust":
                 sys.exit("fanout: --redis-masters needs --impl rust")
-            redis_ports = start_cluster(args.redis_masters, scratch, procs)
+            redis_ports = start_cluster(args.redis_masters, scratch, procs, redis_config)
             redis_url = ",".join(f"redis://127.0.0.1:{p}" for p in redis_ports)
             cluster_env = {"REDIS_CLUSTER": "true"}
         else:
             redis_port = free_port()
             redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", scratch],
+                                      "--save", "", "--appendonly", "no", "--dir", scratch, *redis_config],
                                      stdout=subprocess.DEVNULL, start_new_session=True)
             procs.append(redis)
             wait_port(redis_port)

@@ -69,6 +69,12 @@ struct Args {
     /// Connections opened at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// Spread the writers' schedules evenly over one probe period and one
+    /// update period. By default every writer starts in step (as the
+    /// reference generator does): all probes leave in the same millisecond,
+    /// so latency includes draining each burst.
+    #[arg(long)]
+    spread: bool,
 }
 
 /// Bytes a client reads per system call.
@@ -102,12 +108,32 @@ struct Run {
 struct Window {
     from: Instant,
     until: Instant,
+    /// The same bounds on the clock probes carry (µs since the epoch).
+    from_us: u64,
+    until_us: u64,
 }
 
 impl Window {
+    fn new(from: Instant, until: Instant) -> Self {
+        let (now, now_us) = (Instant::now(), micros_now());
+        let on_clock = |at: Instant| now_us + at.saturating_duration_since(now).as_micros() as u64;
+        Window {
+            from,
+            until,
+            from_us: on_clock(from),
+            until_us: on_clock(until),
+        }
+    }
+
     fn now_inside(&self) -> bool {
         let now = Instant::now();
         now >= self.from && now < self.until
+    }
+
+    /// Whether a probe sent at `sent_us` counts: probes are counted by
+    /// when they were sent, so a late one still counts as received.
+    fn sent_inside(&self, sent_us: u64) -> bool {
+        (self.from_us..self.until_us).contains(&sent_us)
     }
 }
 
@@ -166,8 +192,8 @@ fn sync_update_frame(update: &[u8]) -> Vec<u8> {
     frame
 }
 
-fn probe_frame(client: u64, clock: u64) -> Vec<u8> {
-    let state = format!("{{\"sent\":{}}}", micros_now());
+fn probe_frame(client: u64, clock: u64, sent_us: u64) -> Vec<u8> {
+    let state = format!("{{\"sent\":{sent_us}}}");
     let mut update = Vec::with_capacity(state.len() + 16);
     write_var_uint(&mut update, 1);
     write_var_uint(&mut update, client);
@@ -220,11 +246,8 @@ async fn reader(run: Arc<Run>, mut socket: Socket, window: Window, stop: Instant
                 break;
             }
         };
-        if !window.now_inside() {
-            continue;
-        }
         match frame.first() {
-            Some(0) => {
+            Some(0) if window.now_inside() => {
                 frames += 1;
                 bytes += frame.len() as u64;
                 chars += payload_chars(&frame);
@@ -234,7 +257,8 @@ async fn reader(run: Arc<Run>, mut socket: Socket, window: Window, stop: Instant
                 latencies.extend(
                     probe_times(&frame)
                         .into_iter()
-                        .map(|t| now.saturating_sub(t).max(1)),
+                        .filter(|&sent| window.sent_inside(sent))
+                        .map(|sent| now.saturating_sub(sent).max(1)),
                 );
                 if latencies.len() >= 256 {
                     record(&run, &mut latencies);
@@ -258,7 +282,8 @@ fn record(run: &Run, latencies: &mut Vec<u64>) {
 }
 
 /// Sends inserts at the rate and probes every `probe_ms` until `stop`.
-async fn writer(run: Arc<Run>, socket: Socket, start: Instant, window: Window) {
+/// `phase` (0 to 1) shifts its schedule by that share of each period.
+async fn writer(run: Arc<Run>, socket: Socket, start: Instant, phase: f64, window: Window) {
     let stop = window.until;
     let (mut sink, mut stream) = socket.split();
     // Incoming traffic (the room's updates) is read and dropped.
@@ -269,7 +294,10 @@ async fn writer(run: Arc<Run>, socket: Socket, start: Instant, window: Window) {
     let chunk = (PAYLOAD_CHAR as char).to_string().repeat(run.args.payload);
     let period = Duration::from_secs_f64(1.0 / run.args.rate);
     let probe_period = Duration::from_millis(run.args.probe_ms);
-    let (mut next_update, mut next_probe) = (start, start);
+    let (mut next_update, mut next_probe) = (
+        start + period.mul_f64(phase),
+        start + probe_period.mul_f64(phase),
+    );
     let mut clock = 0;
     let mut before = StateVector::default();
     while Instant::now() < stop {
@@ -277,14 +305,15 @@ async fn writer(run: Arc<Run>, socket: Socket, start: Instant, window: Window) {
         let now = Instant::now();
         if now >= next_probe {
             clock += 1;
+            let sent = micros_now();
             if sink
-                .send(Message::Binary(probe_frame(client, clock).into()))
+                .send(Message::Binary(probe_frame(client, clock, sent).into()))
                 .await
                 .is_err()
             {
                 break;
             }
-            if window.now_inside() {
+            if window.sent_inside(sent) {
                 run.counters.probes_sent.fetch_add(1, Relaxed);
             }
             next_probe += probe_period;
@@ -379,10 +408,7 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup);
     let stop = measure_from + Duration::from_secs(args.duration);
-    let window = Window {
-        from: measure_from,
-        until: stop,
-    };
+    let window = Window::new(measure_from, stop);
     // Markers for a script that measures server and Redis CPU over the window.
     let markers = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
@@ -399,8 +425,20 @@ async fn main() {
             stop + Duration::from_millis(500),
         )));
     }
-    for socket in writer_sockets {
-        tasks.push(tokio::spawn(writer(run.clone(), socket, start, window)));
+    let writers = writer_sockets.len().max(1);
+    for (i, socket) in writer_sockets.into_iter().enumerate() {
+        let phase = if args.spread {
+            i as f64 / writers as f64
+        } else {
+            0.0
+        };
+        tasks.push(tokio::spawn(writer(
+            run.clone(),
+            socket,
+            start,
+            phase,
+            window,
+        )));
     }
     for task in tasks {
         let _ = task.await;
@@ -485,8 +523,17 @@ mod tests {
 
     #[test]
     fn probes_round_trip() {
-        let frame = probe_frame(7, 1);
-        assert_eq!(probe_times(&frame).len(), 1);
-        assert!(probe_times(&frame)[0] <= micros_now());
+        let sent = micros_now();
+        assert_eq!(probe_times(&probe_frame(7, 1, sent)), vec![sent]);
+    }
+
+    #[test]
+    fn probes_count_by_when_they_were_sent() {
+        let from = Instant::now() + Duration::from_secs(5);
+        let window = Window::new(from, from + Duration::from_secs(10));
+        let at = |secs: u64| micros_now() + secs * 1_000_000;
+        assert!(!window.sent_inside(at(0)));
+        assert!(window.sent_inside(at(6)));
+        assert!(!window.sent_inside(at(16)));
     }
 }
