@@ -1154,3 +1154,49 @@ fn parse_entries(key: &str, reply: Value) -> Result<Vec<StreamEntry>, RedisError
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_read_names_every_key_then_every_id() {
+        let streams = [
+            ("y:room:a:index", StreamId { ms: 5, seq: 0 }),
+            (
+                "y:room:b:index",
+                StreamId {
+                    ms: u64::MAX,
+                    seq: u64::MAX,
+                },
+            ),
+        ];
+        let block = Some(Duration::from_millis(1000));
+        let cmd = stream_read_command(streams.iter().copied(), block, 1000);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "<not a plain argument>".into(),
+            })
+            .collect();
+        let max = format!("{}-{}", u64::MAX, u64::MAX);
+        assert_eq!(
+            args,
+            [
+                "XREAD",
+                "COUNT",
+                "1000",
+                "BLOCK",
+                "1000",
+                "STREAMS",
+                "y:room:a:index",
+                "y:room:b:index",
+                "5-0",
+                max.as_str(),
+            ]
+        );
+        let unblocked = stream_read_command(streams.iter().copied(), None, 10);
+        assert_eq!(unblocked.args_iter().count(), 8);
+    }
+}
