@@ -102,8 +102,8 @@ struct Run {
     latency_us: Mutex<Histogram<u64>>,
 }
 
-/// The measured window (after connecting and warming up): only what
-/// happens inside it is counted.
+/// The measured window (after connecting and warming up): updates count
+/// when they arrive inside it, probes when they were sent inside it.
 #[derive(Clone, Copy)]
 struct Window {
     from: Instant,
