@@ -103,6 +103,25 @@ def command_stats(ports):
     return stats
 
 
+def redis_settings(settings):
+    """`NAME=VALUE` settings as redis-server arguments."""
+    args = []
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        args += [f"--{name}", value]
+    return args
+
+
+def start_redis(scratch, redis_config):
+    """A private, non-persisting redis-server on a free port: (process, port)."""
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--dir", scratch, *redis_config],
+                             stdout=subprocess.DEVNULL, start_new_session=True)
+    wait_port(port)
+    return redis, port
+
+
 def start_cluster(masters, scratch, procs, redis_config):
     """N cluster-enabled redis-servers joined into one cluster; their ports."""
     ports = []
@@ -172,10 +191,7 @@ def main():
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
 
-    redis_config = []
-    for setting in args.redis_config:
-        name, _, value = setting.partition("=")
-        redis_config += [f"--{name}", value]
+    redis_config = redis_settings(args.redis_config)
 
     try:
         cluster_env = {}
@@ -186,12 +202,8 @@ def main():
             redis_url = ",".join(f"redis://127.0.0.1:{p}" for p in redis_ports)
             cluster_env = {"REDIS_CLUSTER": "true"}
         else:
-            redis_port = free_port()
-            redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", scratch, *redis_config],
-                                     stdout=subprocess.DEVNULL, start_new_session=True)
+            redis, redis_port = start_redis(scratch, redis_config)
             procs.append(redis)
-            wait_port(redis_port)
             redis_ports = [redis_port]
             redis_url = f"redis://127.0.0.1:{redis_port}"
         prefix = f"bench{os.getpid()}"

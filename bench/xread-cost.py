@@ -10,19 +10,11 @@ every stream from ids that leave 0, 1, 4 or 16 entries to return.
 Needs redis-server and redis-cli on PATH.
 """
 import argparse
-import os
 import re
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fanout import redis_settings, start_redis
 
 
 def resp(*args):
@@ -45,25 +37,9 @@ def main():
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--redis-config", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
-    config = []
-    for setting in args.redis_config:
-        name, _, value = setting.partition("=")
-        config += [f"--{name}", value]
-    port = free_port()
     scratch = tempfile.mkdtemp(prefix="xread-cost-")
-    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", scratch, *config],
-                             stdout=subprocess.DEVNULL, start_new_session=True)
+    redis, port = start_redis(scratch, redis_settings(args.redis_config))
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    sys.exit("xread-cost: redis-server did not start")
-                time.sleep(0.05)
         keys = [f"y:room:r{i}:index" for i in range(args.streams)]
         fill = b"".join(resp("XADD", key, f"{e}-0", "m", "x" * 80)
                         for key in keys for e in range(1, args.entries + 1))
