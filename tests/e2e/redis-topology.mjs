@@ -31,17 +31,26 @@ export const MODES = ['standalone', 'tls', 'sentinel', 'cluster']
 const liveNodes = new Set()
 process.on('exit', () => { for (const n of liveNodes) { try { n.proc?.kill('SIGKILL') } catch {} } })
 
-/** A free TCP port on 127.0.0.1 (harness.mjs re-exports it). */
+/** Ports this process handed out: the kernel may offer a closed probe's port again. */
+const handedOut = new Set()
+
+/** A free TCP port on 127.0.0.1 (harness.mjs re-exports it), never one handed out before. */
 export async function freePort () {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = /** @type {net.AddressInfo} */ (srv.address())
-      srv.close(() => resolve(port))
+  for (;;) {
+    const port = await new Promise((resolve, reject) => {
+      const srv = net.createServer()
+      srv.unref()
+      srv.on('error', reject)
+      srv.listen(0, '127.0.0.1', () => {
+        const { port } = /** @type {net.AddressInfo} */ (srv.address())
+        srv.close(() => resolve(port))
+      })
     })
-  })
+    if (!handedOut.has(port)) {
+      handedOut.add(port)
+      return port
+    }
+  }
 }
 
 const tail = (file, lines = 30) => {
