@@ -248,6 +248,10 @@ pub struct LimitArgs {
     /// Bytes queued towards a client that stopped reading before it is cut off
     #[arg(long, env = "WS_MAX_SEND_QUEUE_BYTES", default_value_t = 64 << 20, value_parser = bytes)]
     pub ws_max_send_queue_bytes: usize,
+    /// Send clients their own messages back, as @y/redis does (y-websocket ignores them); off, a client gets its own only after 10 s without other messages, which keeps a lone client's connection alive
+    #[arg(long, env = "ECHO_OWN_MESSAGES", default_value_t = false, value_parser = boolean,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub echo_own_messages: bool,
     /// Longest room name (the raw path segment) in bytes
     #[arg(long, env = "MAX_ROOM_NAME_BYTES", default_value_t = 512, value_parser = positive)]
     pub max_room_name_bytes: usize,
@@ -497,6 +501,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Bytes queued towards one client before it counts as not reading and is cut off.
     pub max_send_queue_bytes: usize,
+    /// Clients get their own messages back.
+    pub echo_own_messages: bool,
     /// How long one `XREAD BLOCK` waits before the listener loops.
     pub redis_block: Duration,
     /// Least spacing of stream reads while the streams are busy (batches reads under load).
@@ -689,6 +695,7 @@ impl Settings {
             redis_prefix,
             max_frame_bytes: limits.ws_max_frame_bytes,
             max_send_queue_bytes: limits.ws_max_send_queue_bytes,
+            echo_own_messages: limits.echo_own_messages,
             redis_block: redis.redis_block_ms,
             redis_read_interval: redis.redis_read_interval_ms,
             redis_read_interval_max: redis

@@ -23,6 +23,7 @@ pub mod health;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod own_messages;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -379,6 +379,7 @@ pub async fn run(
             rechecks,
             open: open_sessions.clone(),
             max_send_queue_bytes: config.max_send_queue_bytes,
+            echo_own_messages: config.echo_own_messages,
         }),
         limiter: Arc::new(ConnectionLimiter::new(config.limits.clone())),
         max_room_name_bytes: config.max_room_name_bytes,

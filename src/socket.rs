@@ -15,6 +15,9 @@ use actix_rt::net::TcpStream;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use tokio::io::Interest;
+
+use crate::own_messages::{OwnMessages, ECHO_KEEPALIVE};
+use crate::streams::StreamEntry;
 use y_redis_protocol::websocket::{
     encode_close, encode_frame, encode_header, FrameError, FrameReader, Incoming, OPCODE_BINARY,
     OPCODE_PING, OPCODE_PONG,
@@ -330,6 +333,21 @@ pub struct Outlet {
     /// The session wants to hear of every delivery (it has updates in
     /// flight or held, which a delivery may settle).
     watching: Cell<bool>,
+    /// The client's own messages on their way through Redis, which
+    /// deliveries leave out.
+    own: RefCell<OwnMessages>,
+    /// When the client last got a data frame (see [`ECHO_KEEPALIVE`]).
+    last_data: Cell<Instant>,
+}
+
+/// What a delivery wrote.
+pub struct Delivered {
+    /// The session must act: it watches deliveries, or the socket did not
+    /// take everything (the session waits for it and cuts off a client
+    /// that stopped reading), or the connection is gone.
+    pub wake: bool,
+    pub frames: usize,
+    pub bytes: usize,
 }
 
 impl Outlet {
@@ -337,17 +355,48 @@ impl Outlet {
         Rc::new(Outlet {
             outgoing: RefCell::new(Outgoing::new(stream)),
             watching: Cell::new(false),
+            own: RefCell::default(),
+            last_data: Cell::new(Instant::now()),
         })
     }
 
-    /// Writes a delivery's frames. True when the session must act: it
-    /// watches deliveries, or the socket did not take everything (the
-    /// session waits for it and cuts off a client that stopped reading),
-    /// or the connection is gone.
-    pub fn deliver(&self, frames: &[Bytes]) -> bool {
+    /// Writes a delivery's frames, `frames[i]` carrying `entries[i]`
+    /// (frames past the entries are not from the stream), except the
+    /// client's own messages (see [`OwnMessages`]).
+    pub fn deliver(&self, frames: &[Bytes], entries: &[&StreamEntry], now: Instant) -> Delivered {
         let mut out = self.outgoing.borrow_mut();
-        out.frames(frames);
-        self.watching.get() || out.queued > 0 || out.failed
+        let mut own = self.own.borrow_mut();
+        let kept: Vec<Bytes>;
+        let frames = if own.is_empty() {
+            frames
+        } else {
+            let keepalive = now.saturating_duration_since(self.last_data.get()) >= ECHO_KEEPALIVE;
+            kept = frames
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| !entries.get(i).is_some_and(|e| own.take(e)) || keepalive)
+                .map(|(_, frame)| frame.clone())
+                .collect();
+            if let Some(last) = entries.last() {
+                own.forget_through(last.id);
+            }
+            &kept
+        };
+        if !frames.is_empty() {
+            out.frames(frames);
+            self.last_data.set(now);
+        }
+        Delivered {
+            wake: self.watching.get() || out.queued > 0 || out.failed,
+            frames: frames.len(),
+            bytes: frames.iter().map(Bytes::len).sum(),
+        }
+    }
+
+    /// The client's own messages on their way to Redis (see
+    /// [`OwnMessages::sending`]).
+    pub fn own(&self) -> std::cell::RefMut<'_, OwnMessages> {
+        self.own.borrow_mut()
     }
 
     pub fn is_watching(&self) -> bool {
@@ -418,5 +467,63 @@ fn shut(stream: &TcpStream, how: std::net::Shutdown) {
     use std::os::fd::AsFd;
     if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
         let _ = std::net::TcpStream::from(fd).shutdown(how);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ms: u64, message: &'static [u8]) -> StreamEntry {
+        let id = y_redis_protocol::StreamId { ms, seq: 0 };
+        let message = Bytes::from_static(message);
+        StreamEntry { id, message }
+    }
+
+    /// A socket pair: the outlet's end, and the client's end to read from.
+    async fn connected() -> (Rc<Outlet>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(address), listener.accept());
+        let server = server.expect("accept").0;
+        (Outlet::new(Rc::new(server)), client.expect("connect"))
+    }
+
+    async fn read_available(client: &mut tokio::net::TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = vec![0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut got))
+            .await
+            .expect("the frames arrive")
+            .expect("read");
+        got.truncate(n);
+        got
+    }
+
+    #[tokio::test]
+    async fn a_delivery_leaves_out_own_messages_until_the_client_has_heard_nothing_for_a_while() {
+        let (outlet, mut client) = connected().await;
+        let (mine, theirs) = (entry(1, b"mine"), entry(2, b"theirs"));
+        let frames = [binary_frame(&mine.message), binary_frame(&theirs.message)];
+        let start = Instant::now();
+        outlet.own().sending(std::slice::from_ref(&mine.message));
+        let delivered = outlet.deliver(&frames, &[&mine, &theirs], start);
+        assert_eq!((delivered.frames, delivered.bytes), (1, frames[1].len()));
+        assert_eq!(read_available(&mut client).await, frames[1].to_vec());
+
+        // Own messages go out when nothing went out for ECHO_KEEPALIVE.
+        let again = entry(3, b"mine again");
+        outlet.own().sending(std::slice::from_ref(&again.message));
+        let frames = [binary_frame(&again.message)];
+        let later = start + ECHO_KEEPALIVE;
+        assert_eq!(outlet.deliver(&frames, &[&again], later).frames, 1);
+        assert_eq!(read_available(&mut client).await, frames[0].to_vec());
+        assert!(
+            outlet.own().is_empty(),
+            "an own message sent anyway is forgotten"
+        );
     }
 }

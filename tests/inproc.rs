@@ -273,13 +273,22 @@ async fn every_client_gets_each_senders_updates_in_order() {
     for writer in &writers {
         everything.set_max(writer.client_id(), UPDATES);
     }
+    // Each client gets every other writer's updates; a writer has its own
+    // already and does not get them back (they keep coming from the others).
+    let others = |client: &Client| {
+        writers
+            .iter()
+            .filter(|w| w.client_id() != client.client_id())
+            .map(Client::client_id)
+            .collect::<Vec<_>>()
+    };
     for client in writers.iter().chain(&readers) {
         client.wait_for_state(&everything).await;
-        // A writer has its own edits already: wait for their echoes too.
+        let senders = others(client);
         client
             .wait_until("every update received", |c| {
-                writers.iter().all(|w| {
-                    let ranges = c.ranges_from(w.client_id());
+                senders.iter().all(|&w| {
+                    let ranges = c.ranges_from(w);
                     ranges.iter().map(|r| r.end).max() == Some(UPDATES)
                 })
             })
@@ -287,29 +296,76 @@ async fn every_client_gets_each_senders_updates_in_order() {
     }
     let text = readers[0].text();
     assert_eq!(text.len(), UPDATES as usize * writers.len());
+    for writer in &writers {
+        assert_eq!(
+            writer.ranges_from(writer.client_id()),
+            [],
+            "a writer's own updates are not sent back to it"
+        );
+    }
     for (n, client) in writers.iter().chain(&readers).enumerate() {
         assert_eq!(client.text(), text, "client {n} ends equal");
-        for writer in &writers {
-            let ranges = client.ranges_from(writer.client_id());
+        for writer in others(client) {
+            let ranges = client.ranges_from(writer);
             let mut next = 0;
             for range in &ranges {
                 assert_eq!(
-                    range.start,
-                    next,
-                    "client {n}: {:?}'s updates out of order or repeated: {ranges:?}",
-                    writer.client_id()
+                    range.start, next,
+                    "client {n}: {writer:?}'s updates out of order or repeated: {ranges:?}"
                 );
                 next = range.end;
             }
-            assert_eq!(
-                next,
-                UPDATES,
-                "client {n} got all of {:?}",
-                writer.client_id()
-            );
+            assert_eq!(next, UPDATES, "client {n} got all of {writer:?}");
         }
     }
     drop(servers);
+}
+
+#[actix_rt::test]
+async fn own_messages_come_back_only_with_echo_on_or_after_ten_quiet_seconds() {
+    let prefix = inproc::prefix();
+    let start = |echo: &str| {
+        let pairs = [
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("ECHO_OWN_MESSAGES", echo),
+        ];
+        inproc::start_server(inproc::config(&pairs), Arc::new(MemoryStorage::default()))
+    };
+    let (server, echoing) = (start("false"), start("true"));
+    let own = |c: &Client| c.ranges_from(c.client_id()).len();
+    let synced = |c: &Client| c.state.lock().unwrap().synced;
+
+    // ECHO_OWN_MESSAGES=true: as from @y/redis.
+    let echoed = Client::connect(echoing.addr, "echoed").await;
+    echoed.wait_until("the initial sync", synced).await;
+    echoed.insert("a").await;
+    echoed
+        .wait_until("its own update back", |c| own(c) == 1)
+        .await;
+
+    // By default a client's own update is left out: the next client's
+    // update, stored after it, arrives without it.
+    let lone = Client::connect(server.addr, "lone").await;
+    lone.wait_until("the initial sync", synced).await;
+    for _ in 0..10 {
+        lone.insert("a").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = Client::connect(server.addr, "lone").await;
+    other.wait_until("the initial sync", synced).await;
+    other.insert("b").await;
+    lone.wait_until("the other client's update", |c| c.text().len() == 11)
+        .await;
+    assert_eq!(own(&lone), 0, "its own updates were sent back");
+    drop(other);
+
+    // After ten seconds without a message (y-websocket gives up after 30),
+    // its own message comes back: a client alone stays connected.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    lone.insert("c").await;
+    lone.wait_until("its own update after a quiet spell", |c| own(c) == 1)
+        .await;
+    drop((server, echoing));
 }
 
 /// The text of the document `storage` holds for `room` (its pieces merged).

@@ -3,10 +3,12 @@
 //! call), from a task of their own that outlives the session: an edit a
 //! client sent just before its connection ended is still stored, as it is
 //! by @y/redis. A failed call tells the session to close (the client keeps
-//! its edits and sends them again after reconnecting).
+//! its edits and sends them again after reconnecting). The messages, and
+//! the ids Redis gave them, go to the session's socket too, whose
+//! deliveries leave them out (`own_messages`).
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use actix::Recipient;
@@ -14,6 +16,7 @@ use bytes::Bytes;
 
 use super::messages::{ConnId, ToSession, CLOSE_TRY_AGAIN_LATER};
 use crate::metrics;
+use crate::socket::Outlet;
 use crate::streams::RedisStreams;
 
 #[derive(Default)]
@@ -32,6 +35,10 @@ pub struct Destination {
     pub room: Arc<str>,
     pub conn: ConnId,
     pub session: Recipient<ToSession>,
+    /// The session's socket, told the ids of its stored messages so that
+    /// deliveries leave them out; None where clients get their own
+    /// messages back (`ECHO_OWN_MESSAGES`).
+    pub outlet: Option<Weak<Outlet>>,
 }
 
 /// Cheap to hold while idle: one shared, empty queue.
@@ -70,9 +77,14 @@ async fn send(queue: Rc<RefCell<Queue>>, to: Destination) {
             }
             std::mem::take(&mut queue.messages)
         };
+        let outlet = || to.outlet.as_ref().and_then(Weak::upgrade);
+        let first = outlet().map(|outlet| outlet.own().sending(&batch));
         let result = to.redis.add_messages(&to.stream_key, &batch).await;
         let mut queue = queue.borrow_mut();
         queue.bytes -= batch.iter().map(Bytes::len).sum::<usize>();
+        if let (Ok(ids), Some(first), Some(outlet)) = (&result, first, outlet()) {
+            outlet.own().stored(first, ids);
+        }
         if let Err(e) = result {
             metrics::ERRORS.inc();
             tracing::error!(room = %to.room, conn = to.conn, error = %e, "could not publish messages");

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -257,33 +257,31 @@ impl Room {
 
     /// Writes `entries` to every synced member past its own position.
     fn deliver(&mut self, entries: &[StreamEntry]) {
-        // Each message becomes a websocket frame once, for every member;
-        // with its id and the message bytes from it on (for the metrics).
+        // Each message becomes a websocket frame once, for every member.
         let mut frames = Vec::with_capacity(entries.len());
-        let mut ids_and_bytes_from: Vec<(StreamId, usize)> = Vec::with_capacity(entries.len());
+        let mut sent = Vec::with_capacity(entries.len());
         for entry in entries.iter().filter(|e| !e.message.is_empty()) {
             frames.push(binary_frame(&entry.message));
-            ids_and_bytes_from.push((entry.id, entry.message.len()));
+            sent.push(entry);
         }
-        let Some(&(last, _)) = ids_and_bytes_from.last() else {
+        let Some(last) = sent.last().map(|e| e.id) else {
             return;
         };
-        for i in (1..ids_and_bytes_from.len()).rev() {
-            ids_and_bytes_from[i - 1].1 += ids_and_bytes_from[i].1;
-        }
+        let now = Instant::now();
         let (mut messages_out, mut bytes_out) = (0, 0);
         for member in self.members.values_mut() {
             let Some(through) = member.synced_through else {
                 continue;
             };
-            let start = ids_and_bytes_from.partition_point(|(id, _)| *id <= through);
-            let Some(&(_, bytes)) = ids_and_bytes_from.get(start) else {
+            let start = sent.partition_point(|e| e.id <= through);
+            if start == sent.len() {
                 continue;
-            };
+            }
             member.synced_through = Some(last);
-            messages_out += frames.len() - start;
-            bytes_out += bytes;
-            if member.outlet.deliver(&frames[start..]) {
+            let delivered = member.outlet.deliver(&frames[start..], &sent[start..], now);
+            messages_out += delivered.frames;
+            bytes_out += delivered.bytes;
+            if delivered.wake {
                 member.session.do_send(ToSession::Delivered);
             }
         }
@@ -478,9 +476,11 @@ impl Handler<Loaded> for Room {
             let step2 = diffs.get(&conn).unwrap_or(&full);
             let mut frames = vec![step1.clone(), step2.clone()];
             frames.extend(awareness.clone());
-            metrics::MESSAGES_OUT.inc_by(frames.len() as u64);
-            metrics::BYTES_OUT.inc_by(frames.iter().map(|f| f.len() as u64).sum());
-            member.outlet.deliver(&frames);
+            let delivered = member.outlet.deliver(&frames, &[], Instant::now());
+            // The load covered what the client had stored through it.
+            member.outlet.own().forget_through(doc.last_id);
+            metrics::MESSAGES_OUT.inc_by(delivered.frames as u64);
+            metrics::BYTES_OUT.inc_by(delivered.bytes as u64);
             member.session.do_send(ToSession::Synced);
         }
         {

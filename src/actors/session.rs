@@ -66,6 +66,8 @@ pub struct SessionContext {
     pub open: Arc<std::sync::atomic::AtomicUsize>,
     /// Backlog of a client that stopped reading before it is cut off.
     pub max_send_queue_bytes: usize,
+    /// Clients get their own messages back, as from @y/redis.
+    pub echo_own_messages: bool,
 }
 
 pub struct SessionParams {
@@ -618,6 +620,7 @@ impl WsSession {
             room: self.room.clone(),
             conn: self.conn,
             session: ctx.address().recipient(),
+            outlet: (!self.context.echo_own_messages).then(|| Rc::downgrade(&self.out)),
         }
     }
 

@@ -177,10 +177,11 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
   redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
   redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
 end
+local ids = {}
 for i = 1, #ARGV do
-  redis.call("XADD", KEYS[1], "*", "m", ARGV[i])
+  ids[i] = redis.call("XADD", KEYS[1], "*", "m", ARGV[i])
 end
-return #ARGV
+return ids
 "#;
 
 /// `XADD key NOMKSTREAM * m message`: appends only to an existing stream
@@ -503,11 +504,14 @@ impl RedisStreams {
     /// instead (see `send_publish_queue`). Several messages
     /// go as one script call. A session has one call in flight at a time,
     /// so its order holds either way.
+    ///
+    /// Answers the ids Redis gave the messages, in order (an id it answered
+    /// in some other form is left out).
     pub async fn add_messages(
         &self,
         stream_key: &str,
         messages: &[Bytes],
-    ) -> Result<(), RedisError> {
+    ) -> Result<Vec<StreamId>, RedisError> {
         let _timer = CommandTimer::start();
         let worker = self.fixed.keys.worker_stream_of(stream_key);
         // The rare paths (a cluster, repairs) are boxed: their futures are
@@ -521,6 +525,7 @@ impl RedisStreams {
             })
             .await;
         }
+        let mut ids = Vec::with_capacity(messages.len());
         for batch in messages.chunks(PUBLISH_BATCH) {
             let mut repairs = 0;
             loop {
@@ -537,7 +542,10 @@ impl RedisStreams {
                             io::Error::other("redis stored nothing: the room stream was missing");
                         return Err(RedisError::Command(lost.into()));
                     }
-                    _ => break,
+                    added => {
+                        ids.extend(added_ids(added));
+                        break;
+                    }
                 };
                 // A missing script or queue: repair, then send the batch again.
                 repairs += 1;
@@ -561,7 +569,7 @@ impl RedisStreams {
                 }
             }
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// One `EVALSHA` of [`ADD_MESSAGES_LUA`] for `messages`.
@@ -709,7 +717,8 @@ impl RedisStreams {
         stream_key: &str,
         worker: &str,
         messages: &[Bytes],
-    ) -> Result<(), RedisError> {
+    ) -> Result<Vec<StreamId>, RedisError> {
+        let mut ids = Vec::with_capacity(messages.len());
         for batch in messages.chunks(PUBLISH_BATCH) {
             let mut repaired = false;
             loop {
@@ -720,7 +729,10 @@ impl RedisStreams {
                 }
                 let added = call.invoke_async::<Value>(conn).await;
                 match added {
-                    Ok(_) => break,
+                    Ok(added) => {
+                        ids.extend(added_ids(added));
+                        break;
+                    }
                     Err(e) if !repaired && e.code() == Some("NOGROUP") => {
                         repaired = true;
                         self.ensure_queue(worker).await?;
@@ -732,7 +744,7 @@ impl RedisStreams {
                 }
             }
         }
-        Ok(())
+        Ok(ids)
     }
 
     /// The whole room stream, oldest first.
@@ -1097,6 +1109,20 @@ pub async fn read_streams_blocking(
             Ok((key, entries))
         })
         .collect()
+}
+
+/// The ids in an `XADD` reply (one id) or an [`ADD_MESSAGES_LUA`] reply
+/// (an array of them).
+fn added_ids(reply: Value) -> Vec<StreamId> {
+    let parse = |value: Value| match value {
+        Value::BulkString(id) => std::str::from_utf8(&id).ok()?.parse().ok(),
+        Value::SimpleString(id) => id.parse().ok(),
+        _ => None,
+    };
+    match reply {
+        Value::Array(ids) => ids.into_iter().filter_map(parse).collect(),
+        one => parse(one).into_iter().collect(),
+    }
 }
 
 fn malformed(key: &str, id: &str, reason: String) -> RedisError {
