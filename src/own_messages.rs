@@ -7,8 +7,9 @@
 //! @y/redis does.
 //!
 //! A delivered entry is recognised as the client's own by its bytes, not
-//! only by its id: the listener may read an entry before the session hears
-//! from its `XADD` which id Redis gave it. Bytes equal to a message the
+//! by its id: the listener may read an entry before the session hears from
+//! its `XADD` which id Redis gave it (that id then only bounds the search,
+//! and lets a later delivery forget a message it passed by). Bytes equal to a message the
 //! client sent are safe to leave out whoever sent them: the client has
 //! that content already.
 
@@ -42,8 +43,8 @@ pub struct OwnMessages {
 struct Pending {
     seq: u64,
     message: Bytes,
-    /// Known once Redis answered the `XADD`.
-    id: Option<StreamId>,
+    /// Its id is at most this; known once Redis answered the `XADD`.
+    stored_through: Option<StreamId>,
 }
 
 impl OwnMessages {
@@ -59,7 +60,7 @@ impl OwnMessages {
             self.pending.push_back(Pending {
                 seq: self.next_seq,
                 message: message.clone(),
-                id: None,
+                stored_through: None,
             });
             self.next_seq += 1;
         }
@@ -68,15 +69,13 @@ impl OwnMessages {
         first
     }
 
-    /// Redis stored the messages numbered from `first` on under `ids`.
-    pub fn stored(&mut self, first: u64, ids: &[StreamId]) {
+    /// Redis stored the `count` messages numbered from `first` on, the
+    /// last of them under `last`.
+    pub fn stored(&mut self, first: u64, count: usize, last: StreamId) {
+        let numbers = first..first.saturating_add(count as u64);
         for pending in &mut self.pending {
-            let index = pending
-                .seq
-                .checked_sub(first)
-                .and_then(|i| usize::try_from(i).ok());
-            if let Some(&id) = index.and_then(|i| ids.get(i)) {
-                pending.id = Some(id);
+            if numbers.contains(&pending.seq) {
+                pending.stored_through = Some(last);
             }
         }
     }
@@ -84,10 +83,9 @@ impl OwnMessages {
     /// Whether `entry` is one of the client's own messages. Forgets it, and
     /// any sent before it: stored earlier, they will not come any more.
     pub fn take(&mut self, entry: &StreamEntry) -> bool {
-        let found = self
-            .pending
-            .iter()
-            .position(|p| p.id.is_none_or(|id| id == entry.id) && p.message == entry.message);
+        let found = self.pending.iter().position(|p| {
+            p.stored_through.is_none_or(|last| entry.id <= last) && p.message == entry.message
+        });
         match found {
             Some(at) => {
                 self.pending.drain(..=at);
@@ -100,7 +98,8 @@ impl OwnMessages {
     /// Forgets messages stored at or before `id`: a delivery passed them
     /// by (the session joined later than it sent them, say).
     pub fn forget_through(&mut self, id: StreamId) {
-        self.pending.retain(|p| p.id.is_none_or(|own| own > id));
+        self.pending
+            .retain(|p| p.stored_through.is_none_or(|last| last > id));
         if self.pending.is_empty() {
             // An idle connection keeps no buffer.
             self.pending = VecDeque::new();
@@ -131,8 +130,8 @@ mod tests {
         // Read back before the XADD answered.
         assert!(own.take(&entry(2, b"a")));
         assert!(!own.take(&entry(2, b"a")), "recognised once");
-        own.stored(first, &[id(2), id(3)]);
-        // Once the id is known, equal bytes under another id are not it.
+        own.stored(first, 2, id(3));
+        // Once the id is known, equal bytes stored later are not it.
         assert!(!own.take(&entry(4, b"b")));
         assert!(own.take(&entry(3, b"b")));
         assert!(own.is_empty());
@@ -149,8 +148,9 @@ mod tests {
     #[test]
     fn a_delivery_past_a_stored_message_forgets_it() {
         let mut own = OwnMessages::default();
-        let first = own.sending(&[Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
-        own.stored(first, &[id(5)]);
+        let first = own.sending(&[Bytes::from_static(b"a")]);
+        own.sending(&[Bytes::from_static(b"b")]);
+        own.stored(first, 1, id(5));
         own.forget_through(id(6));
         // "b" has no id yet: it stays.
         assert!(!own.is_empty());

@@ -366,22 +366,23 @@ impl Outlet {
     pub fn deliver(&self, frames: &[Bytes], entries: &[&StreamEntry], now: Instant) -> Delivered {
         let mut out = self.outgoing.borrow_mut();
         let mut own = self.own.borrow_mut();
-        let kept: Vec<Bytes>;
-        let frames = if own.is_empty() {
-            frames
-        } else {
+        // A copy of the list only once a frame is left out after others.
+        let mut kept: Option<Vec<Bytes>> = None;
+        if !own.is_empty() {
             let keepalive = now.saturating_duration_since(self.last_data.get()) >= ECHO_KEEPALIVE;
-            kept = frames
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| !entries.get(i).is_some_and(|e| own.take(e)) || keepalive)
-                .map(|(_, frame)| frame.clone())
-                .collect();
+            for (i, frame) in frames.iter().enumerate() {
+                let skip = entries.get(i).is_some_and(|e| own.take(e)) && !keepalive;
+                match (&mut kept, skip) {
+                    (None, true) => kept = Some(frames[..i].to_vec()),
+                    (Some(kept), false) => kept.push(frame.clone()),
+                    _ => {}
+                }
+            }
             if let Some(last) = entries.last() {
                 own.forget_through(last.id);
             }
-            &kept
-        };
+        }
+        let frames = kept.as_deref().unwrap_or(frames);
         if !frames.is_empty() {
             out.frames(frames);
             self.last_data.set(now);
@@ -525,5 +526,12 @@ mod tests {
             outlet.own().is_empty(),
             "an own message sent anyway is forgotten"
         );
+
+        // Left out after a frame that goes.
+        let (theirs, mine) = (entry(4, b"theirs again"), entry(5, b"mine once more"));
+        outlet.own().sending(std::slice::from_ref(&mine.message));
+        let frames = [binary_frame(&theirs.message), binary_frame(&mine.message)];
+        assert_eq!(outlet.deliver(&frames, &[&theirs, &mine], later).frames, 1);
+        assert_eq!(read_available(&mut client).await, frames[0].to_vec());
     }
 }

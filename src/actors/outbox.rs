@@ -4,8 +4,8 @@
 //! client sent just before its connection ended is still stored, as it is
 //! by @y/redis. A failed call tells the session to close (the client keeps
 //! its edits and sends them again after reconnecting). The messages, and
-//! the ids Redis gave them, go to the session's socket too, whose
-//! deliveries leave them out (`own_messages`).
+//! the id Redis gave the last of them, go to the session's socket too,
+//! whose deliveries leave them out (`own_messages`).
 
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
@@ -35,7 +35,7 @@ pub struct Destination {
     pub room: Arc<str>,
     pub conn: ConnId,
     pub session: Recipient<ToSession>,
-    /// The session's socket, told the ids of its stored messages so that
+    /// The session's socket, told of its messages and their ids so that
     /// deliveries leave them out; None where clients get their own
     /// messages back (`ECHO_OWN_MESSAGES`).
     pub outlet: Option<Weak<Outlet>>,
@@ -82,8 +82,8 @@ async fn send(queue: Rc<RefCell<Queue>>, to: Destination) {
         let result = to.redis.add_messages(&to.stream_key, &batch).await;
         let mut queue = queue.borrow_mut();
         queue.bytes -= batch.iter().map(Bytes::len).sum::<usize>();
-        if let (Ok(ids), Some(first), Some(outlet)) = (&result, first, outlet()) {
-            outlet.own().stored(first, ids);
+        if let (Ok(Some(last)), Some(first), Some(outlet)) = (&result, first, outlet()) {
+            outlet.own().stored(first, batch.len(), *last);
         }
         if let Err(e) = result {
             metrics::ERRORS.inc();

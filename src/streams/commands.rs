@@ -177,11 +177,11 @@ if redis.call("EXISTS", KEYS[1]) == 0 then
   redis.call("XADD", KEYS[2], "*", "compact", KEYS[1])
   redis.call("XREADGROUP", "GROUP", KEYS[2], "pending", "STREAMS", KEYS[2], ">")
 end
-local ids = {}
+local last
 for i = 1, #ARGV do
-  ids[i] = redis.call("XADD", KEYS[1], "*", "m", ARGV[i])
+  last = redis.call("XADD", KEYS[1], "*", "m", ARGV[i])
 end
-return ids
+return last
 "#;
 
 /// `XADD key NOMKSTREAM * m message`: appends only to an existing stream
@@ -505,13 +505,13 @@ impl RedisStreams {
     /// go as one script call. A session has one call in flight at a time,
     /// so its order holds either way.
     ///
-    /// Answers the ids Redis gave the messages, in order (an id it answered
-    /// in some other form is left out).
+    /// Answers the id Redis gave the last message (the others have lower
+    /// ones), unless it answered in some other form.
     pub async fn add_messages(
         &self,
         stream_key: &str,
         messages: &[Bytes],
-    ) -> Result<Vec<StreamId>, RedisError> {
+    ) -> Result<Option<StreamId>, RedisError> {
         let _timer = CommandTimer::start();
         let worker = self.fixed.keys.worker_stream_of(stream_key);
         // The rare paths (a cluster, repairs) are boxed: their futures are
@@ -525,7 +525,7 @@ impl RedisStreams {
             })
             .await;
         }
-        let mut ids = Vec::with_capacity(messages.len());
+        let mut last = None;
         for batch in messages.chunks(PUBLISH_BATCH) {
             let mut repairs = 0;
             loop {
@@ -543,7 +543,7 @@ impl RedisStreams {
                         return Err(RedisError::Command(lost.into()));
                     }
                     added => {
-                        ids.extend(added_ids(added));
+                        last = added_id(added);
                         break;
                     }
                 };
@@ -569,7 +569,7 @@ impl RedisStreams {
                 }
             }
         }
-        Ok(ids)
+        Ok(last)
     }
 
     /// One `EVALSHA` of [`ADD_MESSAGES_LUA`] for `messages`.
@@ -717,8 +717,8 @@ impl RedisStreams {
         stream_key: &str,
         worker: &str,
         messages: &[Bytes],
-    ) -> Result<Vec<StreamId>, RedisError> {
-        let mut ids = Vec::with_capacity(messages.len());
+    ) -> Result<Option<StreamId>, RedisError> {
+        let mut last = None;
         for batch in messages.chunks(PUBLISH_BATCH) {
             let mut repaired = false;
             loop {
@@ -730,7 +730,7 @@ impl RedisStreams {
                 let added = call.invoke_async::<Value>(conn).await;
                 match added {
                     Ok(added) => {
-                        ids.extend(added_ids(added));
+                        last = added_id(added);
                         break;
                     }
                     Err(e) if !repaired && e.code() == Some("NOGROUP") => {
@@ -744,7 +744,7 @@ impl RedisStreams {
                 }
             }
         }
-        Ok(ids)
+        Ok(last)
     }
 
     /// The whole room stream, oldest first.
@@ -1111,17 +1111,13 @@ pub async fn read_streams_blocking(
         .collect()
 }
 
-/// The ids in an `XADD` reply (one id) or an [`ADD_MESSAGES_LUA`] reply
-/// (an array of them).
-fn added_ids(reply: Value) -> Vec<StreamId> {
-    let parse = |value: Value| match value {
+/// The id in an `XADD` reply, or in an [`ADD_MESSAGES_LUA`] reply (its
+/// last message's).
+fn added_id(reply: Value) -> Option<StreamId> {
+    match reply {
         Value::BulkString(id) => std::str::from_utf8(&id).ok()?.parse().ok(),
         Value::SimpleString(id) => id.parse().ok(),
         _ => None,
-    };
-    match reply {
-        Value::Array(ids) => ids.into_iter().filter_map(parse).collect(),
-        one => parse(one).into_iter().collect(),
     }
 }
 
@@ -1184,6 +1180,15 @@ fn parse_entries(key: &str, reply: Value) -> Result<Vec<StreamEntry>, RedisError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_added_id_is_read_from_a_bulk_or_simple_string() {
+        let id = StreamId { ms: 6, seq: 1 };
+        assert_eq!(added_id(Value::BulkString(b"6-1".to_vec())), Some(id));
+        assert_eq!(added_id(Value::SimpleString("6-1".into())), Some(id));
+        // What the script answered before it answered the last id.
+        assert_eq!(added_id(Value::Int(2)), None);
+    }
 
     #[test]
     fn a_stream_read_names_every_key_then_every_id() {
