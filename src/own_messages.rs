@@ -9,9 +9,9 @@
 //! A delivered entry is recognised as the client's own by its bytes, not
 //! by its id: the listener may read an entry before the session hears from
 //! its `XADD` which id Redis gave it (that id then only bounds the search,
-//! and lets a later delivery forget a message it passed by). Bytes equal to a message the
-//! client sent are safe to leave out whoever sent them: the client has
-//! that content already.
+//! and lets a later delivery forget a message it passed by). Bytes equal
+//! to a message the client sent are safe to leave out whoever sent them:
+//! the client has that content already.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,10 +26,11 @@ use crate::streams::{StreamEntry, StreamId};
 /// echo of its own awareness renewal (every 15 s).
 pub const ECHO_KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// Messages kept at most: about two seconds of a client publishing at the
-/// default rate limit while its deliveries lag; one forgotten is only an
-/// echo sent.
+/// Messages, and their bytes, kept at most: about two seconds of a client
+/// publishing at the default rate limits while its deliveries lag (or
+/// stall: it is not synced yet); one forgotten is only an echo sent.
 const MAX_PENDING: usize = 1024;
+const MAX_PENDING_BYTES: usize = 16 << 20;
 
 /// A client's messages sent to Redis and not yet seen in a delivery,
 /// oldest first (a session's messages are stored in the order it sends
@@ -37,6 +38,8 @@ const MAX_PENDING: usize = 1024;
 #[derive(Default)]
 pub struct OwnMessages {
     pending: VecDeque<Pending>,
+    /// The pending messages' bytes.
+    bytes: usize,
     next_seq: u64,
 }
 
@@ -63,10 +66,18 @@ impl OwnMessages {
                 stored_through: None,
             });
             self.next_seq += 1;
+            self.bytes += message.len();
         }
-        let over = self.pending.len().saturating_sub(MAX_PENDING);
-        self.pending.drain(..over);
+        while self.pending.len() > MAX_PENDING || self.bytes > MAX_PENDING_BYTES {
+            self.forget_oldest(1);
+        }
         first
+    }
+
+    fn forget_oldest(&mut self, count: usize) {
+        for gone in self.pending.drain(..count) {
+            self.bytes -= gone.message.len();
+        }
     }
 
     /// Redis stored the `count` messages numbered from `first` on, the
@@ -88,7 +99,7 @@ impl OwnMessages {
         });
         match found {
             Some(at) => {
-                self.pending.drain(..=at);
+                self.forget_oldest(at + 1);
                 true
             }
             None => false,
@@ -100,6 +111,7 @@ impl OwnMessages {
     pub fn forget_through(&mut self, id: StreamId) {
         self.pending
             .retain(|p| p.stored_through.is_none_or(|last| last > id));
+        self.bytes = self.pending.iter().map(|p| p.message.len()).sum();
         if self.pending.is_empty() {
             // An idle connection keeps no buffer.
             self.pending = VecDeque::new();
@@ -168,5 +180,13 @@ mod tests {
         assert_eq!(own.pending.len(), MAX_PENDING);
         assert!(!own.take(&entry(1, b"9")), "the oldest went first");
         assert!(own.take(&entry(1, b"10")));
+
+        let mut own = OwnMessages::default();
+        let big = Bytes::from(vec![7; MAX_PENDING_BYTES / 2]);
+        own.sending(&[big.clone(), big.clone(), Bytes::from_static(b"small")]);
+        assert_eq!(own.pending.len(), 2, "the first big one went");
+        assert_eq!(own.bytes, big.len() + 5);
+        assert!(own.take(&entry(1, b"small")));
+        assert_eq!(own.bytes, 0);
     }
 }

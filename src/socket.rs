@@ -15,13 +15,13 @@ use actix_rt::net::TcpStream;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream};
 use tokio::io::Interest;
-
-use crate::own_messages::{OwnMessages, ECHO_KEEPALIVE};
-use crate::streams::StreamEntry;
 use y_redis_protocol::websocket::{
     encode_close, encode_frame, encode_header, FrameError, FrameReader, Incoming, OPCODE_BINARY,
     OPCODE_PING, OPCODE_PONG,
 };
+
+use crate::own_messages::{OwnMessages, ECHO_KEEPALIVE};
+use crate::streams::StreamEntry;
 
 /// Bytes read per system call, into the thread's buffer.
 const READ_CHUNK: usize = 64 * 1024;
