@@ -1158,7 +1158,7 @@ mod tests {
         ] {
             assert!(vars.iter().any(|v| v == var), "{var}");
         }
-        assert_eq!(vars.len(), 61);
+        assert_eq!(vars.len(), 62);
     }
 
     #[test]
