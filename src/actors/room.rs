@@ -460,6 +460,15 @@ impl Handler<Loaded> for Room {
                     .map(|d| (*conn, binary_frame(&encode_sync_step2(d))))
             })
             .collect();
+        // Updates the document could not take yet go as they are: yjs
+        // holds them until what they build on arrives. Left out, they would
+        // never come: the sync covers the stream through `last_id`.
+        let waiting: Vec<Bytes> = doc
+            .waiting
+            .iter()
+            .filter_map(|id| entries.binary_search_by_key(id, |e| e.id).ok())
+            .map(|at| binary_frame(&entries[at].message))
+            .collect();
         let awareness = self
             .view
             .borrow()
@@ -475,6 +484,7 @@ impl Handler<Loaded> for Room {
             synced.push(conn);
             let step2 = diffs.get(&conn).unwrap_or(&full);
             let mut frames = vec![step1.clone(), step2.clone()];
+            frames.extend_from_slice(&waiting);
             frames.extend(awareness.clone());
             let delivered = member.outlet.deliver(&frames, &[], Instant::now());
             // The load covered what the client had stored through it.

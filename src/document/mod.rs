@@ -62,6 +62,11 @@ pub struct AssembledDoc {
     pub references: Vec<Reference>,
     /// Whether the stream added anything to what storage held.
     pub changed_by_stream: bool,
+    /// Stream updates left out because they build on something the
+    /// document lacks (yet: it may still come), in stream order. Clients
+    /// syncing get them as they are (yjs holds them until it can apply
+    /// them), and the worker keeps them in the stream.
+    pub waiting: Vec<StreamId>,
 }
 
 /// Stream updates that crashed the engine, per room stream, so the
@@ -164,11 +169,11 @@ impl Documents {
             .collect();
         let mut skip = self.quarantine.known(key);
         loop {
-            let updates: Vec<&[u8]> = candidates
+            let live: Vec<&Candidate> = candidates
                 .iter()
                 .filter(|c| !skip.contains(&c.id))
-                .map(|c| c.update)
                 .collect();
+            let updates: Vec<&[u8]> = live.iter().map(|c| c.update).collect();
             let request = AssembleRequest {
                 pieces: pieces.clone(),
                 updates,
@@ -178,9 +183,15 @@ impl Documents {
             match self.pool.run(request.encode()).await {
                 Ok(Ok(doc)) => {
                     if !doc.refused.is_empty() || !doc.held.is_empty() {
-                        tracing::warn!(stream = key, refused = doc.refused.len(), held = doc.held.len(), "stream updates left out: refused, or waiting for dependencies that never came");
+                        tracing::warn!(stream = key, refused = doc.refused.len(), waiting = doc.held.len(), "stream updates left out of the document: refused, or waiting for what they build on");
                     }
-                    return Ok(finish(doc, entries, stored));
+                    let mut waiting: Vec<StreamId> = doc
+                        .held
+                        .iter()
+                        .filter_map(|&i| live.get(i as usize).map(|c| c.id))
+                        .collect();
+                    waiting.sort_unstable();
+                    return Ok(finish(doc, entries, stored, waiting));
                 }
                 Ok(Err(EngineError::CorruptStored(reason))) => {
                     return Err(LoadError::CorruptStored(reason))
@@ -189,7 +200,7 @@ impl Documents {
                 Err(e) if e.blames_input() => {
                     metrics::ENGINE_CRASHES.inc();
                     tracing::error!(stream = key, error = %e, "the document engine failed on this room; searching for the update to blame");
-                    let bad = self.find_crashing(&pieces, &candidates, &skip).await?;
+                    let bad = self.find_crashing(&pieces, &live).await?;
                     if skip.len() >= MAX_CRASHING_UPDATES {
                         return Err(LoadError::Quarantined(format!(
                             "more than {MAX_CRASHING_UPDATES} updates crash the document engine"
@@ -227,13 +238,8 @@ impl Documents {
     async fn find_crashing(
         &self,
         pieces: &[&[u8]],
-        candidates: &[Candidate<'_>],
-        skip: &HashSet<StreamId>,
+        live: &[&Candidate<'_>],
     ) -> Result<StreamId, LoadError> {
-        let live: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| !skip.contains(&c.id))
-            .collect();
         if !self.survives(pieces, Vec::new()).await? {
             return Err(LoadError::Quarantined(
                 "the stored document crashes the document engine".into(),
@@ -259,7 +265,12 @@ impl Documents {
     }
 }
 
-fn finish(doc: Assembled, entries: &[StreamEntry], stored: Option<&StoredDoc>) -> AssembledDoc {
+fn finish(
+    doc: Assembled,
+    entries: &[StreamEntry],
+    stored: Option<&StoredDoc>,
+    waiting: Vec<StreamId>,
+) -> AssembledDoc {
     AssembledDoc {
         update_v1: doc.update_v1,
         state_vector: doc.state_vector,
@@ -268,5 +279,6 @@ fn finish(doc: Assembled, entries: &[StreamEntry], stored: Option<&StoredDoc>) -
         last_id: entries.last().map_or(StreamId::ZERO, |e| e.id),
         references: stored.map_or_else(Vec::new, |s| s.references.clone()),
         changed_by_stream: doc.changed,
+        waiting,
     }
 }
