@@ -893,23 +893,21 @@ impl RedisStreams {
         Ok(deleted == 1)
     }
 
-    /// After persisting up to `last_ms`: trims entries older than
-    /// `last_ms - lifetime` and replaces the task by a fresh one (claimed by
+    /// After persisting: trims the entries from before `trim_before_ms`
+    /// (a stream id time) and replaces the task by a fresh one (claimed by
     /// `pending`, so it waits out the debounce), atomically. See `FINISH_COMPACTION_LUA`.
     pub async fn finish_compaction(
         &self,
         task: &Task,
-        last_ms: u64,
-        lifetime: Duration,
+        trim_before_ms: u64,
     ) -> Result<(), RedisError> {
         let mut conn = self.conn().await?;
-        let min_id = last_ms.saturating_sub(lifetime.as_millis() as u64);
         self.fixed
             .finish_compaction
             .key(&task.stream_key)
             .key(&task.queue)
             .arg(task.id.to_string())
-            .arg(min_id)
+            .arg(trim_before_ms)
             .invoke_async::<()>(&mut conn)
             .await?;
         Ok(())

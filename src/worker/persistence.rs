@@ -26,6 +26,9 @@ fn room_lock_ttl(debounce: Duration) -> Duration {
     debounce.clamp(Duration::from_secs(3), Duration::from_secs(30))
 }
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a stream update waiting for what it builds on (lost in a
+/// failover, say, until a client that has it sends it again) is kept.
+const WAITING_UPDATES_KEPT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Error)]
 pub enum WorkerError {
@@ -313,9 +316,25 @@ impl Round {
             );
         }
         let last_ms = doc.last_id.ms.max(task.id.ms);
-        self.redis
-            .finish_compaction(task, last_ms, self.config.min_message_lifetime)
-            .await?;
+        let mut trim_before =
+            last_ms.saturating_sub(self.config.min_message_lifetime.as_millis() as u64);
+        // An update waiting for what it builds on is not in what was
+        // stored: it stays in the stream (with what came after it) until a
+        // later compaction can take it, for a while.
+        let keep_from = last_ms.saturating_sub(WAITING_UPDATES_KEPT.as_millis() as u64);
+        // `waiting` is in stream order: the first one young enough.
+        if let Some(first) = doc.waiting.iter().find(|id| id.ms >= keep_from) {
+            trim_before = trim_before.min(first.ms);
+        }
+        let dropped = doc.waiting.iter().filter(|id| id.ms < trim_before).count();
+        if dropped > 0 {
+            tracing::warn!(
+                room,
+                updates = dropped,
+                "dropping stream updates that waited an hour for what they build on"
+            );
+        }
+        self.redis.finish_compaction(task, trim_before).await?;
         Ok(persist)
     }
 }
