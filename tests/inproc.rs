@@ -16,6 +16,10 @@
 //! - `a_worker_compacts_into_storage_and_trims_the_stream`: the worker,
 //!   started in-process with a short debounce and message lifetime, stores
 //!   the document (equal to the clients') and trims the room stream.
+//! - `an_update_waiting_for_its_dependency_reaches_clients_and_storage`: an
+//!   update in the stream whose dependency is not there yet goes to a
+//!   client's initial sync all the same (its yjs holds it), stays in the
+//!   stream through compactions, and is stored once the dependency came.
 //! - `a_permanent_storage_error_closes_once_with_4422`: a room storage can
 //!   never hold gets one close 4422 with the reason (no 1013 retry loop),
 //!   other rooms keep working, and the worker gives up on the room once.
@@ -454,6 +458,56 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
     let reader = Client::connect(server.addr, room).await;
     reader.wait_for_state(&sv).await;
     assert_eq!(reader.text(), text);
+    worker.shutdown(Duration::from_secs(2)).await;
+    drop(server);
+}
+
+/// B builds on A, and reaches the stream first (a foreign writer, or A
+/// lost in a failover and sent again on reconnect): B waits in the stream.
+/// A client that syncs then must get B too (held by its yjs until A comes),
+/// and the worker must keep B (not trim it, unstored) until A is there.
+#[actix_rt::test]
+async fn an_update_waiting_for_its_dependency_reaches_clients_and_storage() {
+    let prefix = inproc::prefix();
+    let config = inproc::config(&[
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("REDIS_TASK_DEBOUNCE", "100"),
+        ("REDIS_MIN_MESSAGE_LIFETIME", "50"),
+        ("WORKER_IDLE_MS", "50"),
+        ("WORKER_CONCURRENCY", "1"),
+    ]);
+    let storage = Arc::new(MemoryStorage::default());
+    let redis = RedisStreams::for_config(&config).await.expect("redis");
+    let worker = y_redis::worker::start(
+        &config.worker,
+        redis.clone(),
+        storage.clone(),
+        inproc::documents(),
+    );
+    let server = inproc::start_server(config, storage.clone());
+    let room = "waiting";
+    let (a, _) = append(1, &[], "A");
+    let (b, _) = append(2, &a, "B");
+    inproc::publish(&redis, room, &[encode_sync_update(&b)]).await;
+    let early = Client::connect(server.addr, room).await;
+    early
+        .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
+        .await;
+    // The worker compacts the room meanwhile (B is past its lifetime).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let key = redis.keys().room_stream(room, "index");
+    let mut conn = inproc::raw_redis(REDIS_URL).await;
+    assert_eq!(xlen(&mut conn, &key).await, 1, "B stays in the stream");
+
+    inproc::publish(&redis, room, &[encode_sync_update(&a)]).await;
+    early.wait_until("A and B", |c| c.text() == "AB").await;
+    let late = Client::connect(server.addr, room).await;
+    late.wait_until("A and B", |c| c.text() == "AB").await;
+    eventually("storage to hold A and B", || {
+        let storage = storage.clone();
+        async move { stored_text(storage.as_ref(), room).await.as_deref() == Some("AB") }
+    })
+    .await;
     worker.shutdown(Duration::from_secs(2)).await;
     drop(server);
 }
