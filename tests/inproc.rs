@@ -410,28 +410,51 @@ async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize 
         .expect("XLEN")
 }
 
+/// A server and an in-process worker on one memory storage; the worker
+/// takes tasks `debounce_ms` old and trims messages `lifetime_ms` old.
+struct WithWorker {
+    _prefix: inproc::Prefix,
+    storage: Arc<MemoryStorage>,
+    redis: RedisStreams,
+    worker: y_redis::worker::Worker,
+    server: inproc::TestServer,
+}
+
+impl WithWorker {
+    async fn start(debounce_ms: &str, lifetime_ms: &str) -> Self {
+        let prefix = inproc::prefix();
+        let config = inproc::config(&[
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("REDIS_TASK_DEBOUNCE", debounce_ms),
+            ("REDIS_MIN_MESSAGE_LIFETIME", lifetime_ms),
+            ("WORKER_IDLE_MS", "50"),
+            ("WORKER_CONCURRENCY", "1"),
+        ]);
+        let storage = Arc::new(MemoryStorage::default());
+        let redis = RedisStreams::for_config(&config).await.expect("redis");
+        let worker = y_redis::worker::start(
+            &config.worker,
+            redis.clone(),
+            storage.clone(),
+            inproc::documents(),
+        );
+        let server = inproc::start_server(config, storage.clone());
+        WithWorker {
+            _prefix: prefix,
+            storage,
+            redis,
+            worker,
+            server,
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn a_worker_compacts_into_storage_and_trims_the_stream() {
     const EDITS: usize = 20;
-    let prefix = inproc::prefix();
-    let config = inproc::config(&[
-        ("REDIS_PREFIX", prefix.as_str()),
-        ("REDIS_TASK_DEBOUNCE", "300"),
-        ("REDIS_MIN_MESSAGE_LIFETIME", "100"),
-        ("WORKER_IDLE_MS", "50"),
-        ("WORKER_CONCURRENCY", "1"),
-    ]);
-    let storage = Arc::new(MemoryStorage::default());
-    let redis = RedisStreams::for_config(&config).await.expect("redis");
-    let worker = y_redis::worker::start(
-        &config.worker,
-        redis.clone(),
-        storage.clone(),
-        inproc::documents(),
-    );
-    let server = inproc::start_server(config, storage.clone());
+    let w = WithWorker::start("300", "100").await;
     let room = "compacted";
-    let writer = Client::connect(server.addr, room).await;
+    let writer = Client::connect(w.server.addr, room).await;
     writer
         .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
         .await;
@@ -442,11 +465,12 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
     }
     let sv = writer.state_vector();
     writer.wait_for_state(&sv).await;
-    let key = redis.keys().room_stream(room, "index");
+    let key = w.redis.keys().room_stream(room, "index");
     let conn = inproc::raw_redis(REDIS_URL).await;
     let text = writer.text();
     eventually("the document stored and the stream trimmed", || {
-        let (storage, key, text, conn) = (storage.clone(), key.clone(), text.clone(), conn.clone());
+        let (storage, key, text, conn) =
+            (w.storage.clone(), key.clone(), text.clone(), conn.clone());
         async move {
             let mut conn = conn;
             stored_text(storage.as_ref(), room).await.as_deref() == Some(text.as_str())
@@ -455,11 +479,11 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
     })
     .await;
     // A client joining now loads storage plus what is left of the stream.
-    let reader = Client::connect(server.addr, room).await;
+    let reader = Client::connect(w.server.addr, room).await;
     reader.wait_for_state(&sv).await;
     assert_eq!(reader.text(), text);
-    worker.shutdown(Duration::from_secs(2)).await;
-    drop(server);
+    w.worker.shutdown(Duration::from_secs(2)).await;
+    drop(w.server);
 }
 
 /// B builds on A, and reaches the stream first (a foreign writer, or A
@@ -468,48 +492,32 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
 /// and the worker must keep B (not trim it, unstored) until A is there.
 #[actix_rt::test]
 async fn an_update_waiting_for_its_dependency_reaches_clients_and_storage() {
-    let prefix = inproc::prefix();
-    let config = inproc::config(&[
-        ("REDIS_PREFIX", prefix.as_str()),
-        ("REDIS_TASK_DEBOUNCE", "100"),
-        ("REDIS_MIN_MESSAGE_LIFETIME", "50"),
-        ("WORKER_IDLE_MS", "50"),
-        ("WORKER_CONCURRENCY", "1"),
-    ]);
-    let storage = Arc::new(MemoryStorage::default());
-    let redis = RedisStreams::for_config(&config).await.expect("redis");
-    let worker = y_redis::worker::start(
-        &config.worker,
-        redis.clone(),
-        storage.clone(),
-        inproc::documents(),
-    );
-    let server = inproc::start_server(config, storage.clone());
+    let w = WithWorker::start("100", "50").await;
     let room = "waiting";
     let (a, _) = append(1, &[], "A");
     let (b, _) = append(2, &a, "B");
-    inproc::publish(&redis, room, &[encode_sync_update(&b)]).await;
-    let early = Client::connect(server.addr, room).await;
+    inproc::publish(&w.redis, room, &[encode_sync_update(&b)]).await;
+    let early = Client::connect(w.server.addr, room).await;
     early
         .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
         .await;
     // The worker compacts the room meanwhile (B is past its lifetime).
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let key = redis.keys().room_stream(room, "index");
+    let key = w.redis.keys().room_stream(room, "index");
     let mut conn = inproc::raw_redis(REDIS_URL).await;
     assert_eq!(xlen(&mut conn, &key).await, 1, "B stays in the stream");
 
-    inproc::publish(&redis, room, &[encode_sync_update(&a)]).await;
+    inproc::publish(&w.redis, room, &[encode_sync_update(&a)]).await;
     early.wait_until("A and B", |c| c.text() == "AB").await;
-    let late = Client::connect(server.addr, room).await;
+    let late = Client::connect(w.server.addr, room).await;
     late.wait_until("A and B", |c| c.text() == "AB").await;
     eventually("storage to hold A and B", || {
-        let storage = storage.clone();
+        let storage = w.storage.clone();
         async move { stored_text(storage.as_ref(), room).await.as_deref() == Some("AB") }
     })
     .await;
-    worker.shutdown(Duration::from_secs(2)).await;
-    drop(server);
+    w.worker.shutdown(Duration::from_secs(2)).await;
+    drop(w.server);
 }
 
 #[actix_rt::test]
