@@ -18,7 +18,7 @@ use crate::config::WorkerConfig;
 use crate::document::{Documents, LoadError};
 use crate::metrics;
 use crate::storage::{Storage, StorageError};
-use crate::streams::{RedisError, RedisStreams, Task};
+use crate::streams::{RedisError, RedisStreams, StreamId, Task};
 
 /// A room lock lives about as long as the task debounce and is renewed while
 /// the compaction runs, so a killed worker blocks its rooms only briefly.
@@ -27,8 +27,25 @@ fn room_lock_ttl(debounce: Duration) -> Duration {
 }
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a stream update waiting for what it builds on (lost in a
-/// failover, say, until a client that has it sends it again) is kept.
-const WAITING_UPDATES_KEPT: Duration = Duration::from_secs(3600);
+/// failover, say, until a client that has it sends it again, usually within
+/// seconds) is kept, and everything after it: past this it is given up, so
+/// that a room's stream does not keep growing for it.
+const WAITING_UPDATES_KEPT: Duration = Duration::from_secs(600);
+
+/// Where a compaction after `last_ms` trims the stream (entries before it
+/// go), and how many `waiting` updates (in stream order) that drops. An
+/// update waiting for what it builds on is not in what was stored: it
+/// stays, with what came after it, for a later compaction, up to
+/// [`WAITING_UPDATES_KEPT`].
+fn trim_point(last_ms: u64, lifetime: Duration, waiting: &[StreamId]) -> (u64, usize) {
+    let mut trim_before = last_ms.saturating_sub(lifetime.as_millis() as u64);
+    let keep_from = last_ms.saturating_sub(WAITING_UPDATES_KEPT.as_millis() as u64);
+    if let Some(first) = waiting.iter().find(|id| id.ms >= keep_from) {
+        trim_before = trim_before.min(first.ms);
+    }
+    let dropped = waiting.iter().filter(|id| id.ms < trim_before).count();
+    (trim_before, dropped)
+}
 
 #[derive(Debug, Error)]
 pub enum WorkerError {
@@ -316,25 +333,52 @@ impl Round {
             );
         }
         let last_ms = doc.last_id.ms.max(task.id.ms);
-        let mut trim_before =
-            last_ms.saturating_sub(self.config.min_message_lifetime.as_millis() as u64);
-        // An update waiting for what it builds on is not in what was
-        // stored: it stays in the stream (with what came after it) until a
-        // later compaction can take it, for a while.
-        let keep_from = last_ms.saturating_sub(WAITING_UPDATES_KEPT.as_millis() as u64);
-        // `waiting` is in stream order: the first one young enough.
-        if let Some(first) = doc.waiting.iter().find(|id| id.ms >= keep_from) {
-            trim_before = trim_before.min(first.ms);
-        }
-        let dropped = doc.waiting.iter().filter(|id| id.ms < trim_before).count();
+        let (trim_before, dropped) =
+            trim_point(last_ms, self.config.min_message_lifetime, &doc.waiting);
         if dropped > 0 {
             tracing::warn!(
                 room,
                 updates = dropped,
-                "dropping stream updates that waited an hour for what they build on"
+                "dropping stream updates that waited ten minutes for what they build on"
             );
         }
         self.redis.finish_compaction(task, trim_before).await?;
         Ok(persist)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIFETIME: Duration = Duration::from_secs(60);
+    const NOW: u64 = 10_000_000;
+
+    fn at(ms: u64) -> StreamId {
+        StreamId { ms, seq: 0 }
+    }
+
+    #[test]
+    fn without_waiting_updates_the_stream_keeps_the_lifetime() {
+        assert_eq!(trim_point(NOW, LIFETIME, &[]), (NOW - 60_000, 0));
+    }
+
+    #[test]
+    fn the_trim_stops_at_the_first_waiting_update() {
+        let waiting = [at(NOW - 300_000), at(NOW - 200_000)];
+        assert_eq!(trim_point(NOW, LIFETIME, &waiting), (NOW - 300_000, 0));
+        // One younger than the lifetime changes nothing.
+        assert_eq!(
+            trim_point(NOW, LIFETIME, &[at(NOW - 1_000)]),
+            (NOW - 60_000, 0)
+        );
+    }
+
+    #[test]
+    fn waiting_updates_are_given_up_after_ten_minutes() {
+        let waiting = [at(NOW - 700_000), at(NOW - 500_000)];
+        assert_eq!(trim_point(NOW, LIFETIME, &waiting), (NOW - 500_000, 1));
+        let all_old = [at(NOW - 900_000), at(NOW - 700_000)];
+        assert_eq!(trim_point(NOW, LIFETIME, &all_old), (NOW - 60_000, 2));
     }
 }
