@@ -413,11 +413,12 @@ async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize 
 /// A server and an in-process worker on one memory storage; the worker
 /// takes tasks `debounce_ms` old and trims messages `lifetime_ms` old.
 struct WithWorker {
-    _prefix: inproc::Prefix,
     storage: Arc<MemoryStorage>,
     redis: RedisStreams,
     worker: y_redis::worker::Worker,
     server: inproc::TestServer,
+    /// Last: its keys go once the server and the worker are gone.
+    _prefix: inproc::Prefix,
 }
 
 impl WithWorker {
@@ -440,11 +441,11 @@ impl WithWorker {
         );
         let server = inproc::start_server(config, storage.clone());
         WithWorker {
-            _prefix: prefix,
             storage,
             redis,
             worker,
             server,
+            _prefix: prefix,
         }
     }
 }
@@ -489,31 +490,49 @@ async fn a_worker_compacts_into_storage_and_trims_the_stream() {
 /// B builds on A, and reaches the stream first (a foreign writer, or A
 /// lost in a failover and sent again on reconnect): B waits in the stream.
 /// A client that syncs then must get B too (held by its yjs until A comes),
-/// and the worker must keep B (not trim it, unstored) until A is there.
+/// and the worker, storing what applies, must keep B (not trim it,
+/// unstored) until A is there.
 #[actix_rt::test]
 async fn an_update_waiting_for_its_dependency_reaches_clients_and_storage() {
     let w = WithWorker::start("100", "50").await;
     let room = "waiting";
     let (a, _) = append(1, &[], "A");
-    let (b, _) = append(2, &a, "B");
-    inproc::publish(&w.redis, room, &[encode_sync_update(&b)]).await;
+    let (b, b_id) = append(2, &a, "B");
+    // C applies on its own: the worker has something to store.
+    let (c, _) = append(3, &[], "C");
+    let messages = [encode_sync_update(&c), encode_sync_update(&b)];
+    inproc::publish(&w.redis, room, &messages).await;
     let early = Client::connect(w.server.addr, room).await;
-    early
-        .wait_until("the initial sync", |c| c.state.lock().unwrap().synced)
-        .await;
-    // The worker compacts the room meanwhile (B is past its lifetime).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    early.wait_until("C", |c| c.text() == "C").await;
+    eventually("the worker to store C (B waiting)", || {
+        let storage = w.storage.clone();
+        async move { stored_text(storage.as_ref(), room).await.as_deref() == Some("C") }
+    })
+    .await;
+    // Compactions go on every 100 ms; B is long past its 50 ms lifetime.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let key = w.redis.keys().room_stream(room, "index");
-    let mut conn = inproc::raw_redis(REDIS_URL).await;
-    assert_eq!(xlen(&mut conn, &key).await, 1, "B stays in the stream");
+    let kept = stream_updates(&key).await;
+    assert!(
+        kept.iter().any(|u| u.insertions(true).contains(&b_id)),
+        "B stays in the stream"
+    );
 
     inproc::publish(&w.redis, room, &[encode_sync_update(&a)]).await;
-    early.wait_until("A and B", |c| c.text() == "AB").await;
+    let holds_all = |text: &str| text.len() == 3 && text.contains("AB") && text.contains('C');
+    early
+        .wait_until("A, B and C", |c| holds_all(&c.text()))
+        .await;
     let late = Client::connect(w.server.addr, room).await;
-    late.wait_until("A and B", |c| c.text() == "AB").await;
-    eventually("storage to hold A and B", || {
+    late.wait_until("A, B and C", |c| holds_all(&c.text()))
+        .await;
+    eventually("storage to hold A, B and C", || {
         let storage = w.storage.clone();
-        async move { stored_text(storage.as_ref(), room).await.as_deref() == Some("AB") }
+        async move {
+            stored_text(storage.as_ref(), room)
+                .await
+                .is_some_and(|text| holds_all(&text))
+        }
     })
     .await;
     w.worker.shutdown(Duration::from_secs(2)).await;
