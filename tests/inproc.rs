@@ -27,6 +27,11 @@
 //!   never reads while others write megabytes is disconnected by the server
 //!   (`WS_MAX_SEND_QUEUE_BYTES`), and a reader in the same room still gets
 //!   everything.
+//! - `a_room_that_closed_its_sessions_takes_no_new_ones`: a thread's room
+//!   that closed every session (as after a Redis outage) turns away a
+//!   session whose join arrives after the close, sessions that connect
+//!   from then on get a fresh room (the old view may hold what Redis
+//!   lost), and each room stops with the last of its own sessions.
 //! - `edits_flow_again_after_redis_restarts`: a server whose Redis is
 //!   SIGKILLed and restarted empty on the same port subscribes again:
 //!   clients asked to resync (1013) reconnect, are not refused a second
@@ -46,6 +51,7 @@ use std::time::Duration;
 
 use inproc::{PrivateRedis, TestStorage, REDIS_URL};
 use support::ws::Client;
+use y_redis::actors::messages::ToSession;
 use y_redis::storage::{MemoryStorage, Storage};
 use y_redis::streams::RedisStreams;
 use y_redis_protocol::message::encode_sync_update;
@@ -694,6 +700,102 @@ async fn a_client_that_stops_reading_is_cut_off() {
         "the stalled connection is still open after {got} bytes"
     );
     drop(server);
+}
+
+/// Stands in for a session: says what its room told it.
+struct RecordingSession(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl actix::Actor for RecordingSession {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<ToSession> for RecordingSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, _: &mut actix::Context<Self>) {
+        let told = match msg {
+            ToSession::Close { code, reason } => format!("close {code} {reason}"),
+            ToSession::Synced => "synced".to_owned(),
+            ToSession::Delivered => "delivered".to_owned(),
+            ToSession::Recheck { .. } => "recheck".to_owned(),
+        };
+        let _ = self.0.send(told);
+    }
+}
+
+#[actix_rt::test]
+async fn a_room_that_closed_its_sessions_takes_no_new_ones() {
+    use actix::Actor;
+    use std::rc::Rc;
+    use y_redis::actors::listener::RedisListener;
+    use y_redis::actors::messages::{FromSession, RoomEvent};
+    use y_redis::actors::room::RoomContext;
+    use y_redis::actors::rooms::ThreadRooms;
+
+    let prefix = inproc::prefix();
+    let config = inproc::config(&[("REDIS_PREFIX", prefix.as_str())]);
+    let redis = RedisStreams::for_config(&config).await.expect("redis");
+    let listener = RedisListener::new(
+        redis.clone(),
+        config.redis_block,
+        config.redis_command_timeout,
+        config.redis_read_interval..=config.redis_read_interval_max,
+        config.redis_stream_events,
+    )
+    .start();
+    let rooms = ThreadRooms::new(Arc::new(RoomContext {
+        redis: redis.clone(),
+        storage: Arc::new(MemoryStorage::default()),
+        documents: inproc::documents(),
+        listener,
+        awareness_max_clients: config.awareness_max_clients,
+        next_room_id: Default::default(),
+    }));
+    let (room, docid) = ("retire", "index");
+    let key = redis.keys().room_stream(room, docid);
+
+    // A session joins; the resync close reaches the room before its join.
+    let old = rooms.join(room, docid, &key);
+    let resync = "redis connection restored, resyncing";
+    old.addr
+        .send(RoomEvent::CloseAll {
+            code: 1013,
+            reason: resync,
+        })
+        .await
+        .expect("the room runs");
+    let (told, mut hears) = tokio::sync::mpsc::unbounded_channel();
+    let session = RecordingSession(told).start().recipient();
+    old.addr.do_send(FromSession::Join { conn: 1, session });
+    let heard = tokio::time::timeout(support::ws::WAIT, hears.recv()).await;
+    assert_eq!(
+        heard.ok().flatten(),
+        Some(format!("close 1013 {resync}")),
+        "a join after the close is closed the same way"
+    );
+
+    // Sessions connecting from now on share a fresh room.
+    let fresh = rooms.join(room, docid, &key);
+    assert_ne!(fresh.id, old.id, "a retired room takes no new sessions");
+    assert!(!Rc::ptr_eq(&fresh.view, &old.view));
+    assert!(!fresh.view.borrow().retired);
+    let second = rooms.join(room, docid, &key);
+    assert_eq!(second.id, fresh.id);
+
+    // Each room stops with the last of its own sessions.
+    rooms.leave(&key, old.id);
+    eventually("the retired room to stop", || async {
+        !old.addr.connected()
+    })
+    .await;
+    rooms.leave(&key, fresh.id);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(fresh.addr.connected(), "one of its sessions is still here");
+    rooms.leave(&key, second.id);
+    eventually("the fresh room to stop", || async {
+        !fresh.addr.connected()
+    })
+    .await;
 }
 
 #[actix_rt::test]

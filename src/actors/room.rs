@@ -54,6 +54,10 @@ pub struct RoomView {
     /// Sockets of sessions that joined, until the room takes them with the
     /// join (an `Rc` cannot travel in an actor message).
     pub arriving: HashMap<ConnId, Rc<Outlet>>,
+    /// The room closed all its sessions (resync or shutdown): what it holds
+    /// may be gone from Redis, so the thread's registry starts a fresh room
+    /// for sessions that connect from now on.
+    pub retired: bool,
 }
 
 /// Shared by a room and its sessions; they run on one thread.
@@ -103,6 +107,8 @@ pub struct Room {
     view_queue_bytes: usize,
     /// A large update is being checked off the thread; the queue waits.
     view_busy: bool,
+    /// Why the room closed all its sessions; set once it retired.
+    closed_all: Option<(u16, &'static str)>,
 }
 
 /// Past this many bytes waiting for the view, the thread checks them
@@ -118,6 +124,7 @@ impl Room {
             doc: None,
             awareness: AwarenessStates::new(context.awareness_max_clients),
             arriving: HashMap::new(),
+            retired: false,
         }));
         Room {
             room,
@@ -135,7 +142,12 @@ impl Room {
             view_queue: VecDeque::new(),
             view_queue_bytes: 0,
             view_busy: false,
+            closed_all: None,
         }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn view(&self) -> SharedView {
@@ -358,7 +370,17 @@ impl Handler<FromSession> for Room {
     fn handle(&mut self, msg: FromSession, ctx: &mut Context<Self>) {
         match msg {
             FromSession::Join { conn, session } => {
-                let Some(outlet) = self.view.borrow_mut().arriving.remove(&conn) else {
+                let outlet = self.view.borrow_mut().arriving.remove(&conn);
+                // It joined before the room retired, and its join arrived
+                // after: it goes the way of the others.
+                if let Some((code, reason)) = self.closed_all {
+                    session.do_send(ToSession::Close {
+                        code,
+                        reason: reason.to_owned(),
+                    });
+                    return;
+                }
+                let Some(outlet) = outlet else {
                     tracing::error!(room = %self.room, conn, "a session joined without its socket; ignored");
                     return;
                 };
@@ -521,7 +543,11 @@ impl Handler<RoomEvent> for Room {
                 }
                 self.deliver(&entries[fresh..]);
             }
-            RoomEvent::CloseAll { code, reason } => self.close_members(code, reason, false),
+            RoomEvent::CloseAll { code, reason } => {
+                self.closed_all = Some((code, reason));
+                self.view.borrow_mut().retired = true;
+                self.close_members(code, reason, false);
+            }
             RoomEvent::Recheck { user } => {
                 for member in self.members.values() {
                     member

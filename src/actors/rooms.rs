@@ -2,9 +2,15 @@
 //! registry; its sessions join and leave rooms through it, so it alone
 //! decides when a room has no sessions left and stops it. Everything here
 //! runs on that one thread, so a join can never reach a stopping room.
+//!
+//! A room that closed all its sessions (a resync after a Redis outage, or
+//! shutdown) is retired: its view may hold what Redis lost, so sessions
+//! that connect meanwhile get a fresh room, and the retired one stops when
+//! the last of its own sessions has left.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -12,59 +18,97 @@ use actix::prelude::*;
 
 use super::room::{Room, RoomContext, SharedView, StopRoom};
 
+/// The room a session joined: its address, its view (shared on this
+/// thread) and its id, which the session leaves by.
+#[derive(Clone)]
+pub struct JoinedRoom {
+    pub addr: Addr<Room>,
+    pub view: SharedView,
+    pub id: u64,
+}
+
 struct Entry {
-    addr: Addr<Room>,
-    view: SharedView,
+    room: JoinedRoom,
     sessions: usize,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// The room new sessions of each key join.
+    open: HashMap<String, Entry>,
+    /// Retired rooms whose sessions have not all left yet, by room id.
+    retired: HashMap<u64, Entry>,
 }
 
 #[derive(Clone)]
 pub struct ThreadRooms {
-    rooms: Rc<RefCell<HashMap<String, Entry>>>,
+    registry: Rc<RefCell<Registry>>,
     context: Arc<RoomContext>,
 }
 
 impl ThreadRooms {
     pub fn new(context: Arc<RoomContext>) -> Self {
         ThreadRooms {
-            rooms: Rc::default(),
+            registry: Rc::default(),
             context,
         }
     }
 
-    /// The room of `key` on this thread (started if needed), counted as one
-    /// more session's.
-    pub fn join(&self, room: &str, docid: &str, key: &str) -> (Addr<Room>, SharedView) {
-        let mut rooms = self.rooms.borrow_mut();
-        let entry = rooms.entry(key.to_owned()).or_insert_with(|| {
+    /// The room of `key` on this thread (started if needed, or if the one
+    /// there retired), counted as one more session's.
+    pub fn join(&self, room: &str, docid: &str, key: &str) -> JoinedRoom {
+        let mut registry = self.registry.borrow_mut();
+        let Registry { open, retired } = &mut *registry;
+        if open.get(key).is_some_and(|e| e.room.view.borrow().retired) {
+            if let Some(entry) = open.remove(key) {
+                retired.insert(entry.room.id, entry);
+            }
+        }
+        let entry = open.entry(key.to_owned()).or_insert_with(|| {
             let room = Room::new(
                 room.to_owned(),
                 docid.to_owned(),
                 key.to_owned(),
                 self.context.clone(),
             );
-            let view = room.view();
+            let (view, id) = (room.view(), room.id());
             Entry {
-                addr: room.start(),
-                view,
+                room: JoinedRoom {
+                    addr: room.start(),
+                    view,
+                    id,
+                },
                 sessions: 0,
             }
         });
         entry.sessions += 1;
-        (entry.addr.clone(), entry.view.clone())
+        entry.room.clone()
     }
 
-    /// One session of `key` left; the room stops with its last one.
-    pub fn leave(&self, key: &str) {
-        let mut rooms = self.rooms.borrow_mut();
-        let Some(entry) = rooms.get_mut(key) else {
-            return;
-        };
-        entry.sessions = entry.sessions.saturating_sub(1);
-        if entry.sessions == 0 {
-            if let Some(entry) = rooms.remove(key) {
-                entry.addr.do_send(StopRoom);
-            }
+    /// One session of room `id` (of `key`) left; the room stops with its
+    /// last one.
+    pub fn leave(&self, key: &str, id: u64) {
+        let mut registry = self.registry.borrow_mut();
+        if registry.open.get(key).is_some_and(|e| e.room.id == id) {
+            release(&mut registry.open, key);
+        } else {
+            release(&mut registry.retired, &id);
+        }
+    }
+}
+
+fn release<K, Q>(entries: &mut HashMap<K, Entry>, key: &Q)
+where
+    K: std::borrow::Borrow<Q> + Eq + Hash,
+    Q: Eq + Hash + ?Sized,
+{
+    let Some(entry) = entries.get_mut(key) else {
+        return;
+    };
+    entry.sessions = entry.sessions.saturating_sub(1);
+    if entry.sessions == 0 {
+        if let Some(entry) = entries.remove(key) {
+            entry.room.addr.do_send(StopRoom);
         }
     }
 }

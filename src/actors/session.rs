@@ -33,7 +33,7 @@ use super::messages::{
 use super::outbox::{Destination, Outbox};
 use super::revocation::RecheckLog;
 use super::room::{Room, SharedView};
-use super::rooms::ThreadRooms;
+use super::rooms::{JoinedRoom, ThreadRooms};
 use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Grant};
 use crate::limits::{Admission, Limits, TokenBucket};
 use crate::metrics;
@@ -135,6 +135,8 @@ pub struct WsSession {
     rooms: ThreadRooms,
     context: Arc<SessionContext>,
     room_addr: Option<Addr<Room>>,
+    /// The joined room's id, which the thread's registry knows it by.
+    room_id: u64,
     view: Option<SharedView>,
     out: Rc<Outlet>,
     /// A write is waiting for the socket to take more.
@@ -171,6 +173,7 @@ impl WsSession {
             key: key.into(),
             rooms: p.rooms,
             room_addr: None,
+            room_id: 0,
             view: None,
             out: Outlet::new(stream.clone()),
             write_pending: false,
@@ -695,7 +698,11 @@ impl Actor for WsSession {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::CONNECTIONS_TOTAL.inc();
         tracing::info!(room = %self.room, conn = self.conn, "connection opened");
-        let (room, view) = self.rooms.join(&self.room, &self.docid, &self.key);
+        let JoinedRoom {
+            addr: room,
+            view,
+            id: room_id,
+        } = self.rooms.join(&self.room, &self.docid, &self.key);
         view.borrow_mut()
             .arriving
             .insert(self.conn, self.out.clone());
@@ -711,6 +718,7 @@ impl Actor for WsSession {
             ));
         }
         self.room_addr = Some(room);
+        self.room_id = room_id;
         self.view = Some(view);
         // A recheck of this user that ran while the upgrade was being authorized.
         if let Some(user) = self.grant.user_id.clone() {
@@ -752,7 +760,7 @@ impl Actor for WsSession {
         }
         if let Some(room) = &self.room_addr {
             room.do_send(FromSession::Leave { conn: self.conn });
-            self.rooms.leave(&self.key);
+            self.rooms.leave(&self.key, self.room_id);
         }
         actix::spawn(socket::linger(self.out.clone()));
         tracing::info!(room = %self.room, conn = self.conn, "connection closed");
