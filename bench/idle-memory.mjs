@@ -12,6 +12,8 @@
 // is too low.
 //
 // Environment: CONNS (1000), ROOMS (100), IDLE_MS (5000), CLOSED_MS (35000),
+// SAMPLE_MS (0: when set, RSS is also printed every SAMPLE_MS while idle, to
+// show whether it stays flat over a long idle time),
 // ROUNDS (1: more rounds of connect, idle and close on the same server, each
 // with rooms of its own, show whether memory kept after closing grows),
 // Y_REDIS_BIN, REDIS.
@@ -32,6 +34,7 @@ const CLOSED_MS = Number(process.env.CLOSED_MS || 35000)
 const PER_ROOM = Math.ceil(CONNS / ROOMS)
 const BATCH = 50
 const ROUNDS = Number(process.env.ROUNDS || 1)
+const SAMPLE_MS = Number(process.env.SAMPLE_MS || 0)
 
 // every provider adds a process 'exit' listener
 process.setMaxListeners(CONNS + 50)
@@ -114,7 +117,7 @@ async function round (pid, n) {
   })
   const connectMs = Date.now() - t0
   const peakDuringConnect = procStatus(pid)
-  await sleep(IDLE_MS)
+  await idleFor(pid, IDLE_MS)
   const idle = procStatus(pid)
   const stillConnected = clients.filter((c) => c.provider.wsconnected).length
 
@@ -125,6 +128,17 @@ async function round (pid, n) {
   await sleep(Math.max(0, CLOSED_MS - 3000))
   const settled = procStatus(pid)
   return { connectMs, peakDuringConnect, idle, stillConnected, afterClose, settled }
+}
+
+/** Waits `ms`, printing the server's RSS every SAMPLE_MS if that is set. */
+async function idleFor (pid, ms) {
+  const start = Date.now()
+  while (SAMPLE_MS > 0 && Date.now() - start + SAMPLE_MS <= ms) {
+    await sleep(SAMPLE_MS)
+    const s = procStatus(pid)
+    console.log(`  idle ${((Date.now() - start) / 1000).toFixed(0)} s: RSS ${s.rssKiB} KiB (allocated ${s.anonKiB})`)
+  }
+  await sleep(Math.max(0, ms - (Date.now() - start)))
 }
 
 async function cleanup () {
