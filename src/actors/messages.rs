@@ -75,7 +75,8 @@ pub struct Unsubscribe {
 #[rtype(result = "()")]
 pub enum RoomEvent {
     Batch(StreamBatch),
-    /// Close every session (server shutdown, resync after a Redis outage).
+    /// Close every session (server shutdown, resync after a Redis outage);
+    /// the room retires (`rooms`: later sessions get a fresh one).
     CloseAll {
         code: u16,
         reason: &'static str,
