@@ -347,14 +347,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
     let redis = RedisStreams::for_config(&config).await?;
-    let listener = RedisListener::new(
-        redis.clone(),
-        config.redis_block,
-        config.redis_command_timeout,
-        config.redis_read_interval..=config.redis_read_interval_max,
-        config.redis_stream_events,
-    )
-    .start();
+    let listener = RedisListener::new(redis.clone(), &config).start();
     let rechecks = Arc::new(RecheckLog::default());
     RevocationListener::new(redis.clone(), listener.clone(), rechecks.clone()).start();
     let open_sessions = Arc::new(AtomicUsize::new(0));

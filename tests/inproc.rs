@@ -735,14 +735,7 @@ async fn a_room_that_closed_its_sessions_takes_no_new_ones() {
     let prefix = inproc::prefix();
     let config = inproc::config(&[("REDIS_PREFIX", prefix.as_str())]);
     let redis = RedisStreams::for_config(&config).await.expect("redis");
-    let listener = RedisListener::new(
-        redis.clone(),
-        config.redis_block,
-        config.redis_command_timeout,
-        config.redis_read_interval..=config.redis_read_interval_max,
-        config.redis_stream_events,
-    )
-    .start();
+    let listener = RedisListener::new(redis.clone(), &config).start();
     let rooms = ThreadRooms::new(Arc::new(RoomContext {
         redis: redis.clone(),
         storage: Arc::new(MemoryStorage::default()),

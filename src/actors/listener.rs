@@ -36,6 +36,7 @@ use super::messages::{
     Broadcast, HandledSignal, RoomEvent, StreamBatch, Subscribe, Unsubscribe, CLOSE_TRY_AGAIN_LATER,
 };
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::metrics;
 use crate::streams::{
     client_id, read_streams_blocking, stream_read_command, ReaderNode, RedisError, RedisStreams,
@@ -199,26 +200,21 @@ fn is_redirect(error: &RedisError) -> bool {
 }
 
 impl RedisListener {
-    /// `read_margin`: how much longer than `block` a read may take.
-    /// `stream_events`: wake reads by keyspace notifications (ignored on
-    /// Redis Cluster, where each node announces only its own keys).
-    pub fn new(
-        streams: RedisStreams,
-        block: Duration,
-        read_margin: Duration,
-        read_interval: RangeInclusive<Duration>,
-        stream_events: bool,
-    ) -> Self {
-        let wakeups = if stream_events && !streams.keys().is_clustered() {
+    /// Reads block for `REDIS_BLOCK_MS` and may take `REDIS_COMMAND_TIMEOUT_MS`
+    /// longer; busy reads are spaced by the `REDIS_READ_INTERVAL_*` range;
+    /// `REDIS_STREAM_EVENTS` wakes reads by keyspace notifications (ignored
+    /// on Redis Cluster, where each node announces only its own keys).
+    pub fn new(streams: RedisStreams, config: &Config) -> Self {
+        let wakeups = if config.redis_stream_events && !streams.keys().is_clustered() {
             Wakeups::Connecting
         } else {
             Wakeups::Off
         };
         RedisListener {
             streams,
-            block,
-            read_margin,
-            read_interval,
+            block: config.redis_block,
+            read_margin: config.redis_command_timeout,
+            read_interval: config.redis_read_interval..=config.redis_read_interval_max,
             delivery_rate: DeliveryRate::default(),
             groups: HashMap::new(),
             wakeups,
