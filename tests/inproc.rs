@@ -742,7 +742,7 @@ async fn a_room_that_closed_its_sessions_takes_no_new_ones() {
         documents: inproc::documents(),
         listener,
         awareness_max_clients: config.awareness_max_clients,
-        next_room_id: Default::default(),
+        next_room_id: 1.into(),
     }));
     let (room, docid) = ("retire", "index");
     let key = redis.keys().room_stream(room, docid);
@@ -757,6 +757,17 @@ async fn a_room_that_closed_its_sessions_takes_no_new_ones() {
         })
         .await
         .expect("the room runs");
+    // As a session joins: its socket first, then the message.
+    let accepting = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = accepting.local_addr().expect("address");
+    let _client = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (socket, _) = accepting.accept().await.expect("accept");
+    let outlet = y_redis::socket::Outlet::new(Rc::new(socket));
+    old.view.borrow_mut().arriving.insert(1, outlet);
     let (told, mut hears) = tokio::sync::mpsc::unbounded_channel();
     let session = RecordingSession(told).start().recipient();
     old.addr.do_send(FromSession::Join { conn: 1, session });
@@ -766,12 +777,13 @@ async fn a_room_that_closed_its_sessions_takes_no_new_ones() {
         Some(format!("close 1013 {resync}")),
         "a join after the close is closed the same way"
     );
+    assert!(old.view.borrow().arriving.is_empty(), "its socket let go");
 
     // Sessions connecting from now on share a fresh room.
     let fresh = rooms.join(room, docid, &key);
     assert_ne!(fresh.id, old.id, "a retired room takes no new sessions");
     assert!(!Rc::ptr_eq(&fresh.view, &old.view));
-    assert!(!fresh.view.borrow().retired);
+    assert!(fresh.view.borrow().closed_all.is_none());
     let second = rooms.join(room, docid, &key);
     assert_eq!(second.id, fresh.id);
 

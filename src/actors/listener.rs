@@ -1,6 +1,6 @@
 //! `RedisListener`: loops `XREAD BLOCK` over every room stream this process
 //! serves, handing each batch once to each room subscription of that stream
-//! (one per thread with sessions of the room). Streams are read in groups,
+//! (one open per thread with sessions of the room). Streams are read in groups,
 //! each over its own dedicated connection: one group for all streams on a
 //! single Redis, one per bucket on a Redis Cluster (a bucket's streams share
 //! a slot, so one `XREAD` may name them all; ARCHITECTURE.md, "Redis Cluster

@@ -58,7 +58,8 @@ impl HandledSignal {
 pub struct Subscribe {
     pub key: String,
     pub after: Option<StreamId>,
-    /// Unique per room subscription (there is one per room and thread).
+    /// Unique per room subscription (one open per room and thread, and
+    /// retired ones until their sessions have left).
     pub room_id: u64,
     pub room: Recipient<RoomEvent>,
 }

@@ -1,4 +1,4 @@
-//! `Room`: one subscription per (room, docid) and thread with sessions of
+//! `Room`: one open subscription per (room, docid) and thread with sessions of
 //! that room (ARCHITECTURE.md, "Fan-out"). It lives on the thread of its
 //! sessions, so fanning a batch out never crosses threads: the listener
 //! hands it each batch once, it encodes the frames once and hands every
@@ -54,10 +54,11 @@ pub struct RoomView {
     /// Sockets of sessions that joined, until the room takes them with the
     /// join (an `Rc` cannot travel in an actor message).
     pub arriving: HashMap<ConnId, Rc<Outlet>>,
-    /// The room closed all its sessions (resync or shutdown): what it holds
-    /// may be gone from Redis, so the thread's registry starts a fresh room
-    /// for sessions that connect from now on.
-    pub retired: bool,
+    /// Set (with the close's code and reason) when the room closed all its
+    /// sessions (resync or shutdown): it has retired. What it holds may be
+    /// gone from Redis, so the thread's registry starts a fresh room for
+    /// sessions that connect from now on.
+    pub closed_all: Option<(u16, &'static str)>,
 }
 
 /// Shared by a room and its sessions; they run on one thread.
@@ -107,8 +108,6 @@ pub struct Room {
     view_queue_bytes: usize,
     /// A large update is being checked off the thread; the queue waits.
     view_busy: bool,
-    /// Why the room closed all its sessions; set once it retired.
-    closed_all: Option<(u16, &'static str)>,
 }
 
 /// Past this many bytes waiting for the view, the thread checks them
@@ -124,7 +123,7 @@ impl Room {
             doc: None,
             awareness: AwarenessStates::new(context.awareness_max_clients),
             arriving: HashMap::new(),
-            retired: false,
+            closed_all: None,
         }));
         Room {
             room,
@@ -142,7 +141,6 @@ impl Room {
             view_queue: VecDeque::new(),
             view_queue_bytes: 0,
             view_busy: false,
-            closed_all: None,
         }
     }
 
@@ -373,7 +371,8 @@ impl Handler<FromSession> for Room {
                 let outlet = self.view.borrow_mut().arriving.remove(&conn);
                 // It joined before the room retired, and its join arrived
                 // after: it goes the way of the others.
-                if let Some((code, reason)) = self.closed_all {
+                let closed_all = self.view.borrow().closed_all;
+                if let Some((code, reason)) = closed_all {
                     session.do_send(ToSession::Close {
                         code,
                         reason: reason.to_owned(),
@@ -417,6 +416,12 @@ impl Handler<Loaded> for Room {
 
     fn handle(&mut self, msg: Loaded, ctx: &mut Context<Self>) {
         self.loading = false;
+        if self.view.borrow().closed_all.is_some() {
+            // Retired: no member waits for this load, and its position must
+            // not move the stream's subscription back for the fresh room.
+            self.held_back.clear();
+            return;
+        }
         let held_back = std::mem::take(&mut self.held_back);
         let (doc, entries, indexed) = match msg.result {
             Ok(loaded) => loaded,
@@ -544,8 +549,7 @@ impl Handler<RoomEvent> for Room {
                 self.deliver(&entries[fresh..]);
             }
             RoomEvent::CloseAll { code, reason } => {
-                self.closed_all = Some((code, reason));
-                self.view.borrow_mut().retired = true;
+                self.view.borrow_mut().closed_all = Some((code, reason));
                 self.close_members(code, reason, false);
             }
             RoomEvent::Recheck { user } => {

@@ -10,7 +10,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -59,7 +58,10 @@ impl ThreadRooms {
     pub fn join(&self, room: &str, docid: &str, key: &str) -> JoinedRoom {
         let mut registry = self.registry.borrow_mut();
         let Registry { open, retired } = &mut *registry;
-        if open.get(key).is_some_and(|e| e.room.view.borrow().retired) {
+        if open
+            .get(key)
+            .is_some_and(|e| e.room.view.borrow().closed_all.is_some())
+        {
             if let Some(entry) = open.remove(key) {
                 retired.insert(entry.room.id, entry);
             }
@@ -89,26 +91,27 @@ impl ThreadRooms {
     /// last one.
     pub fn leave(&self, key: &str, id: u64) {
         let mut registry = self.registry.borrow_mut();
-        if registry.open.get(key).is_some_and(|e| e.room.id == id) {
-            release(&mut registry.open, key);
+        let Registry { open, retired } = &mut *registry;
+        let last = if open.get(key).is_some_and(|e| e.room.id == id) {
+            open.get_mut(key)
+                .is_some_and(Entry::release)
+                .then(|| open.remove(key))
         } else {
-            release(&mut registry.retired, &id);
+            retired
+                .get_mut(&id)
+                .is_some_and(Entry::release)
+                .then(|| retired.remove(&id))
+        };
+        if let Some(entry) = last.flatten() {
+            entry.room.addr.do_send(StopRoom);
         }
     }
 }
 
-fn release<K, Q>(entries: &mut HashMap<K, Entry>, key: &Q)
-where
-    K: std::borrow::Borrow<Q> + Eq + Hash,
-    Q: Eq + Hash + ?Sized,
-{
-    let Some(entry) = entries.get_mut(key) else {
-        return;
-    };
-    entry.sessions = entry.sessions.saturating_sub(1);
-    if entry.sessions == 0 {
-        if let Some(entry) = entries.remove(key) {
-            entry.room.addr.do_send(StopRoom);
-        }
+impl Entry {
+    /// Counts one session less; true once none is left.
+    fn release(&mut self) -> bool {
+        self.sessions = self.sessions.saturating_sub(1);
+        self.sessions == 0
     }
 }

@@ -32,7 +32,7 @@ use super::messages::{
 };
 use super::outbox::{Destination, Outbox};
 use super::revocation::RecheckLog;
-use super::room::{Room, SharedView};
+use super::room::SharedView;
 use super::rooms::{JoinedRoom, ThreadRooms};
 use crate::auth::{check_permission, now_ms, Access, AuthError, Authenticator, Grant};
 use crate::limits::{Admission, Limits, TokenBucket};
@@ -134,10 +134,8 @@ pub struct WsSession {
     key: Arc<str>,
     rooms: ThreadRooms,
     context: Arc<SessionContext>,
-    room_addr: Option<Addr<Room>>,
-    /// The joined room's id, which the thread's registry knows it by.
-    room_id: u64,
-    view: Option<SharedView>,
+    /// The room of this thread the session joined (once started).
+    joined: Option<JoinedRoom>,
     out: Rc<Outlet>,
     /// A write is waiting for the socket to take more.
     write_pending: bool,
@@ -172,9 +170,7 @@ impl WsSession {
             docid: p.docid,
             key: key.into(),
             rooms: p.rooms,
-            room_addr: None,
-            room_id: 0,
-            view: None,
+            joined: None,
             out: Outlet::new(stream.clone()),
             write_pending: false,
             reading: Some((stream, p.early)),
@@ -280,7 +276,7 @@ impl WsSession {
     /// Whether the struct a held update waits for is here now (in the room
     /// or among this session's own updates).
     fn has_arrived(&self, waits_for: Option<Id>) -> bool {
-        let Some(view) = &self.view else {
+        let Some(view) = self.view() else {
             return false;
         };
         let view = view.borrow();
@@ -316,8 +312,8 @@ impl WsSession {
             }
             Ok(ClientMessage::SyncStep1 { state_vector }) => {
                 // After our initial sync the client has everything; y-redis ignores it too.
-                if let (false, Some(room)) = (self.synced, &self.room_addr) {
-                    room.do_send(FromSession::StateVector {
+                if let (false, Some(joined)) = (self.synced, &self.joined) {
+                    joined.addr.do_send(FromSession::StateVector {
                         conn: self.conn,
                         state_vector: state_vector.to_vec(),
                     });
@@ -330,8 +326,7 @@ impl WsSession {
             Ok(ClientMessage::Awareness { entries, .. }) => self.receive_awareness(entries, ctx),
             Ok(ClientMessage::QueryAwareness) => {
                 let present = self
-                    .view
-                    .as_ref()
+                    .view()
                     .and_then(|view| view.borrow().awareness.encode_present());
                 if let Some(message) = present {
                     self.send(message);
@@ -351,7 +346,7 @@ impl WsSession {
 
     /// Checks an update against the room and what this session published.
     fn check_update(&mut self, update: Vec<u8>, ctx: &mut Context<Self>) {
-        let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
+        let Some(view) = self.view().cloned().filter(|v| v.borrow().doc.is_some()) else {
             // The room does not know its document yet: judged once it does.
             return self.hold(update, None, ctx);
         };
@@ -463,7 +458,7 @@ impl WsSession {
     /// the gap a held update waits for (if the client has it).
     fn ask_for_missing(&mut self) {
         let state_vector = {
-            let Some(view) = &self.view else { return };
+            let Some(view) = self.view() else { return };
             let view = view.borrow();
             let Some(doc) = &view.doc else { return };
             Layered {
@@ -532,7 +527,7 @@ impl WsSession {
     /// room already has) or attempts to change someone else's presence,
     /// which are counted.
     fn receive_awareness(&mut self, entries: Vec<AwarenessEntry>, ctx: &mut Context<Self>) {
-        let Some(view) = self.view.clone().filter(|v| v.borrow().doc.is_some()) else {
+        let Some(view) = self.view().cloned().filter(|v| v.borrow().doc.is_some()) else {
             // Judged once the room knows who is present (the initial sync).
             self.presence.unjudged = Some(entries);
             return;
@@ -575,7 +570,7 @@ impl WsSession {
     /// else waits for the rate (newer entries replace it meanwhile).
     fn flush_presence(&mut self, ctx: &mut Context<Self>) {
         if let Some(entries) = self.presence.unjudged.take() {
-            if self.view.as_ref().is_some_and(|v| v.borrow().doc.is_some()) {
+            if self.view().is_some_and(|v| v.borrow().doc.is_some()) {
                 self.receive_awareness(entries, ctx);
             } else {
                 self.presence.unjudged = Some(entries);
@@ -614,6 +609,11 @@ impl WsSession {
             tracing::error!(room = %self.room, conn = self.conn, queued, "redis is not keeping up with this connection");
             self.close(ctx, CLOSE_TRY_AGAIN_LATER, "server busy, please reconnect");
         }
+    }
+
+    /// The joined room's view.
+    fn view(&self) -> Option<&SharedView> {
+        self.joined.as_ref().map(|joined| &joined.view)
     }
 
     fn destination(&self, ctx: &Context<Self>) -> Destination {
@@ -698,15 +698,13 @@ impl Actor for WsSession {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::CONNECTIONS_TOTAL.inc();
         tracing::info!(room = %self.room, conn = self.conn, "connection opened");
-        let JoinedRoom {
-            addr: room,
-            view,
-            id: room_id,
-        } = self.rooms.join(&self.room, &self.docid, &self.key);
-        view.borrow_mut()
+        let joined = self.rooms.join(&self.room, &self.docid, &self.key);
+        joined
+            .view
+            .borrow_mut()
             .arriving
             .insert(self.conn, self.out.clone());
-        room.do_send(FromSession::Join {
+        joined.addr.do_send(FromSession::Join {
             conn: self.conn,
             session: ctx.address().recipient(),
         });
@@ -717,9 +715,7 @@ impl Actor for WsSession {
                 self.context.max_frame_bytes,
             ));
         }
-        self.room_addr = Some(room);
-        self.room_id = room_id;
-        self.view = Some(view);
+        self.joined = Some(joined);
         // A recheck of this user that ran while the upgrade was being authorized.
         if let Some(user) = self.grant.user_id.clone() {
             if self
@@ -758,9 +754,9 @@ impl Actor for WsSession {
             let removal = Bytes::from(encode_awareness_removal(client_id, clock));
             self.outbox.push(removal, || self.destination(ctx));
         }
-        if let Some(room) = &self.room_addr {
-            room.do_send(FromSession::Leave { conn: self.conn });
-            self.rooms.leave(&self.key, self.room_id);
+        if let Some(joined) = &self.joined {
+            joined.addr.do_send(FromSession::Leave { conn: self.conn });
+            self.rooms.leave(&self.key, joined.id);
         }
         actix::spawn(socket::linger(self.out.clone()));
         tracing::info!(room = %self.room, conn = self.conn, "connection closed");
@@ -774,7 +770,7 @@ impl Handler<ToSession> for WsSession {
         match msg {
             ToSession::Synced => self.synced(ctx),
             ToSession::Delivered => {
-                if let (false, Some(view)) = (self.own.is_empty(), &self.view) {
+                if let (false, Some(view)) = (self.own.is_empty(), self.view().cloned()) {
                     if let Some(doc) = &view.borrow().doc {
                         self.own.forget_known(doc);
                     }
