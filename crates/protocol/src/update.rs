@@ -269,6 +269,8 @@ fn read_client(
     };
     let mut clock = start;
     let mut open_skip: Option<u32> = None;
+    // The run's structs read so far (checks only), for origins inside one.
+    let mut structs_read = Vec::new();
     for _ in 0..structs {
         let info = d.read_u8()?;
         let end;
@@ -297,7 +299,7 @@ fn read_client(
                 return invalid(format!("struct info {info:#04x}"));
             }
             _ => {
-                let item = read_item(d, info, client, clock, mode)?;
+                let item = read_item(d, info, client, clock, mode, &structs_read)?;
                 end = end_of(clock, item.len)?;
                 if item.is_type {
                     analysis.types.insert(Id { client, clock });
@@ -316,6 +318,9 @@ fn read_client(
         }
         if let Some(skip_start) = open_skip.take() {
             run.gap_at.get_or_insert(skip_start);
+        }
+        if matches!(mode, Mode::Check(_)) {
+            structs_read.push((clock, end));
         }
         run.end = end;
         clock = end;
@@ -344,6 +349,7 @@ fn read_item(
     client: u64,
     clock: u32,
     mode: Mode,
+    run_so_far: &[(u32, u32)],
 ) -> Result<Item, InvalidUpdate> {
     let strict = matches!(mode, Mode::Check(_));
     let origin = (info & HAS_ORIGIN != 0).then(|| read_id(d)).transpose()?;
@@ -384,6 +390,21 @@ fn read_item(
                 *slot = Some(id);
             }
         }
+        // Inside one struct list order follows the clock: a right origin
+        // at or before the origin there is no neighbour yjs ever wrote, and
+        // yjs would order concurrent inserts beside it by arrival.
+        if let (Some(left), Some(right)) = (origin, right_origin) {
+            if left.client == client
+                && right.client == client
+                && right.clock <= left.clock
+                && in_one_struct(run_so_far, right.clock, left.clock)
+            {
+                return invalid(format!(
+                    "struct {client}:{clock} has its right origin {client}:{} at or before its origin {client}:{}",
+                    right.clock, left.clock
+                ));
+            }
+        }
     }
     let (len, is_type) = read_content(d, info & 0x1f, strict)?;
     if len == 0 {
@@ -395,6 +416,16 @@ fn read_item(
         parent,
         deps,
     })
+}
+
+/// Whether clocks `first` ≤ `last` lie in one of `structs` (first and end
+/// clocks, ascending and disjoint).
+fn in_one_struct(structs: &[(u32, u32)], first: u32, last: u32) -> bool {
+    let after = structs.partition_point(|&(start, _)| start <= last);
+    after > 0 && {
+        let (start, end) = structs[after - 1];
+        start <= first && last < end
+    }
 }
 
 /// Reads an item's content; answers its length in clocks and whether it is

@@ -238,13 +238,12 @@ fn references_to_own_later_structs_are_refused() {
 
 /// An item whose right origin lies left of its origin (here both inside
 /// one struct "abcdef", where list order follows the clock) is never
-/// written by yjs. The door lets it through today, and yjs then orders
-/// concurrent inserts next to it by arrival: long-lived clients and
-/// clients that load the document later see different text. Found by the
-/// e2e fuzz test (`E2E_FUZZ_SEED=4262110263`): a mutated formatting item
-/// with origin `31` and right origin `21` inside one 16-character item.
+/// written by yjs, and yjs would order concurrent inserts next to it by
+/// arrival: long-lived clients and clients that load the document later
+/// would see different text. Found by the e2e fuzz test
+/// (`E2E_FUZZ_SEED=4262110263`): a mutated formatting item with origin `31`
+/// and right origin `21` inside one 16-character item.
 #[test]
-#[ignore = "known defect: a right origin left of the origin passes the door (see the comment)"]
 fn a_right_origin_left_of_the_origin_is_refused() {
     let between = |origin, right| {
         update(
