@@ -269,8 +269,10 @@ fn read_client(
     };
     let mut clock = start;
     let mut open_skip: Option<u32> = None;
-    // The run's structs read so far (checks only), for origins inside one.
-    let mut structs_read = Vec::new();
+    // The run's structs read so far, for origins inside one (checks only;
+    // a run of one struct has no earlier struct to look in).
+    let record = matches!(mode, Mode::Check(_)) && structs > 1;
+    let mut structs_read = Vec::with_capacity(if record { structs as usize } else { 0 });
     for _ in 0..structs {
         let info = d.read_u8()?;
         let end;
@@ -319,7 +321,7 @@ fn read_client(
         if let Some(skip_start) = open_skip.take() {
             run.gap_at.get_or_insert(skip_start);
         }
-        if matches!(mode, Mode::Check(_)) {
+        if record {
             structs_read.push((clock, end));
         }
         run.end = end;
