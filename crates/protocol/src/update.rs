@@ -269,10 +269,11 @@ fn read_client(
     };
     let mut clock = start;
     let mut open_skip: Option<u32> = None;
-    // The run's structs read so far, for origins inside one (checks only;
-    // a run of one struct has no earlier struct to look in).
+    // The run's items read so far, for origins inside one (checks only; a
+    // run of one struct has no earlier item to look in). Not gc structs:
+    // yjs merges neighbouring clocks of those whatever their list order.
     let record = matches!(mode, Mode::Check(_)) && structs > 1;
-    let mut structs_read = Vec::with_capacity(if record { structs as usize } else { 0 });
+    let mut items_read = Vec::with_capacity(if record { structs as usize } else { 0 });
     for _ in 0..structs {
         let info = d.read_u8()?;
         let end;
@@ -301,7 +302,7 @@ fn read_client(
                 return invalid(format!("struct info {info:#04x}"));
             }
             _ => {
-                let item = read_item(d, info, client, clock, mode, &structs_read)?;
+                let item = read_item(d, info, client, clock, mode, &items_read)?;
                 end = end_of(clock, item.len)?;
                 if item.is_type {
                     analysis.types.insert(Id { client, clock });
@@ -316,13 +317,13 @@ fn read_client(
                         deps: item.deps,
                     });
                 }
+                if record {
+                    items_read.push((clock, end));
+                }
             }
         }
         if let Some(skip_start) = open_skip.take() {
             run.gap_at.get_or_insert(skip_start);
-        }
-        if record {
-            structs_read.push((clock, end));
         }
         run.end = end;
         clock = end;
@@ -351,7 +352,7 @@ fn read_item(
     client: u64,
     clock: u32,
     mode: Mode,
-    run_so_far: &[(u32, u32)],
+    run_items: &[(u32, u32)],
 ) -> Result<Item, InvalidUpdate> {
     let strict = matches!(mode, Mode::Check(_));
     let origin = (info & HAS_ORIGIN != 0).then(|| read_id(d)).transpose()?;
@@ -392,14 +393,14 @@ fn read_item(
                 *slot = Some(id);
             }
         }
-        // Inside one struct list order follows the clock: a right origin
+        // Inside one item list order follows the clock: a right origin
         // at or before the origin there is no neighbour yjs ever wrote, and
         // yjs would order concurrent inserts beside it by arrival.
         if let (Some(left), Some(right)) = (origin, right_origin) {
             if left.client == client
                 && right.client == client
                 && right.clock <= left.clock
-                && in_one_struct(run_so_far, right.clock, left.clock)
+                && in_one_item(run_items, right.clock, left.clock)
             {
                 return invalid(format!(
                     "struct {client}:{clock} has its right origin {client}:{} at or before its origin {client}:{}",
@@ -420,12 +421,12 @@ fn read_item(
     })
 }
 
-/// Whether clocks `first` ≤ `last` lie in one of `structs` (first and end
+/// Whether clocks `first` ≤ `last` lie in one of `items` (first and end
 /// clocks, ascending and disjoint).
-fn in_one_struct(structs: &[(u32, u32)], first: u32, last: u32) -> bool {
-    let after = structs.partition_point(|&(start, _)| start <= last);
+fn in_one_item(items: &[(u32, u32)], first: u32, last: u32) -> bool {
+    let after = items.partition_point(|&(start, _)| start <= last);
     after > 0 && {
-        let (start, end) = structs[after - 1];
+        let (start, end) = items[after - 1];
         start <= first && last < end
     }
 }

@@ -267,6 +267,25 @@ fn a_right_origin_left_of_the_origin_is_refused() {
     accept(&mut doc, &between(4, 5));
     assert!(analyze(&between(4, 1), &Nothing).is_err());
     assert!(analyze(&between(4, 4), &Nothing).is_err());
+    // A gc struct merges neighbouring clocks whatever their list order (and
+    // yjs collects an item next to one): no order to check there.
+    let after_gc = update(
+        &[(
+            A,
+            0,
+            vec![
+                S::Gc(4),
+                S::Text {
+                    origin: Some((A, 2)),
+                    right: Some((A, 0)),
+                    parent: Parent::FromOrigin,
+                    text: "x",
+                },
+            ],
+        )],
+        &[],
+    );
+    assert!(analyze(&after_gc, &Nothing).is_ok());
 }
 
 #[test]
